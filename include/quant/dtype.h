@@ -1,0 +1,37 @@
+// Element types of stored tensors, and exact conversions between the float formats.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+
+namespace quant {
+
+enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8 };
+
+// Bytes per element.
+std::size_t dtype_size(DType dtype);
+// safetensors spelling: "F32", "BF16", "I8", ...
+std::string_view dtype_name(DType dtype);
+std::optional<DType> parse_dtype(std::string_view name);
+bool is_float(DType dtype);
+
+// IEEE binary16 <-> binary32. Exact for every half value (subnormals, ±inf, NaN keep their
+// class; NaN payloads are kept where they fit). f32 -> f16 rounds to nearest, ties to even,
+// overflowing to ±inf.
+float f16_to_f32(std::uint16_t h);
+std::uint16_t f32_to_f16(float f);
+
+// bfloat16 is the top half of a binary32. f32 -> bf16 rounds to nearest even; NaN stays a
+// quiet NaN.
+float bf16_to_f32(std::uint16_t b);
+std::uint16_t f32_to_bf16(float f);
+
+// Converts `n` elements of `dtype` stored little-endian at `src` to float.
+void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst);
+// Converts floats to `dtype` (F32/F16/BF16/F64 only).
+void convert_from_f32(DType dtype, std::span<const float> src, std::byte* dst);
+
+}  // namespace quant

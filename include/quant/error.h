@@ -1,0 +1,58 @@
+// Error types of the quant library.
+//
+// Two tiers, as in faiss: invariants are asserted; bad input (files, CLI values, configs,
+// recipes) throws a quant::Error subclass whose message names the file, the tensor, what was
+// expected and what was found. The library never prints and never exits; `main` turns an Error
+// into `error: <message>` and the exit code below.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace quant {
+
+// Process exit codes, documented in docs/cli.md.
+enum ExitCode : int {
+  kExitOk = 0,
+  kExitInternal = 1,    // a bug or an unexpected failure
+  kExitUsage = 2,       // bad command-line values
+  kExitInput = 3,       // bad input files (model, tokenizer, text, recipe)
+  kExitRegression = 4,  // a quality gate (--max-ppl, --max-ppl-increase) was exceeded
+  kExitIo = 5,          // a write failed (disk full, permissions)
+};
+
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+  virtual int exit_code() const { return kExitInternal; }
+};
+
+// A value given on the command line (or in a recipe) is out of range or inconsistent.
+class UsageError : public Error {
+ public:
+  using Error::Error;
+  int exit_code() const override { return kExitUsage; }
+};
+
+// An input file is malformed, inconsistent or unsupported.
+class InputError : public Error {
+ public:
+  using Error::Error;
+  int exit_code() const override { return kExitInput; }
+};
+
+// Writing output failed.
+class IoError : public Error {
+ public:
+  using Error::Error;
+  int exit_code() const override { return kExitIo; }
+};
+
+template <typename E = InputError, typename... Args>
+[[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) {
+  throw E(fmt::format(f, std::forward<Args>(args)...));
+}
+
+}  // namespace quant

@@ -1,0 +1,172 @@
+#include "quant/dtype.h"
+
+#include <bit>
+#include <cstring>
+
+#include "quant/error.h"
+
+namespace quant {
+
+std::size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::F64: case DType::I64: return 8;
+    case DType::F32: case DType::I32: return 4;
+    case DType::F16: case DType::BF16: case DType::I16: return 2;
+    case DType::I8: case DType::U8: return 1;
+  }
+  return 0;
+}
+
+std::string_view dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F64: return "F64";
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::I64: return "I64";
+    case DType::I32: return "I32";
+    case DType::I16: return "I16";
+    case DType::I8: return "I8";
+    case DType::U8: return "U8";
+  }
+  return "?";
+}
+
+std::optional<DType> parse_dtype(std::string_view name) {
+  for (DType d : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32,
+                  DType::I16, DType::I8, DType::U8}) {
+    if (dtype_name(d) == name) return d;
+  }
+  return std::nullopt;
+}
+
+bool is_float(DType d) {
+  return d == DType::F64 || d == DType::F32 || d == DType::F16 || d == DType::BF16;
+}
+
+float f16_to_f32(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exp = (h >> 10) & 0x1fu;
+  std::uint32_t mant = h & 0x3ffu;
+  std::uint32_t bits;
+  if (exp == 0x1f) {  // inf / NaN
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {  // normal
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else if (mant == 0) {  // ±0
+    bits = sign;
+  } else {  // subnormal: value = mant * 2^-24; normalise
+    int e = -1;
+    do {
+      mant <<= 1;
+      ++e;
+    } while ((mant & 0x400u) == 0);
+    bits = sign | static_cast<std::uint32_t>(112 - e) << 23 | ((mant & 0x3ffu) << 13);
+  }
+  return std::bit_cast<float>(bits);
+}
+
+std::uint16_t f32_to_f16(float f) {
+  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+  const std::uint16_t sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
+  const std::uint32_t abs = x & 0x7fffffffu;
+  if (abs >= 0x7f800000u) {  // inf or NaN
+    if (abs == 0x7f800000u) return sign | 0x7c00u;
+    return sign | 0x7e00u | static_cast<std::uint16_t>((abs >> 13) & 0x3ffu);  // quiet NaN
+  }
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: overflow to inf
+  if (abs >= 0x38800000u) {                       // normal half (>= 2^-14)
+    std::uint32_t mant = abs & 0x7fffffu;
+    std::uint32_t e = (abs >> 23) - 112u;
+    std::uint32_t h = (e << 10) | (mant >> 13);
+    const std::uint32_t rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // carry may bump exponent
+    return sign | static_cast<std::uint16_t>(h);
+  }
+  // Subnormal half or zero: value / 2^-24, rounded to nearest even.
+  if (abs < 0x33000000u) return sign;  // < 2^-25: rounds to zero (2^-25 ties to even 0)
+  const std::uint32_t e = abs >> 23;
+  const std::uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
+  const std::uint32_t shift = 126u - e;  // 113 + 13 - e ... places bit 24 at 2^-24
+  std::uint32_t h = mant >> shift;
+  const std::uint32_t rest = mant & ((1u << shift) - 1u);
+  const std::uint32_t half = 1u << (shift - 1u);
+  if (rest > half || (rest == half && (h & 1u))) ++h;
+  return sign | static_cast<std::uint16_t>(h);
+}
+
+float bf16_to_f32(std::uint16_t b) {
+  return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16);
+}
+
+std::uint16_t f32_to_bf16(float f) {
+  std::uint32_t x = std::bit_cast<std::uint32_t>(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<std::uint16_t>(x >> 16);
+}
+
+namespace {
+template <typename T>
+void widen(const std::byte* src, std::size_t n, float* dst) {
+  for (std::size_t i = 0; i < n; ++i) {
+    T v;
+    std::memcpy(&v, src + i * sizeof(T), sizeof(T));
+    dst[i] = static_cast<float>(v);
+  }
+}
+}  // namespace
+
+void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst) {
+  switch (dtype) {
+    case DType::F32: std::memcpy(dst, src, n * 4); return;
+    case DType::F16:
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        dst[i] = f16_to_f32(h);
+      }
+      return;
+    case DType::BF16:
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        dst[i] = bf16_to_f32(h);
+      }
+      return;
+    case DType::F64: widen<double>(src, n, dst); return;
+    case DType::I64: widen<std::int64_t>(src, n, dst); return;
+    case DType::I32: widen<std::int32_t>(src, n, dst); return;
+    case DType::I16: widen<std::int16_t>(src, n, dst); return;
+    case DType::I8: widen<std::int8_t>(src, n, dst); return;
+    case DType::U8: widen<std::uint8_t>(src, n, dst); return;
+  }
+}
+
+void convert_from_f32(DType dtype, std::span<const float> src, std::byte* dst) {
+  switch (dtype) {
+    case DType::F32: std::memcpy(dst, src.data(), src.size() * 4); return;
+    case DType::F16:
+      for (std::size_t i = 0; i < src.size(); ++i) {
+        const std::uint16_t h = f32_to_f16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    case DType::BF16:
+      for (std::size_t i = 0; i < src.size(); ++i) {
+        const std::uint16_t h = f32_to_bf16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    case DType::F64:
+      for (std::size_t i = 0; i < src.size(); ++i) {
+        const double d = src[i];
+        std::memcpy(dst + 8 * i, &d, 8);
+      }
+      return;
+    default:
+      fail<Error>("convert_from_f32: cannot convert float to {}", dtype_name(dtype));
+  }
+}
+
+}  // namespace quant

@@ -1,0 +1,96 @@
+#include "quant/io.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <system_error>
+
+#include "quant/error.h"
+
+namespace quant {
+
+std::string read_text_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open: {}", path.string(), std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) fail("{}: read failed", path.string());
+  return ss.str();
+}
+
+OutFile::OutFile(fs::path path) : path_(std::move(path)) {
+  f_ = std::fopen(path_.c_str(), "wb");
+  if (!f_) fail<IoError>("{}: cannot create: {}", path_.string(), std::strerror(errno));
+}
+
+OutFile::~OutFile() {
+  if (f_) std::fclose(f_);
+  if (!keep_) {
+    std::error_code ec;
+    fs::remove(path_, ec);
+  }
+}
+
+void OutFile::write(const void* data, std::size_t n) {
+  if (n == 0) return;
+  if (std::fwrite(data, 1, n, f_) != n) {
+    fail<IoError>("{}: write failed: {}", path_.string(), std::strerror(errno));
+  }
+}
+
+void OutFile::close() {
+  if (!f_) return;
+  const bool flush_failed = std::fflush(f_) != 0;
+  const int err = errno;
+  const bool close_failed = std::fclose(f_) != 0;
+  f_ = nullptr;
+  if (flush_failed || close_failed) {
+    fail<IoError>("{}: write failed: {}", path_.string(), std::strerror(flush_failed ? err : errno));
+  }
+}
+
+void write_file_atomic(const fs::path& path, const std::string& content) {
+  const fs::path tmp = path.string() + ".tmp";
+  OutFile out(tmp);
+  out.write(content.data(), content.size());
+  out.close();
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) fail<IoError>("{}: cannot rename into place: {}", path.string(), ec.message());
+  out.keep();
+}
+
+StagedDir::StagedDir(fs::path final_dir, bool overwrite)
+    : final_(std::move(final_dir)), overwrite_(overwrite) {
+  while (!final_.empty() && !final_.has_filename()) final_ = final_.parent_path();
+  partial_ = final_.string() + ".partial";
+  if (fs::exists(final_) && !overwrite_) {
+    fail<UsageError>("{}: output already exists (pass --force to overwrite)", final_.string());
+  }
+  std::error_code ec;
+  fs::remove_all(partial_, ec);
+  fs::create_directories(partial_, ec);
+  if (ec) fail<IoError>("{}: cannot create directory: {}", partial_.string(), ec.message());
+}
+
+StagedDir::~StagedDir() {
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(partial_, ec);
+  }
+}
+
+void StagedDir::commit() {
+  std::error_code ec;
+  if (fs::exists(final_)) {
+    if (!overwrite_) fail<UsageError>("{}: output already exists", final_.string());
+    fs::remove_all(final_, ec);
+    if (ec) fail<IoError>("{}: cannot replace: {}", final_.string(), ec.message());
+  }
+  fs::rename(partial_, final_, ec);
+  if (ec) fail<IoError>("{}: cannot rename into place: {}", final_.string(), ec.message());
+  committed_ = true;
+}
+
+}  // namespace quant

@@ -1,0 +1,87 @@
+#include "fixtures.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <vector>
+
+#include "quant/io.h"
+#include "quant/safetensors.h"
+
+namespace quant::testing {
+
+TempDir::TempDir() {
+  static std::atomic<int> counter{0};
+  std::random_device rd;
+  path_ = fs::temp_directory_path() /
+          ("quant-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" +
+           std::to_string(rd() % 100000));
+  fs::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+fs::path shared_dir() {
+  const fs::path p = QUANT_SHARED_DIR;
+  return fs::exists(p / "README.md") ? p : fs::path();
+}
+
+void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
+  fs::create_directories(dir);
+  const int head_dim = s.hidden / s.heads;
+  nlohmann::json config = {
+      {"architectures", {"LlamaForCausalLM"}}, {"model_type", s.model_type},
+      {"hidden_size", s.hidden}, {"intermediate_size", s.intermediate},
+      {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
+      {"num_key_value_heads", s.kv_heads}, {"vocab_size", s.vocab},
+      {"max_position_embeddings", s.ctx}, {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0},
+      {"tie_word_embeddings", s.tied}, {"hidden_act", "silu"}, {"bos_token_id", 1},
+      {"eos_token_id", 2}, {"attention_bias", s.attention_bias}, {"mlp_bias", false},
+      {"torch_dtype", s.dtype == DType::F16 ? "float16" : s.dtype == DType::BF16 ? "bfloat16" : "float32"}};
+  write_file_atomic(dir / "config.json", config.dump(2));
+
+  std::mt19937 rng(s.seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  SafetensorsWriter w(dir);
+  auto rand_tensor = [&](const std::string& name, std::vector<std::int64_t> shape, float scale,
+                         float offset = 0.0f) {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    std::vector<float> v(static_cast<std::size_t>(n));
+    for (auto& x : v) x = offset + scale * normal(rng);
+    w.add_f32(name, s.dtype, shape, v);
+  };
+  const bool qkv_bias = s.model_type == "qwen2" || s.attention_bias;
+  const bool o_bias = s.model_type != "qwen2" && s.attention_bias;
+  const std::int64_t H = s.hidden, F = s.intermediate, qo = s.heads * head_dim,
+                     kvo = s.kv_heads * head_dim;
+  rand_tensor("model.embed_tokens.weight", {s.vocab, H}, 1.0f);
+  for (int i = 0; i < s.layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    rand_tensor(p + "input_layernorm.weight", {H}, 0.1f, 1.0f);
+    rand_tensor(p + "post_attention_layernorm.weight", {H}, 0.1f, 1.0f);
+    rand_tensor(p + "self_attn.q_proj.weight", {qo, H}, s.weight_scale);
+    rand_tensor(p + "self_attn.k_proj.weight", {kvo, H}, s.weight_scale);
+    rand_tensor(p + "self_attn.v_proj.weight", {kvo, H}, s.weight_scale);
+    rand_tensor(p + "self_attn.o_proj.weight", {H, qo}, s.weight_scale);
+    if (qkv_bias) {
+      rand_tensor(p + "self_attn.q_proj.bias", {qo}, 0.1f);
+      rand_tensor(p + "self_attn.k_proj.bias", {kvo}, 0.1f);
+      rand_tensor(p + "self_attn.v_proj.bias", {kvo}, 0.1f);
+    }
+    if (o_bias) rand_tensor(p + "self_attn.o_proj.bias", {H}, 0.1f);
+    rand_tensor(p + "mlp.gate_proj.weight", {F, H}, s.weight_scale);
+    rand_tensor(p + "mlp.up_proj.weight", {F, H}, s.weight_scale);
+    rand_tensor(p + "mlp.down_proj.weight", {H, F}, s.weight_scale);
+  }
+  rand_tensor("model.norm.weight", {H}, 0.1f, 1.0f);
+  if (!s.tied) rand_tensor("lm_head.weight", {s.vocab, H}, s.weight_scale);
+  w.finish();
+}
+
+}  // namespace quant::testing

@@ -1,0 +1,55 @@
+// Tiny generated fixtures for tests: random Llama-family models with a fixed seed, written as
+// real safetensors checkpoints, and helpers for temporary directories and shared data.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "quant/dtype.h"
+
+namespace quant::testing {
+
+namespace fs = std::filesystem;
+
+// A fresh empty directory under the system temp dir, removed on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const fs::path& path() const { return path_; }
+  fs::path operator/(const std::string& s) const { return path_ / s; }
+
+ private:
+  fs::path path_;
+};
+
+struct TinyModelSpec {
+  std::string model_type = "llama";
+  int hidden = 32;
+  int intermediate = 64;
+  int layers = 2;
+  int heads = 4;
+  int kv_heads = 2;
+  int vocab = 96;
+  int ctx = 128;
+  bool tied = true;
+  bool attention_bias = false;  // qwen2 always has q/k/v bias
+  DType dtype = DType::F32;
+  std::uint32_t seed = 1;
+  float weight_scale = 0.15f;
+};
+
+// Writes config.json and model.safetensors for a random model into `dir`.
+void write_tiny_model(const fs::path& dir, const TinyModelSpec& spec);
+
+// ../shared beside the project, or empty when absent.
+fs::path shared_dir();
+// Skips the current test (with a message) when ../shared is absent.
+#define QUANT_REQUIRE_SHARED()                                                     \
+  do {                                                                             \
+    if (::quant::testing::shared_dir().empty())                                    \
+      GTEST_SKIP() << "../shared is absent: skipping test that needs shared data"; \
+  } while (0)
+
+}  // namespace quant::testing

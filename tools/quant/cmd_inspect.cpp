@@ -1,0 +1,93 @@
+// quant inspect PATH: architecture summary, parameter count, per-tensor table.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "quant/model.h"
+
+namespace quant::cli {
+namespace {
+
+struct InspectOptions {
+  std::string path;
+  bool json = false;
+};
+
+void run_inspect(const InspectOptions& o) {
+  const Model model = Model::open(o.path);
+  const auto& c = model.config();
+  const auto& store = model.store();
+  nlohmann::ordered_json j;
+  j["path"] = o.path;
+  j["model_type"] = c.model_type;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.n_layers;
+  j["num_attention_heads"] = c.n_heads;
+  j["num_key_value_heads"] = c.n_kv_heads;
+  j["head_dim"] = c.head_dim;
+  j["vocab_size"] = c.vocab_size;
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["rope_theta"] = c.rope_theta;
+  j["rope_scaling"] = c.rope_scaling.type;
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["torch_dtype"] = c.torch_dtype;
+  j["n_params"] = model.n_params();
+  std::map<std::string, std::int64_t> dtype_counts;
+  std::uint64_t total_bytes = 0;
+  auto tensors = nlohmann::ordered_json::array();
+  for (const auto& name : store.names()) {
+    const TensorInfo& t = store.get(name);
+    dtype_counts[std::string(dtype_name(t.dtype))] += t.numel();
+    total_bytes += t.nbytes;
+    tensors.push_back({{"name", name}, {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"bytes", t.nbytes}});
+  }
+  j["dtypes"] = dtype_counts;
+  j["total_bytes"] = total_bytes;
+  j["n_files"] = store.files().size();
+  if (!c.quantization_config.is_null()) j["quantization_config"] = c.quantization_config;
+  j["unused_tensors"] = model.unused_tensors();
+  j["tensors"] = tensors;
+
+  if (o.json) {
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  fmt::print("model       {}\n", o.path);
+  fmt::print("arch        {} ({}), {} layers, hidden {}, ffn {}, vocab {}\n", c.model_type,
+             c.raw.value("architectures", nlohmann::json::array()).dump(), c.n_layers,
+             c.hidden_size, c.intermediate_size, c.vocab_size);
+  fmt::print("attention   {} heads, {} kv heads, head_dim {}, rope theta {} scaling {}\n",
+             c.n_heads, c.n_kv_heads, c.head_dim, c.rope_theta, c.rope_scaling.type);
+  fmt::print("context     {}   tied embeddings: {}   torch_dtype: {}\n", c.max_position_embeddings,
+             c.tie_word_embeddings ? "yes" : "no", c.torch_dtype.empty() ? "-" : c.torch_dtype);
+  fmt::print("parameters  {} ({:.2f} M)\n", model.n_params(), model.n_params() / 1e6);
+  fmt::print("storage     {} bytes in {} file(s); dtypes:", total_bytes, store.files().size());
+  for (const auto& [d, n] : dtype_counts) fmt::print(" {}={}", d, n);
+  fmt::print("\n");
+  if (!c.quantization_config.is_null()) fmt::print("quantization {}\n", c.quantization_config.dump());
+  for (const auto& u : model.unused_tensors()) fmt::print("unused      {}\n", u);
+  fmt::print("\n{:<56} {:<5} {:<14} {:>12}\n", "tensor", "dtype", "shape", "bytes");
+  for (const auto& t : tensors) {
+    fmt::print("{:<56} {:<5} {:<14} {:>12}\n", t["name"].get<std::string>(),
+               t["dtype"].get<std::string>(),
+               fmt::format("{}", fmt::join(t["shape"].get<std::vector<std::int64_t>>(), "x")),
+               t["bytes"].get<std::uint64_t>());
+  }
+}
+
+}  // namespace
+
+void register_inspect(CLI::App& app) {
+  auto opts = std::make_shared<InspectOptions>();
+  auto* cmd = app.add_subcommand("inspect", "show a checkpoint's architecture, parameters and tensors");
+  cmd->add_option("path", opts->path, "model directory (config.json + safetensors)")->required();
+  cmd->add_flag("--json", opts->json, "print JSON on stdout");
+  cmd->callback([opts] { run_inspect(*opts); });
+}
+
+}  // namespace quant::cli

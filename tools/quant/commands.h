@@ -1,0 +1,21 @@
+// Subcommands of the `quant` tool. Each registers its options and a callback that calls into
+// the library; the callbacks stay thin.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace quant::cli {
+
+// Options shared by every subcommand.
+struct GlobalOptions {
+  int threads = 0;  // 0: all cores
+  bool verbose = false;
+  bool quiet = false;
+};
+GlobalOptions& global_options();
+
+void register_inspect(CLI::App& app);
+void register_eval(CLI::App& app);
+void register_rtn(CLI::App& app);
+
+}  // namespace quant::cli

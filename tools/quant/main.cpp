@@ -1,0 +1,50 @@
+// quant: quantize LLM checkpoints. See docs/cli.md.
+#include <omp.h>
+
+#include <cstdio>
+#include <exception>
+
+#include "commands.h"
+#include "quant/error.h"
+#include "quant/log.h"
+
+namespace quant::cli {
+GlobalOptions& global_options() {
+  static GlobalOptions options;
+  return options;
+}
+}  // namespace quant::cli
+
+int main(int argc, char** argv) {
+  using namespace quant;
+  CLI::App app{"quant: quantize large language models (RTN, GPTQ, AWQ, K-means) on CPUs"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "quant 0.1.0");
+  auto& g = cli::global_options();
+  app.add_option("-t,--threads", g.threads, "worker threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_flag("-v,--verbose", g.verbose, "debug logging on stderr");
+  app.add_flag("-q,--quiet", g.quiet, "only warnings and errors on stderr; no progress bars");
+  app.parse_complete_callback([&] {
+    log::set_level(g.verbose ? log::Level::debug : g.quiet ? log::Level::warn : log::Level::info);
+    if (g.threads > 0) omp_set_num_threads(g.threads);
+  });
+  cli::register_inspect(app);
+  cli::register_eval(app);
+  cli::register_rtn(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitUsage;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return e.exit_code();
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "error: out of memory\n");
+    return kExitInternal;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: internal: %s\n", e.what());
+    return kExitInternal;
+  }
+  return kExitOk;
+}
