@@ -50,6 +50,13 @@ class IoError : public Error {
   int exit_code() const override { return kExitIo; }
 };
 
+// A quality gate was exceeded (e.g. --max-ppl).
+class RegressionError : public Error {
+ public:
+  using Error::Error;
+  int exit_code() const override { return kExitRegression; }
+};
+
 template <typename E = InputError, typename... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) {
   throw E(fmt::format(f, std::forward<Args>(args)...));

@@ -1,0 +1,51 @@
+// Tokenizers: sentencepiece tokenizer.model (libsentencepiece) and HF tokenizer.json BPE
+// (byte-level GPT-2/Llama-3/Qwen style, and the sentencepiece-style metaspace + byte-fallback
+// variant of Llama-2-family tokenizer.json files). Pre-tokenized input is read as token ids.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace quant {
+
+namespace fs = std::filesystem;
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  // Token ids of `text`, without BOS/EOS.
+  virtual std::vector<std::int32_t> encode(std::string_view text) const = 0;
+  virtual std::int64_t vocab_size() const = 0;
+  // Kind, for logs: "sentencepiece", "bpe-bytelevel", "bpe-metaspace".
+  virtual std::string kind() const = 0;
+
+  // BOS id (-1 if none) and whether encode_for_model prepends it, from tokenizer_config.json's
+  // add_bos_token or the tokenizer's post-processor.
+  std::int32_t bos_id() const { return bos_id_; }
+  bool add_bos() const { return add_bos_ && bos_id_ >= 0; }
+  void set_bos(std::int32_t id, bool add) { bos_id_ = id; add_bos_ = add; }
+  // encode() with BOS prepended when the tokenizer adds one.
+  std::vector<std::int32_t> encode_for_model(std::string_view text) const;
+
+  // The model directory's tokenizer: tokenizer.json if present, else tokenizer.model.
+  // tokenizer_config.json (add_bos_token, bos_token) and config.json (bos_token_id) refine BOS.
+  static std::unique_ptr<Tokenizer> load(const fs::path& model_dir);
+  // A specific file: *.json (HF tokenizers) or a sentencepiece model.
+  static std::unique_ptr<Tokenizer> load_file(const fs::path& path);
+
+ protected:
+  std::int32_t bos_id_ = -1;
+  bool add_bos_ = false;
+};
+
+std::unique_ptr<Tokenizer> load_sentencepiece(const fs::path& path);
+std::unique_ptr<Tokenizer> load_tokenizer_json(const fs::path& path);
+
+// Reads pre-tokenized input: token ids separated by whitespace or commas (a JSON array works).
+std::vector<std::int32_t> read_token_ids(const fs::path& path);
+
+}  // namespace quant

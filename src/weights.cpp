@@ -1,0 +1,51 @@
+#include "quant/weights.h"
+
+#include <cmath>
+
+#include "quant/error.h"
+#include "quant/formats/packed.h"
+
+namespace quant {
+
+namespace {
+void check_finite_span(const float* p, std::size_t n, const Model& model, const std::string& name) {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(p[i])) {
+      fail("{}: tensor '{}' contains a non-finite value ({}) at flat index {}",
+           model.store().file_of(name).string(), name, p[i], i);
+    }
+  }
+}
+}  // namespace
+
+Mat load_matrix(const Model& model, const std::string& name) {
+  const TensorInfo& t = model.store().get(name);
+  if (t.shape.size() != 2) fail("{}: tensor '{}' must be 2-D", model.store().file_of(name).string(), name);
+  Mat m(t.shape[0], t.shape[1]);
+  const auto bytes = model.store().bytes(name);
+  convert_to_f32(t.dtype, bytes.data(), static_cast<std::size_t>(m.size()), m.data());
+  check_finite_span(m.data(), static_cast<std::size_t>(m.size()), model, name);
+  return m;
+}
+
+Vec load_vector(const Model& model, const std::string& name) {
+  const TensorInfo& t = model.store().get(name);
+  Vec v(t.numel());
+  const auto bytes = model.store().bytes(name);
+  convert_to_f32(t.dtype, bytes.data(), static_cast<std::size_t>(v.size()), v.data());
+  check_finite_span(v.data(), static_cast<std::size_t>(v.size()), model, name);
+  return v;
+}
+
+Mat load_linear(const Model& model, const LinearDesc& linear) {
+  if (model.storage(linear) == LinearStorage::packed) return formats::load_packed_linear(model, linear);
+  return load_matrix(model, linear.weight_name());
+}
+
+void check_finite(const Mat& m, const std::string& what) {
+  for (Eigen::Index i = 0; i < m.size(); ++i) {
+    if (!std::isfinite(m.data()[i])) fail("{}: non-finite value ({}) at flat index {}", what, m.data()[i], i);
+  }
+}
+
+}  // namespace quant
