@@ -1,0 +1,46 @@
+// The checkpoint formats quant writes, and the packing of quantized matrices into their
+// tensors. Byte layouts are documented in docs/formats.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "quant/quantizer.h"
+
+namespace quant::formats {
+
+enum class Format { gptq, awq, dense };
+Format parse_format(const std::string& name);  // throws UsageError
+std::string format_name(Format f);
+
+// Empty when `format` can store an [out, in] matrix quantized with `spec`, else why not.
+std::string unsupported_reason(Format format, std::int64_t out, std::int64_t in, const QuantSpec& spec);
+
+// Packs `n` codes of `bits` bits into a little-endian bit stream of 32-bit words, LSB first:
+// code i occupies stream bits [i·bits, (i+1)·bits); codes may straddle words (3, 5, 6 bits).
+void pack_bits(const std::uint32_t* codes, std::size_t n, int bits, std::uint32_t* words);
+void unpack_bits(const std::uint32_t* words, std::size_t n, int bits, std::uint32_t* codes);
+
+// GPTQ v1 (AutoGPTQ/GPTQModel checkpoint_format "gptq").
+struct GptqTensors {
+  std::vector<std::int32_t> qweight;  // [in·bits/32, out]: column o is the bit stream of row o's codes
+  std::vector<std::int32_t> qzeros;   // [n_groups, out·bits/32]: bit stream over o of (zero − 1)
+  std::vector<std::uint16_t> scales;  // fp16 [n_groups, out]
+  std::vector<std::int32_t> g_idx;    // [in]
+};
+GptqTensors pack_gptq(const QuantizedMatrix& m);
+QuantizedMatrix unpack_gptq(const GptqTensors& t, std::int64_t out, std::int64_t in, int bits);
+
+// AutoAWQ GEMM (version "gemm"), 4-bit: eight codes per int32, nibble k holding output channel
+// 8c + kAwqOrder[k].
+inline constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+struct AwqTensors {
+  std::vector<std::int32_t> qweight;  // [in, out/8]
+  std::vector<std::int32_t> qzeros;   // [n_groups, out/8], raw zeros
+  std::vector<std::uint16_t> scales;  // fp16 [n_groups, out]
+};
+AwqTensors pack_awq(const QuantizedMatrix& m);
+QuantizedMatrix unpack_awq(const AwqTensors& t, std::int64_t out, std::int64_t in, std::int64_t group_size);
+
+}  // namespace quant::formats

@@ -1,0 +1,106 @@
+// The output side every method shares: the per-linear plan (policy + format constraints,
+// validated before any work starts), streaming of quantized and unchanged tensors into a
+// staged output directory, config.json/quantize_config.json, tokenizer files, and the summary.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "quant/formats/formats.h"
+#include "quant/io.h"
+#include "quant/model.h"
+#include "quant/policy.h"
+#include "quant/quantizer.h"
+#include "quant/safetensors.h"
+
+namespace quant {
+
+struct RunOptions {
+  fs::path out;
+  formats::Format format = formats::Format::gptq;
+  bool force = false;             // replace an existing output directory
+  bool skip_unsupported = false;  // keep linears the format cannot hold in the source dtype
+  std::uint64_t max_shard_bytes = 5'000'000'000;  // as transformers' default max_shard_size
+  std::string method = "rtn";
+  nlohmann::json method_config = nlohmann::json::object();  // merged into quantization_config
+};
+
+struct LinearPlan {
+  const LinearDesc* desc = nullptr;
+  bool quantize = false;
+  QuantSpec spec;
+  std::string note;  // why kept, or which rule applied
+};
+
+struct TensorReport {
+  std::string name;
+  bool quantized = false;
+  std::string note;
+  QuantSpec spec;
+  std::int64_t n_params = 0;
+  double sq_error = 0;   // Σ (w − ŵ)²
+  double rel_error = 0;  // ‖w − ŵ‖ / ‖w‖
+  double bpw = 0;        // code bits + per-group scale (16) and zero (bits) overhead
+  nlohmann::json extra;  // method-specific figures (e.g. GPTQ loss)
+};
+
+struct QuantizeReport {
+  std::string method;
+  std::string format;
+  fs::path output;
+  std::vector<TensorReport> tensors;
+  double seconds = 0;
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  double bpw_quantized = 0;  // over quantized linears
+  double bpw_linears = 0;    // over all decoder linears (kept ones at their source bits)
+  std::int64_t n_quantized = 0;
+  std::int64_t n_kept = 0;
+  nlohmann::json to_json() const;
+};
+
+using StepProgress = std::function<void(std::int64_t done, std::int64_t total, const std::string& what)>;
+
+class OutputSession {
+ public:
+  // Plans every linear and creates `<out>.partial/`. Throws before writing anything when a
+  // linear cannot be stored (unless skip_unsupported) or the output exists (unless force).
+  OutputSession(const Model& source, const Policy& policy, RunOptions options);
+  ~OutputSession();
+
+  const std::vector<LinearPlan>& plan() const { return plan_; }
+  const LinearPlan& plan_for(const LinearDesc& linear) const;
+  std::int64_t n_to_quantize() const;
+
+  // Writes a quantized linear (and its bias) in the session's format; `original` is the float
+  // weight the error is measured against.
+  void put_quantized(const LinearDesc& linear, const QuantizedMatrix& m, const Mat& original,
+                     nlohmann::json extra = {});
+  // Writes a float tensor that replaces the source's (e.g. an AWQ-rescaled norm) in the
+  // source tensor's dtype.
+  void put_float(const std::string& name, const float* data, std::vector<std::int64_t> shape);
+
+  // Writes every tensor not yet written from the source, the configs and tokenizer files,
+  // quant_summary.json, and renames the directory into place.
+  QuantizeReport finish();
+
+ private:
+  void put_source(const std::string& name);
+  nlohmann::json quantization_config() const;
+
+  const Model& source_;
+  RunOptions options_;
+  std::vector<LinearPlan> plan_;
+  std::unique_ptr<StagedDir> staged_;
+  std::unique_ptr<SafetensorsWriter> writer_;
+  std::set<std::string> written_;
+  std::vector<TensorReport> reports_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace quant

@@ -1,0 +1,183 @@
+#include "quant/formats/formats.h"
+
+#include "quant/dtype.h"
+#include "quant/error.h"
+
+namespace quant::formats {
+
+Format parse_format(const std::string& name) {
+  if (name == "gptq") return Format::gptq;
+  if (name == "awq") return Format::awq;
+  if (name == "dense") return Format::dense;
+  fail<UsageError>("unknown format '{}' (gptq, awq, dense)", name);
+}
+
+std::string format_name(Format f) {
+  switch (f) {
+    case Format::gptq: return "gptq";
+    case Format::awq: return "awq";
+    case Format::dense: return "dense";
+  }
+  return "?";
+}
+
+std::string unsupported_reason(Format format, std::int64_t out, std::int64_t in, const QuantSpec& spec) {
+  const std::int64_t g = spec.effective_group(in);
+  switch (format) {
+    case Format::dense: return {};
+    case Format::gptq:
+      if ((in * spec.bits) % 32 != 0 || in % 32 != 0) {
+        return fmt::format("{} input features: the gptq layout packs inputs in whole 32-bit words and needs a multiple of 32", in);
+      }
+      if ((out * spec.bits) % 32 != 0) return fmt::format("{} output features: qzeros needs out·bits to be a multiple of 32", out);
+      // A group wider than the row is one group: scales have ceil(in/G) = 1 row, as loaders expect.
+      if (in % g != 0 && in > g) return fmt::format("{} input features are not a multiple of the group size {}", in, g);
+      return {};
+    case Format::awq:
+      if (spec.bits != 4) return fmt::format("the awq GEMM layout is 4-bit only (asked for {} bits)", spec.bits);
+      if (out % 8 != 0) return fmt::format("{} output features: the awq layout needs a multiple of 8", out);
+      if (in % g != 0) return fmt::format("{} input features are not a multiple of the group size {}", in, g);
+      return {};
+  }
+  return "unknown format";
+}
+
+void pack_bits(const std::uint32_t* codes, std::size_t n, int bits, std::uint32_t* words) {
+  const std::size_t n_words = (n * static_cast<std::size_t>(bits) + 31) / 32;
+  std::fill(words, words + n_words, 0u);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t bit = i * static_cast<std::size_t>(bits);
+    const std::size_t w = bit / 32, off = bit % 32;
+    words[w] |= codes[i] << off;
+    if (off + static_cast<std::size_t>(bits) > 32) words[w + 1] |= codes[i] >> (32 - off);
+  }
+}
+
+void unpack_bits(const std::uint32_t* words, std::size_t n, int bits, std::uint32_t* codes) {
+  const std::uint32_t mask = (1u << bits) - 1u;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t bit = i * static_cast<std::size_t>(bits);
+    const std::size_t w = bit / 32, off = bit % 32;
+    std::uint64_t v = words[w] >> off;
+    if (off + static_cast<std::size_t>(bits) > 32) v |= static_cast<std::uint64_t>(words[w + 1]) << (32 - off);
+    codes[i] = static_cast<std::uint32_t>(v) & mask;
+  }
+}
+
+GptqTensors pack_gptq(const QuantizedMatrix& m) {
+  const std::int64_t rows = m.in * m.bits / 32, zcols = m.out * m.bits / 32;
+  GptqTensors t;
+  t.qweight.resize(static_cast<std::size_t>(rows * m.out));
+  t.qzeros.resize(static_cast<std::size_t>(m.n_groups * zcols));
+  t.scales.resize(static_cast<std::size_t>(m.n_groups * m.out));
+  t.g_idx = m.g_idx;
+  std::vector<std::uint32_t> codes(static_cast<std::size_t>(std::max(m.in, m.out)));
+  std::vector<std::uint32_t> words(static_cast<std::size_t>(std::max(rows, zcols)) + 1);
+  for (std::int64_t o = 0; o < m.out; ++o) {
+    for (std::int64_t j = 0; j < m.in; ++j) codes[j] = m.q[static_cast<std::size_t>(o * m.in + j)];
+    pack_bits(codes.data(), static_cast<std::size_t>(m.in), m.bits, words.data());
+    for (std::int64_t k = 0; k < rows; ++k) t.qweight[static_cast<std::size_t>(k * m.out + o)] = static_cast<std::int32_t>(words[k]);
+  }
+  const std::uint32_t mask = (1u << m.bits) - 1u;
+  for (std::int64_t g = 0; g < m.n_groups; ++g) {
+    for (std::int64_t o = 0; o < m.out; ++o) {
+      const GroupParams p = m.params(o, g);
+      codes[o] = static_cast<std::uint32_t>(static_cast<std::int64_t>(p.zero) - 1) & mask;  // v1 stores zero − 1
+      t.scales[static_cast<std::size_t>(g * m.out + o)] = f32_to_f16(p.scale);
+    }
+    pack_bits(codes.data(), static_cast<std::size_t>(m.out), m.bits, words.data());
+    for (std::int64_t k = 0; k < zcols; ++k) t.qzeros[static_cast<std::size_t>(g * zcols + k)] = static_cast<std::int32_t>(words[k]);
+  }
+  return t;
+}
+
+QuantizedMatrix unpack_gptq(const GptqTensors& t, std::int64_t out, std::int64_t in, int bits) {
+  const std::int64_t rows = in * bits / 32, zcols = out * bits / 32;
+  const std::int64_t n_groups = static_cast<std::int64_t>(t.scales.size()) / out;
+  QuantizedMatrix m;
+  m.bits = bits;
+  m.out = out;
+  m.in = in;
+  m.n_groups = n_groups;
+  m.group_size = (in + n_groups - 1) / n_groups;
+  m.g_idx = t.g_idx;
+  m.q.resize(static_cast<std::size_t>(out * in));
+  m.scales.resize(static_cast<std::size_t>(out * n_groups));
+  m.zeros.resize(static_cast<std::size_t>(out * n_groups));
+  std::vector<std::uint32_t> words(static_cast<std::size_t>(std::max(rows, zcols)) + 1, 0u);
+  std::vector<std::uint32_t> codes(static_cast<std::size_t>(std::max(in, out)));
+  for (std::int64_t o = 0; o < out; ++o) {
+    for (std::int64_t k = 0; k < rows; ++k) words[k] = static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>(k * out + o)]);
+    unpack_bits(words.data(), static_cast<std::size_t>(in), bits, codes.data());
+    for (std::int64_t j = 0; j < in; ++j) m.q[static_cast<std::size_t>(o * in + j)] = static_cast<std::uint8_t>(codes[j]);
+  }
+  for (std::int64_t g = 0; g < n_groups; ++g) {
+    for (std::int64_t k = 0; k < zcols; ++k) words[k] = static_cast<std::uint32_t>(t.qzeros[static_cast<std::size_t>(g * zcols + k)]);
+    unpack_bits(words.data(), static_cast<std::size_t>(out), bits, codes.data());
+    for (std::int64_t o = 0; o < out; ++o) {
+      m.zeros[static_cast<std::size_t>(o * n_groups + g)] = static_cast<float>(codes[o] + 1);
+      m.scales[static_cast<std::size_t>(o * n_groups + g)] = f16_to_f32(t.scales[static_cast<std::size_t>(g * out + o)]);
+    }
+  }
+  return m;
+}
+
+AwqTensors pack_awq(const QuantizedMatrix& m) {
+  const std::int64_t cols = m.out / 8;
+  AwqTensors t;
+  t.qweight.assign(static_cast<std::size_t>(m.in * cols), 0);
+  t.qzeros.assign(static_cast<std::size_t>(m.n_groups * cols), 0);
+  t.scales.resize(static_cast<std::size_t>(m.n_groups * m.out));
+  for (std::int64_t j = 0; j < m.in; ++j) {
+    for (std::int64_t c = 0; c < cols; ++c) {
+      std::uint32_t word = 0;
+      for (int k = 0; k < 8; ++k) {
+        const std::int64_t o = 8 * c + kAwqOrder[k];
+        word |= static_cast<std::uint32_t>(m.q[static_cast<std::size_t>(o * m.in + j)]) << (4 * k);
+      }
+      t.qweight[static_cast<std::size_t>(j * cols + c)] = static_cast<std::int32_t>(word);
+    }
+  }
+  for (std::int64_t g = 0; g < m.n_groups; ++g) {
+    for (std::int64_t c = 0; c < cols; ++c) {
+      std::uint32_t word = 0;
+      for (int k = 0; k < 8; ++k) {
+        const std::int64_t o = 8 * c + kAwqOrder[k];
+        word |= static_cast<std::uint32_t>(m.params(o, g).zero) << (4 * k);
+      }
+      t.qzeros[static_cast<std::size_t>(g * cols + c)] = static_cast<std::int32_t>(word);
+    }
+    for (std::int64_t o = 0; o < m.out; ++o) t.scales[static_cast<std::size_t>(g * m.out + o)] = f32_to_f16(m.params(o, g).scale);
+  }
+  return t;
+}
+
+QuantizedMatrix unpack_awq(const AwqTensors& t, std::int64_t out, std::int64_t in, std::int64_t group_size) {
+  QuantSpec spec;
+  spec.bits = 4;
+  spec.group_size = group_size;
+  QuantizedMatrix m = QuantizedMatrix::empty(out, in, spec);
+  const std::int64_t cols = out / 8;
+  for (std::int64_t j = 0; j < in; ++j) {
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const auto word = static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>(j * cols + c)]);
+      for (int k = 0; k < 8; ++k) {
+        m.q[static_cast<std::size_t>((8 * c + kAwqOrder[k]) * in + j)] = static_cast<std::uint8_t>((word >> (4 * k)) & 0xF);
+      }
+    }
+  }
+  for (std::int64_t g = 0; g < m.n_groups; ++g) {
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const auto word = static_cast<std::uint32_t>(t.qzeros[static_cast<std::size_t>(g * cols + c)]);
+      for (int k = 0; k < 8; ++k) {
+        m.zeros[static_cast<std::size_t>((8 * c + kAwqOrder[k]) * m.n_groups + g)] = static_cast<float>((word >> (4 * k)) & 0xF);
+      }
+    }
+    for (std::int64_t o = 0; o < out; ++o) {
+      m.scales[static_cast<std::size_t>(o * m.n_groups + g)] = f16_to_f32(t.scales[static_cast<std::size_t>(g * out + o)]);
+    }
+  }
+  return m;
+}
+
+}  // namespace quant::formats

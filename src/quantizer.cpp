@@ -1,0 +1,147 @@
+#include "quant/quantizer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "quant/dtype.h"
+#include "quant/error.h"
+
+namespace quant {
+
+namespace {
+float to_fp16(float x) { return f16_to_f32(f32_to_f16(x)); }
+}  // namespace
+
+std::string QuantSpec::label() const {
+  return fmt::format("w{}g{}", bits, group_size < 0 ? std::string("-1") : std::to_string(group_size));
+}
+
+void QuantSpec::validate() const {
+  if (bits < 2 || bits > 8) fail<UsageError>("bits must be between 2 and 8, got {}", bits);
+  if (group_size == 0 || group_size < -1) fail<UsageError>("group size must be positive or -1 (per output channel), got {}", group_size);
+}
+
+GroupParams minmax_params(float xmin, float xmax, int bits, bool sym) {
+  const int maxq = (1 << bits) - 1;
+  xmin = std::min(xmin, 0.0f);
+  xmax = std::max(xmax, 0.0f);
+  if (sym) {
+    xmax = std::max(std::abs(xmin), xmax);
+    if (xmin < 0) xmin = -xmax;
+  }
+  if (xmin == 0.0f && xmax == 0.0f) {
+    xmin = -1.0f;
+    xmax = 1.0f;
+  }
+  GroupParams p;
+  if (sym) {
+    // Symmetric: the full range [−xmax, xmax] spans maxq steps around the midpoint zero.
+    p.scale = to_fp16((xmax - xmin) / static_cast<float>(maxq));
+    if (xmin == 0.0f) p.scale = to_fp16(2.0f * xmax / static_cast<float>(maxq));
+    p.zero = static_cast<float>((maxq + 1) / 2);
+  } else {
+    p.scale = to_fp16((xmax - xmin) / static_cast<float>(maxq));
+    p.zero = std::nearbyint(-xmin / p.scale);
+    if (p.zero < 1.0f) {  // keep zero ≥ 1 (see header); widen the range by one step
+      p.zero = 1.0f;
+      p.scale = to_fp16(xmax / static_cast<float>(maxq - 1));
+    }
+    p.zero = std::min(p.zero, static_cast<float>(maxq));
+  }
+  if (!(p.scale > 0.0f)) p.scale = to_fp16(std::max(std::abs(xmin), std::abs(xmax)) / static_cast<float>(maxq));
+  if (!(p.scale > 0.0f)) p.scale = 6.103515625e-05f;  // tiny ranges: smallest normal fp16
+  return p;
+}
+
+GroupParams find_params(const float* x, std::int64_t n, const QuantSpec& spec, const float* weights) {
+  float xmin = 0.0f, xmax = 0.0f;
+  for (std::int64_t i = 0; i < n; ++i) {
+    xmin = std::min(xmin, x[i]);
+    xmax = std::max(xmax, x[i]);
+  }
+  GroupParams best = minmax_params(xmin, xmax, spec.bits, spec.sym);
+  if (!spec.mse) return best;
+  const int maxq = spec.maxq();
+  auto err_of = [&](const GroupParams& p) {
+    double e = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double d = dequantize_code(quantize_code(x[i], p, maxq), p) - x[i];
+      e += (weights ? weights[i] : 1.0) * d * d;
+    }
+    return e;
+  };
+  double best_err = err_of(best);
+  constexpr int kGrid = 100;
+  constexpr double kMaxShrink = 0.8;
+  for (int i = 1; i < static_cast<int>(kMaxShrink * kGrid); ++i) {
+    const float shrink = 1.0f - static_cast<float>(i) / kGrid;
+    const GroupParams p = minmax_params(shrink * xmin, shrink * xmax, spec.bits, spec.sym);
+    const double e = err_of(p);
+    if (e < best_err) {
+      best_err = e;
+      best = p;
+    }
+  }
+  return best;
+}
+
+QuantizedMatrix QuantizedMatrix::empty(std::int64_t out, std::int64_t in, const QuantSpec& spec) {
+  QuantizedMatrix m;
+  m.bits = spec.bits;
+  m.sym = spec.sym;
+  m.out = out;
+  m.in = in;
+  m.group_size = spec.effective_group(in);
+  m.n_groups = (in + m.group_size - 1) / m.group_size;
+  m.q.assign(static_cast<std::size_t>(out * in), 0);
+  m.scales.assign(static_cast<std::size_t>(out * m.n_groups), 1.0f);
+  m.zeros.assign(static_cast<std::size_t>(out * m.n_groups), 0.0f);
+  m.g_idx.resize(static_cast<std::size_t>(in));
+  for (std::int64_t j = 0; j < in; ++j) m.g_idx[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(j / m.group_size);
+  return m;
+}
+
+Mat QuantizedMatrix::dequantize() const {
+  Mat w(out, in);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t o = 0; o < out; ++o) {
+    for (std::int64_t j = 0; j < in; ++j) {
+      const GroupParams p = params(o, g_idx[static_cast<std::size_t>(j)]);
+      w(o, j) = dequantize_code(q[static_cast<std::size_t>(o * in + j)], p);
+    }
+  }
+  return w;
+}
+
+bool QuantizedMatrix::trivial_g_idx() const {
+  for (std::int64_t j = 0; j < in; ++j) {
+    if (g_idx[static_cast<std::size_t>(j)] != j / group_size) return false;
+  }
+  return true;
+}
+
+QuantizedMatrix quantize_rtn(const Mat& w, const QuantSpec& spec) {
+  spec.validate();
+  QuantizedMatrix m = QuantizedMatrix::empty(w.rows(), w.cols(), spec);
+  const int maxq = spec.maxq();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t o = 0; o < m.out; ++o) {
+    const float* row = w.row(o).data();
+    for (std::int64_t g = 0; g < m.n_groups; ++g) {
+      const std::int64_t j0 = g * m.group_size, j1 = std::min(m.in, j0 + m.group_size);
+      const GroupParams p = find_params(row + j0, j1 - j0, spec);
+      m.scales[static_cast<std::size_t>(o * m.n_groups + g)] = p.scale;
+      m.zeros[static_cast<std::size_t>(o * m.n_groups + g)] = p.zero;
+      for (std::int64_t j = j0; j < j1; ++j) {
+        m.q[static_cast<std::size_t>(o * m.in + j)] = static_cast<std::uint8_t>(quantize_code(row[j], p, maxq));
+      }
+    }
+  }
+  return m;
+}
+
+double squared_error(const Mat& w, const Mat& w_hat) {
+  return (w.cast<double>() - w_hat.cast<double>()).squaredNorm();
+}
+
+}  // namespace quant

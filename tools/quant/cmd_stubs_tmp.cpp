@@ -1,4 +1,0 @@
-#include "commands.h"
-namespace quant::cli {
-void register_rtn(CLI::App&) {}
-}

@@ -1,0 +1,43 @@
+// Options shared by the quantizing subcommands (rtn, gptq, awq, ...): output, format, bits,
+// group size, rules; and the summary they print.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+#include <vector>
+
+#include "quant/pipeline.h"
+#include "quant/policy.h"
+
+namespace quant::cli {
+
+struct QuantizeCliOptions {
+  std::string model;
+  std::string out;
+  std::string format = "gptq";
+  int bits = 4;
+  std::int64_t group_size = 128;
+  bool sym = false;
+  bool force = false;
+  bool skip_unsupported = false;
+  bool quantize_lm_head = false;
+  bool json = false;
+  std::vector<std::string> rules;
+  std::string shard_size = "5GB";
+};
+
+// Adds the shared options to a subcommand.
+void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::string& default_format);
+
+// Policy (defaults + rules), run options (output path defaulting to <model>-<method>-w4g128).
+Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults);
+RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& method, const QuantSpec& defaults);
+QuantSpec make_spec(const QuantizeCliOptions& o);
+
+// Prints the summary: a table on stderr, JSON on stdout with --json (else the output path).
+void print_report(const QuantizeReport& r, bool json);
+
+// Parses "5GB", "500MB", "1024" into bytes.
+std::uint64_t parse_size(const std::string& s);
+
+}  // namespace quant::cli
