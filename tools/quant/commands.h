@@ -17,5 +17,6 @@ GlobalOptions& global_options();
 void register_inspect(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_rtn(CLI::App& app);
+void register_gptq(CLI::App& app);
 
 }  // namespace quant::cli

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   cli::register_inspect(app);
   cli::register_eval(app);
   cli::register_rtn(app);
+  cli::register_gptq(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

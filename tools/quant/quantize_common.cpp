@@ -26,6 +26,36 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
   cmd->add_flag("--json", o.json, "print the summary as JSON on stdout");
 }
 
+void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_seqlen) {
+  o.seqlen = default_seqlen;
+  cmd->add_option("--calib", o.text, "calibration text (tokenized with the model's tokenizer)");
+  cmd->add_option("--calib-tokens", o.tokens, "pre-tokenized calibration ids instead of --calib");
+  cmd->add_option("--nsamples", o.nsamples, "calibration windows")->capture_default_str();
+  cmd->add_option("--seqlen", o.seqlen, "tokens per calibration window (capped by the model context)")->capture_default_str();
+  cmd->add_option("--seed", o.seed, "seed for picking the windows")->capture_default_str();
+}
+
+std::vector<std::vector<std::int32_t>> load_calib(const Model& model, const CalibCliOptions& o) {
+  CalibOptions c;
+  c.text = o.text;
+  c.tokens = o.tokens;
+  c.nsamples = o.nsamples;
+  c.seqlen = o.seqlen;
+  c.seed = o.seed;
+  if (!o.text.empty() && !o.tokens.empty()) fail<UsageError>("pass --calib or --calib-tokens, not both");
+  if (o.text.empty() && o.tokens.empty()) {
+    const fs::path fallback = "/usr/share/common-licenses/Apache-2.0";
+    if (!fs::exists(fallback)) {
+      fail<UsageError>("no calibration data: pass --calib FILE with text like the model's training data (e.g. C4 or WikiText samples)");
+    }
+    log::warn("no --calib given: calibrating on {} (licence text is a poor sample of most models' data; pass --calib for better results)", fallback.string());
+    c.text = fallback;
+  }
+  std::unique_ptr<Tokenizer> tok;
+  if (c.tokens.empty()) tok = Tokenizer::load(model.dir());
+  return load_calibration(model, c, tok.get());
+}
+
 std::uint64_t parse_size(const std::string& s) {
   std::size_t i = 0;
   while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;

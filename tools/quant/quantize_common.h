@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "quant/calibration.h"
 #include "quant/pipeline.h"
 #include "quant/policy.h"
 
@@ -25,6 +26,19 @@ struct QuantizeCliOptions {
   std::vector<std::string> rules;
   std::string shard_size = "5GB";
 };
+
+// Calibration options of calibrated methods (gptq, awq, ...).
+struct CalibCliOptions {
+  std::string text;
+  std::string tokens;
+  std::int64_t nsamples = 128;
+  std::int64_t seqlen = 2048;
+  std::uint64_t seed = 0;
+};
+void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_seqlen);
+// Loads the calibration windows. Without --calib/--calib-tokens, falls back (with a warning) to
+// the Apache-2.0 licence text every Debian system ships.
+std::vector<std::vector<std::int32_t>> load_calib(const Model& model, const CalibCliOptions& o);
 
 // Adds the shared options to a subcommand.
 void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::string& default_format);

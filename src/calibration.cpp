@@ -1,0 +1,105 @@
+#include "quant/calibration.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <random>
+
+#include "quant/error.h"
+#include "quant/io.h"
+#include "quant/log.h"
+#include "quant/weights.h"
+
+namespace quant {
+
+std::vector<std::vector<std::int32_t>> load_calibration(const Model& model, const CalibOptions& o,
+                                                        const Tokenizer* tokenizer) {
+  if (o.nsamples <= 0) fail<UsageError>("--nsamples must be positive, got {}", o.nsamples);
+  if (o.seqlen < 2) fail<UsageError>("--seqlen must be at least 2, got {}", o.seqlen);
+  const std::int64_t seqlen = std::min(o.seqlen, model.config().max_position_embeddings);
+  if (seqlen < o.seqlen) log::info("calibration windows capped at the model context ({} tokens)", seqlen);
+  std::vector<std::int32_t> ids;
+  std::string source;
+  if (!o.tokens.empty()) {
+    ids = read_token_ids(o.tokens);
+    source = o.tokens.string();
+  } else {
+    if (!tokenizer) fail<UsageError>("calibration text needs a tokenizer");
+    const std::string text = read_text_file(o.text);
+    if (text.empty()) fail("{}: the calibration text is empty", o.text.string());
+    ids = tokenizer->encode(text);
+    source = o.text.string();
+  }
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= model.config().vocab_size) {
+      fail("{}: token id {} at position {} is outside the vocabulary (size {})", source, ids[i], i, model.config().vocab_size);
+    }
+  }
+  if (static_cast<std::int64_t>(ids.size()) < seqlen) {
+    fail("{}: {} tokens, shorter than one calibration window of {} (lower --seqlen)", source, ids.size(), seqlen);
+  }
+  std::mt19937_64 rng(o.seed);
+  std::uniform_int_distribution<std::int64_t> start(0, static_cast<std::int64_t>(ids.size()) - seqlen);
+  std::vector<std::vector<std::int32_t>> samples;
+  for (std::int64_t s = 0; s < o.nsamples; ++s) {
+    const std::int64_t b = start(rng);
+    samples.emplace_back(ids.begin() + b, ids.begin() + b + seqlen);
+  }
+  log::info("calibration: {} windows of {} tokens from {} ({} tokens)", o.nsamples, seqlen, source, ids.size());
+  return samples;
+}
+
+LayerRunner::LayerRunner(const Model& model, const std::vector<std::vector<std::int32_t>>& samples) : model_(model) {
+  if (samples.empty()) fail<Error>("LayerRunner: no calibration samples");
+  std::size_t longest = 0;
+  for (const auto& s : samples) longest = std::max(longest, s.size());
+  rope_ = build_rope(model.config(), static_cast<std::int64_t>(longest));
+  HeadWeights head;
+  head.embed = load_matrix(model, model.layout().embed);
+  for (const auto& s : samples) hidden_.push_back(embed_tokens(head, s));
+}
+
+void LayerRunner::capture(const LayerWeights& layer, const LinearInputHook& hook) const {
+  for (const Mat& h0 : hidden_) {
+    Mat h = h0;
+    decoder_layer_forward(model_.config(), layer, rope_, h, &hook);
+  }
+}
+
+void LayerRunner::advance(const LayerWeights& layer) {
+  decoder_layer_forward_batch(model_.config(), layer, rope_, hidden_);
+}
+
+std::int64_t LayerRunner::n_tokens() const {
+  std::int64_t n = 0;
+  for (const auto& h : hidden_) n += h.rows();
+  return n;
+}
+
+void accumulate_gram(Mat& H, const Mat& x) {
+  constexpr Eigen::Index kBlock = 128;
+  const Eigen::Index n = x.cols();
+  const Eigen::Index n_blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(dynamic, 1) if (n_blocks > 1 && !omp_in_parallel())
+  for (Eigen::Index b = 0; b < n_blocks; ++b) {
+    const Eigen::Index c0 = b * kBlock, cn = std::min(kBlock, n - c0);
+    H.middleCols(c0, cn).noalias() += x.transpose() * x.middleCols(c0, cn);
+  }
+}
+
+std::map<CapturePoint, Mat> collect_hessians(const LayerRunner& runner, const LayerWeights& layer,
+                                             const std::vector<CapturePoint>& points) {
+  std::map<CapturePoint, Mat> H;
+  LinearInputHook hook = [&](CapturePoint p, const Mat& x) {
+    if (std::find(points.begin(), points.end(), p) == points.end()) return;
+    auto it = H.find(p);
+    if (it == H.end()) it = H.emplace(p, Mat::Zero(x.cols(), x.cols())).first;
+    accumulate_gram(it->second, x);
+  };
+  runner.capture(layer, hook);
+  const float scale = 2.0f / static_cast<float>(runner.n_tokens());
+  for (auto& [p, h] : H) h *= scale;
+  return H;
+}
+
+}  // namespace quant

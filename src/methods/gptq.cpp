@@ -1,0 +1,170 @@
+#include "quant/methods/gptq.h"
+
+#include <omp.h>
+
+#include <Eigen/Cholesky>
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "quant/error.h"
+#include "quant/log.h"
+
+namespace quant {
+
+namespace {
+// Output rows per parallel work item: rows are independent in GPTQ given U.
+constexpr std::int64_t kRowBlock = 64;
+}  // namespace
+
+GptqHessian prepare_hessian(const Mat& H, const GptqOptions& o, const std::string& what) {
+  const Eigen::Index n = H.rows();
+  MatD h = H.cast<double>();
+  GptqHessian g;
+  g.dead.assign(static_cast<std::size_t>(n), false);
+  for (Eigen::Index i = 0; i < n; ++i) {
+    if (!std::isfinite(h(i, i))) fail("{}: calibration activations contain non-finite values", what);
+    if (h(i, i) == 0.0) {
+      g.dead[static_cast<std::size_t>(i)] = true;
+      h(i, i) = 1.0;
+    }
+  }
+  g.perm.resize(static_cast<std::size_t>(n));
+  std::iota(g.perm.begin(), g.perm.end(), 0);
+  if (o.act_order) {
+    std::stable_sort(g.perm.begin(), g.perm.end(), [&](std::int64_t a, std::int64_t b) { return h(a, a) > h(b, b); });
+    MatD p(n, n);
+    for (Eigen::Index r = 0; r < n; ++r)
+      for (Eigen::Index c = 0; c < n; ++c) p(r, c) = h(g.perm[r], g.perm[c]);
+    h.swap(p);
+  }
+  double damp = o.damp * h.diagonal().mean();
+  for (int attempt = 0;; ++attempt) {
+    // U = J · chol(J A J)⁻¹ · J with A = H + λI and J the exchange matrix: then Uᵀ U = A⁻¹ and
+    // U is upper triangular with a positive diagonal, i.e. the upper Cholesky factor of A⁻¹
+    // (one factorisation and one triangular inverse instead of chol, chol_inverse, chol).
+    MatD a = h;
+    a.diagonal().array() += damp;
+    const MatD r = a.reverse();
+    Eigen::LLT<MatD> llt(r);
+    bool ok = llt.info() == Eigen::Success;
+    if (ok) {
+      // A pivot that is tiny relative to the diagonal means "numerically singular": the
+      // factor would amplify rounding errors enormously, so treat it as a failure too.
+      const MatD& l = llt.matrixLLT();
+      const double min_pivot = l.diagonal().array().square().minCoeff();
+      ok = min_pivot > 1e-10 * a.diagonal().maxCoeff();
+    }
+    MatD linv;
+    if (ok) {
+      linv = llt.matrixL().solve(MatD::Identity(n, n));
+      ok = linv.allFinite();
+    }
+    if (ok) {
+      g.U = linv.reverse().cast<float>();
+      g.damp = damp;
+      g.retries = attempt;
+      return g;
+    }
+    if (attempt >= o.max_damp_retries) {
+      fail("{}: the Hessian is not positive definite even with damping {:.3g} (more calibration data, or a larger --damp)", what, damp);
+    }
+    log::warn("{}: Cholesky failed with damping {:.3g}; retrying with {:.3g}", what, damp, damp * 10);
+    damp *= 10;
+  }
+}
+
+GptqResult gptq_quantize(const Mat& W, const GptqHessian& hs, const QuantSpec& spec, const GptqOptions& o) {
+  spec.validate();
+  const std::int64_t rows = W.rows(), n = W.cols();
+  if (hs.U.rows() != n) fail<Error>("gptq_quantize: H is {}x{} for {} columns", hs.U.rows(), hs.U.cols(), n);
+  const std::int64_t G = spec.effective_group(n);
+  const bool grouped = spec.group_size > 0 && G < n;
+  // Blocks aligned to groups, so group parameters are always computed from current weights.
+  std::int64_t B = std::max<std::int64_t>(1, o.block_size);
+  if (grouped && !o.static_groups && B % G != 0 && G % B != 0) B = G;
+
+  GptqResult res;
+  QuantizedMatrix& m = res.q;
+  m = QuantizedMatrix::empty(rows, n, spec);
+  // g_idx: position-order groups with act-order (non-static); original groups otherwise.
+  if (grouped && o.act_order && !o.static_groups) {
+    for (std::int64_t p = 0; p < n; ++p) m.g_idx[static_cast<std::size_t>(hs.perm[p])] = static_cast<std::int32_t>(p / G);
+  }
+  const int maxq = spec.maxq();
+  const std::int64_t n_row_blocks = (rows + kRowBlock - 1) / kRowBlock;
+  std::vector<double> losses(static_cast<std::size_t>(n_row_blocks), 0.0);
+
+#pragma omp parallel for schedule(dynamic, 1) if (n_row_blocks > 1 && !omp_in_parallel())
+  for (std::int64_t rb = 0; rb < n_row_blocks; ++rb) {
+    const std::int64_t r0 = rb * kRowBlock, nr = std::min(kRowBlock, rows - r0);
+    Mat w(nr, n);  // permuted columns; dead columns zeroed
+    for (std::int64_t p = 0; p < n; ++p) {
+      const std::int64_t c = hs.perm[static_cast<std::size_t>(p)];
+      if (hs.dead[static_cast<std::size_t>(c)]) w.col(p).setZero();
+      else w.col(p) = W.block(r0, c, nr, 1);
+    }
+    // Parameters fixed before the sweep: per channel, or static groups from the original W.
+    auto set_params = [&](std::int64_t row, std::int64_t g, const GroupParams& p) {
+      m.scales[static_cast<std::size_t>((r0 + row) * m.n_groups + g)] = p.scale;
+      m.zeros[static_cast<std::size_t>((r0 + row) * m.n_groups + g)] = p.zero;
+    };
+    if (!grouped || o.static_groups) {
+      std::vector<float> buf(static_cast<std::size_t>(n));
+      for (std::int64_t r = 0; r < nr; ++r) {
+        for (std::int64_t c = 0; c < n; ++c) buf[c] = hs.dead[c] ? 0.0f : W(r0 + r, c);
+        for (std::int64_t g = 0; g < m.n_groups; ++g) {
+          const std::int64_t c0 = g * G, c1 = std::min(n, c0 + G);
+          set_params(r, g, find_params(buf.data() + c0, c1 - c0, spec));
+        }
+      }
+    }
+    std::vector<std::int32_t> group_of(static_cast<std::size_t>(n));  // position -> group
+    for (std::int64_t p = 0; p < n; ++p) {
+      group_of[p] = !grouped ? 0 : (o.static_groups || !o.act_order) ? static_cast<std::int32_t>(hs.perm[p] / G)
+                                                                     : static_cast<std::int32_t>(p / G);
+    }
+    std::vector<float> gbuf(static_cast<std::size_t>(G));
+    double loss = 0;
+    Mat err(nr, B);
+    for (std::int64_t i1 = 0; i1 < n; i1 += B) {
+      const std::int64_t i2 = std::min(i1 + B, n), count = i2 - i1;
+      for (std::int64_t p = i1; p < i2; ++p) {
+        if (grouped && !o.static_groups && p % G == 0) {  // a group starts: params from current weights
+          const std::int64_t pe = std::min(n, p + G);
+          for (std::int64_t r = 0; r < nr; ++r) {
+            for (std::int64_t k = p; k < pe; ++k) gbuf[k - p] = w(r, k);
+            set_params(r, group_of[p], find_params(gbuf.data(), pe - p, spec));
+          }
+        }
+        const float d = hs.U(p, p);
+        const std::int64_t col = hs.perm[p];
+        for (std::int64_t r = 0; r < nr; ++r) {
+          const GroupParams gp = m.params(r0 + r, group_of[p]);
+          const float q = quantize_code(w(r, p), gp, maxq);
+          m.q[static_cast<std::size_t>((r0 + r) * n + col)] = static_cast<std::uint8_t>(q);
+          const float e = (w(r, p) - dequantize_code(q, gp)) / d;
+          loss += 0.5 * static_cast<double>(e) * e;
+          err(r, p - i1) = e;
+        }
+        // Spread this column's error over the rest of the block (Algorithm 1, line 8).
+        if (p + 1 < i2) {
+          w.block(0, p + 1, nr, i2 - p - 1).noalias() -= err.col(p - i1) * hs.U.block(p, p + 1, 1, i2 - p - 1);
+        }
+      }
+      // Lazy batch update of everything after the block.
+      if (i2 < n) w.rightCols(n - i2).noalias() -= err.leftCols(count) * hs.U.block(i1, i2, count, n - i2);
+    }
+    losses[static_cast<std::size_t>(rb)] = loss;
+  }
+  for (double l : losses) res.obs_loss += l;
+  return res;
+}
+
+double hessian_loss(const Mat& dW, const Mat& H) {
+  Mat dWH;
+  linear_forward(dW, H, Vec(), dWH);  // ΔW Hᵀ = ΔW H
+  return (dWH.cast<double>().array() * dW.cast<double>().array()).sum();
+}
+
+}  // namespace quant

@@ -1,0 +1,46 @@
+// quant gptq MODEL: calibrated, layer-sequential GPTQ.
+#include "commands.h"
+#include "progress.h"
+#include "quant/methods/gptq.h"
+#include "quantize_common.h"
+
+#include "quant/error.h"
+
+namespace quant::cli {
+
+void register_gptq(CLI::App& app) {
+  auto o = std::make_shared<QuantizeCliOptions>();
+  auto c = std::make_shared<CalibCliOptions>();
+  auto g = std::make_shared<GptqOptions>();
+  auto no_true_seq = std::make_shared<bool>(false);
+  auto mse = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand("gptq", "GPTQ: calibrated, error-compensating quantization (arXiv:2210.17323)");
+  add_quantize_options(cmd, *o, "gptq");
+  add_calib_options(cmd, *c, 2048);
+  cmd->add_option("--damp", g->damp, "dampening: fraction of mean(diag H) added to the diagonal")->capture_default_str();
+  cmd->add_option("--block-size", g->block_size, "columns per lazy-batch block")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_flag("--act-order,--desc-act", g->act_order, "quantize columns in order of decreasing diag H (desc_act)");
+  cmd->add_flag("--static-groups", g->static_groups, "group parameters from the original weights (with --act-order: g_idx stays j/group)");
+  cmd->add_flag("--no-true-sequential", *no_true_seq, "capture all of a layer's inputs once instead of sub-group by sub-group");
+  cmd->add_flag("--mse", *mse, "search a clipping factor for each group's range");
+  cmd->callback([o, c, g, no_true_seq, mse] {
+    QuantSpec spec = make_spec(*o);
+    spec.mse = *mse;
+    if (g->damp < 0) fail<UsageError>("--damp must be non-negative, got {}", g->damp);
+    g->true_sequential = !*no_true_seq;
+    const Model model = Model::open(o->model);
+    const Policy policy = make_policy(*o, spec);
+    const RunOptions run = make_run_options(*o, "gptq", spec);
+    const auto samples = load_calib(model, *c);
+    std::unique_ptr<ProgressBar> bar;
+    const QuantizeReport r = gptq_quantize_model(model, policy, run, *g, samples,
+                                                 [&](std::int64_t done, std::int64_t total, const std::string& what) {
+                                                   if (!bar) bar = std::make_unique<ProgressBar>("gptq", total);
+                                                   bar->update(done, what);
+                                                 });
+    if (bar) bar->finish();
+    print_report(r, o->json);
+  });
+}
+
+}  // namespace quant::cli
