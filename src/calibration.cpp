@@ -59,14 +59,55 @@ LayerRunner::LayerRunner(const Model& model, const std::vector<std::vector<std::
   for (const auto& s : samples) hidden_.push_back(embed_tokens(head, s));
 }
 
-void LayerRunner::capture(const LayerWeights& layer, const LinearInputHook& hook) const {
-  for (const Mat& h0 : hidden_) {
-    Mat h = h0;
-    decoder_layer_forward(model_.config(), layer, rope_, h, &hook);
+void LayerRunner::compute(int stage, const LayerWeights& L) {
+  const auto& c = model_.config();
+  const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(hidden_.size());
+  if (stage == 2) h_mid_.resize(hidden_.size());
+  std::vector<Mat> next(hidden_.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    const auto s = static_cast<std::size_t>(i);
+    switch (stage) {
+      case 0: rms_norm(hidden_[s], L.attn_norm, c.rms_norm_eps, next[s]); break;
+      case 1: next[s] = attention_block(c, L, rope_, act_[s]); break;
+      case 2:
+        h_mid_[s] = hidden_[s];
+        add_linear(act_[s], L, LinearKind::o, h_mid_[s]);
+        rms_norm(h_mid_[s], L.mlp_norm, c.rms_norm_eps, next[s]);
+        break;
+      case 3: next[s] = mlp_activation(L, act_[s]); break;
+      default: break;
+    }
   }
+  act_ = std::move(next);
+  stage_ = stage;
+}
+
+const std::vector<Mat>& LayerRunner::stage(CapturePoint p, const LayerWeights& layer) {
+  const int want = static_cast<int>(p);
+  if (want < stage_) fail<Error>("LayerRunner: stage {} requested after stage {}", want, stage_);
+  while (stage_ < want) compute(stage_ + 1, layer);
+  return act_;
+}
+
+void LayerRunner::finish(const LayerWeights& layer) {
+  stage(CapturePoint::down_in, layer);
+  const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(hidden_.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    const auto s = static_cast<std::size_t>(i);
+    hidden_[s] = std::move(h_mid_[s]);
+    add_linear(act_[s], layer, LinearKind::down, hidden_[s]);
+  }
+  act_.clear();
+  h_mid_.clear();
+  stage_ = -1;
 }
 
 void LayerRunner::advance(const LayerWeights& layer) {
+  act_.clear();
+  h_mid_.clear();
+  stage_ = -1;
   decoder_layer_forward_batch(model_.config(), layer, rope_, hidden_);
 }
 
@@ -87,18 +128,15 @@ void accumulate_gram(Mat& H, const Mat& x) {
   }
 }
 
-std::map<CapturePoint, Mat> collect_hessians(const LayerRunner& runner, const LayerWeights& layer,
-                                             const std::vector<CapturePoint>& points) {
-  std::map<CapturePoint, Mat> H;
-  LinearInputHook hook = [&](CapturePoint p, const Mat& x) {
-    if (std::find(points.begin(), points.end(), p) == points.end()) return;
-    auto it = H.find(p);
-    if (it == H.end()) it = H.emplace(p, Mat::Zero(x.cols(), x.cols())).first;
-    accumulate_gram(it->second, x);
-  };
-  runner.capture(layer, hook);
-  const float scale = 2.0f / static_cast<float>(runner.n_tokens());
-  for (auto& [p, h] : H) h *= scale;
+Mat hessian(const std::vector<Mat>& xs) {
+  if (xs.empty()) fail<Error>("hessian: no activations");
+  Mat H = Mat::Zero(xs[0].cols(), xs[0].cols());
+  std::int64_t n = 0;
+  for (const Mat& x : xs) {
+    accumulate_gram(H, x);
+    n += x.rows();
+  }
+  H *= 2.0f / static_cast<float>(n);
   return H;
 }
 

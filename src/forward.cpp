@@ -136,7 +136,10 @@ void apply_rope(Mat& x, std::int64_t n_heads, std::int64_t head_dim, const RopeT
   }
 }
 
-// Causal grouped-query attention: out [T, n_heads·head_dim].
+// Causal grouped-query attention: out [T, n_heads·head_dim]. Query rows go in blocks of
+// kQueryBlock against only the keys they can see (half the work of a full T×T product).
+constexpr Eigen::Index kQueryBlock = 64;
+
 void attention(const ModelConfig& c, const Mat& q, const Mat& k, const Mat& v, Mat& out) {
   const Eigen::Index T = q.rows();
   const std::int64_t hd = c.head_dim;
@@ -146,56 +149,66 @@ void attention(const ModelConfig& c, const Mat& q, const Mat& k, const Mat& v, M
 #pragma omp parallel for schedule(dynamic, 1) if (c.n_heads > 1 && !omp_in_parallel())
   for (std::int64_t h = 0; h < c.n_heads; ++h) {
     const std::int64_t g = h / group;
-    Mat scores(T, T);
-    scores.noalias() = q.middleCols(h * hd, hd) * k.middleCols(g * hd, hd).transpose();
-    for (Eigen::Index t = 0; t < T; ++t) {
-      float* row = scores.row(t).data();
-      float mx = -INFINITY;
-      for (Eigen::Index j = 0; j <= t; ++j) mx = std::max(mx, row[j] * scale);
-      float sum = 0.0f;
-      for (Eigen::Index j = 0; j <= t; ++j) {
-        row[j] = std::exp(row[j] * scale - mx);
-        sum += row[j];
+    Mat scores;
+    for (Eigen::Index r0 = 0; r0 < T; r0 += kQueryBlock) {
+      const Eigen::Index nq = std::min(kQueryBlock, T - r0), nk = r0 + nq;
+      scores.noalias() = (q.block(r0, h * hd, nq, hd) * scale) * k.block(0, g * hd, nk, hd).transpose();
+      for (Eigen::Index i = 0; i < nq; ++i) {
+        const Eigen::Index visible = r0 + i + 1;
+        auto row = scores.row(i).head(visible).array();
+        row = (row - row.maxCoeff()).exp();
+        row /= row.sum();
+        scores.row(i).tail(nk - visible).setZero();
       }
-      const float inv = 1.0f / sum;
-      for (Eigen::Index j = 0; j <= t; ++j) row[j] *= inv;
-      for (Eigen::Index j = t + 1; j < T; ++j) row[j] = 0.0f;
+      out.block(r0, h * hd, nq, hd).noalias() = scores * v.block(0, g * hd, nk, hd);
     }
-    out.middleCols(h * hd, hd).noalias() = scores * v.middleCols(g * hd, hd);
   }
 }
 
 }  // namespace
 
-void decoder_layer_forward(const ModelConfig& c, const LayerWeights& L, const RopeTable& rope,
-                           Mat& h, const LinearInputHook* hook) {
-  if (h.rows() > rope.cos.rows()) {
-    fail<Error>("decoder_layer_forward: {} tokens but rope table has {} positions", h.rows(), rope.cos.rows());
+Mat attention_block(const ModelConfig& c, const LayerWeights& L, const RopeTable& rope, const Mat& x) {
+  if (x.rows() > rope.cos.rows()) {
+    fail<Error>("attention_block: {} tokens but rope table has {} positions", x.rows(), rope.cos.rows());
   }
   auto B = [&](LinearKind k) -> const Vec& { return L.b[static_cast<int>(k)]; };
-  Mat x, q, k, v, attn, o;
-  rms_norm(h, L.attn_norm, c.rms_norm_eps, x);
-  if (hook) (*hook)(CapturePoint::attn_in, x);
+  Mat q, k, v, attn;
   linear_forward(x, L.linear(LinearKind::q), B(LinearKind::q), q);
   linear_forward(x, L.linear(LinearKind::k), B(LinearKind::k), k);
   linear_forward(x, L.linear(LinearKind::v), B(LinearKind::v), v);
   apply_rope(q, c.n_heads, c.head_dim, rope);
   apply_rope(k, c.n_kv_heads, c.head_dim, rope);
   attention(c, q, k, v, attn);
-  if (hook) (*hook)(CapturePoint::o_in, attn);
-  linear_forward(attn, L.linear(LinearKind::o), B(LinearKind::o), o);
-  h += o;
+  return attn;
+}
 
-  Mat gate, up, down;
+Mat mlp_activation(const LayerWeights& L, const Mat& x) {
+  Mat gate, up;
+  linear_forward(x, L.linear(LinearKind::gate), L.b[static_cast<int>(LinearKind::gate)], gate);
+  linear_forward(x, L.linear(LinearKind::up), L.b[static_cast<int>(LinearKind::up)], up);
+  // SwiGLU: silu(gate) ⊙ up
+  return gate.unaryExpr([](float g) { return g / (1.0f + std::exp(-g)); }).cwiseProduct(up);
+}
+
+void add_linear(const Mat& x, const LayerWeights& L, LinearKind kind, Mat& h) {
+  Mat y;
+  linear_forward(x, L.linear(kind), L.b[static_cast<int>(kind)], y);
+  h += y;
+}
+
+void decoder_layer_forward(const ModelConfig& c, const LayerWeights& L, const RopeTable& rope,
+                           Mat& h, const LinearInputHook* hook) {
+  Mat x;
+  rms_norm(h, L.attn_norm, c.rms_norm_eps, x);
+  if (hook) (*hook)(CapturePoint::attn_in, x);
+  const Mat attn = attention_block(c, L, rope, x);
+  if (hook) (*hook)(CapturePoint::o_in, attn);
+  add_linear(attn, L, LinearKind::o, h);
   rms_norm(h, L.mlp_norm, c.rms_norm_eps, x);
   if (hook) (*hook)(CapturePoint::mlp_in, x);
-  linear_forward(x, L.linear(LinearKind::gate), B(LinearKind::gate), gate);
-  linear_forward(x, L.linear(LinearKind::up), B(LinearKind::up), up);
-  // SwiGLU: silu(gate) ⊙ up
-  gate = gate.unaryExpr([](float g) { return g / (1.0f + std::exp(-g)); }).cwiseProduct(up);
-  if (hook) (*hook)(CapturePoint::down_in, gate);
-  linear_forward(gate, L.linear(LinearKind::down), B(LinearKind::down), down);
-  h += down;
+  const Mat act = mlp_activation(L, x);
+  if (hook) (*hook)(CapturePoint::down_in, act);
+  add_linear(act, L, LinearKind::down, h);
 }
 
 void decoder_layer_forward_batch(const ModelConfig& c, const LayerWeights& L,

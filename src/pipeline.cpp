@@ -145,7 +145,8 @@ void OutputSession::put_float(const std::string& name, const float* data, std::v
   written_.insert(name);
 }
 
-void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m, const Mat& original, json extra) {
+void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m, const Mat& original, json extra,
+                                  const Vec* bias) {
   const LinearPlan& plan = plan_for(l);
   if (!plan.quantize) fail<Error>("linear '{}' is not planned for quantization", l.prefix);
   const Mat deq = m.dequantize();
@@ -166,7 +167,8 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
   const DType weight_dtype = source_.store().get(l.weight_name()).dtype;
   auto put_bias = [&](DType dtype) {
     if (!l.bias) return;
-    const auto b = source_.store().read_f32(l.bias_name());
+    const std::vector<float> b = bias ? std::vector<float>(bias->data(), bias->data() + bias->size())
+                                      : source_.store().read_f32(l.bias_name());
     writer_->add_f32(l.bias_name(), dtype, {l.out}, b);
     written_.insert(l.bias_name());
   };

@@ -29,31 +29,44 @@ struct CalibOptions {
 std::vector<std::vector<std::int32_t>> load_calibration(const Model& model, const CalibOptions& options,
                                                         const Tokenizer* tokenizer);
 
-// Holds the hidden states entering the current decoder layer for every sample.
+// Holds the hidden states entering the current decoder layer for every sample, and runs the
+// layer stage by stage so that each capture point's inputs are computed once, with whatever
+// weights the layer has at that moment (true-sequential quantization replaces q/k/v before
+// o_proj's inputs are computed, and so on). One forward pass per layer in all.
 class LayerRunner {
  public:
   LayerRunner(const Model& model, const std::vector<std::vector<std::int32_t>>& samples);
-  // Runs `layer` over every sample (one at a time, in order) calling `hook` with the inputs of
-  // each capture point; the hidden states are not changed.
-  void capture(const LayerWeights& layer, const LinearInputHook& hook) const;
-  // Replaces the hidden states by the layer's outputs (parallel over samples).
+
+  // The inputs of capture point `p` for every sample, computed from the previous stage's cached
+  // activations with `layer`. Points come in forward order (attn_in, o_in, mlp_in, down_in);
+  // asking for a later point computes the stages in between; asking for an earlier one than
+  // the last computed is an error.
+  const std::vector<Mat>& stage(CapturePoint p, const LayerWeights& layer);
+  // Completes the layer from the cached stages (the rest runs with `layer`) and moves the
+  // hidden states to the layer's outputs.
+  void finish(const LayerWeights& layer);
+  // Recomputes the whole layer with `layer` (discarding cached stages) and moves on.
   void advance(const LayerWeights& layer);
+
   const std::vector<Mat>& hidden() const { return hidden_; }
   std::int64_t n_tokens() const;
   const ModelConfig& config() const { return model_.config(); }
   const RopeTable& rope() const { return rope_; }
 
  private:
+  void compute(int stage, const LayerWeights& layer);
   const Model& model_;
   RopeTable rope_;
   std::vector<Mat> hidden_;
+  int stage_ = -1;  // last computed stage: 0 attn_in, 1 o_in, 2 mlp_in, 3 down_in
+  std::vector<Mat> act_;    // the last stage's activations
+  std::vector<Mat> h_mid_;  // hidden + attention output, from stage 2 on
 };
 
 // H += xᵀx, in fixed column blocks spread over threads (bit-identical for any thread count).
 void accumulate_gram(Mat& H, const Mat& x);
 
-// The Hessians 2/n Σ x xᵀ of the requested capture points' inputs over all calibration tokens.
-std::map<CapturePoint, Mat> collect_hessians(const LayerRunner& runner, const LayerWeights& layer,
-                                             const std::vector<CapturePoint>& points);
+// The Hessian 2/n Σ x xᵀ over all rows of all the matrices (in order: deterministic).
+Mat hessian(const std::vector<Mat>& xs);
 
 }  // namespace quant

@@ -62,6 +62,13 @@ void linear_forward(const Mat& x, const Mat& w, const Vec& b, Mat& y);
 void decoder_layer_forward(const ModelConfig& config, const LayerWeights& layer,
                            const RopeTable& rope, Mat& h, const LinearInputHook* hook = nullptr);
 
+// The stages of decoder_layer_forward, for calibration that runs a layer piece by piece:
+// attention output before o_proj for the normed input x; SwiGLU activation (down_proj's
+// input) for the normed x; h += x Wᵀ (+ b) of one linear.
+Mat attention_block(const ModelConfig& config, const LayerWeights& layer, const RopeTable& rope, const Mat& x);
+Mat mlp_activation(const LayerWeights& layer, const Mat& x);
+void add_linear(const Mat& x, const LayerWeights& layer, LinearKind kind, Mat& h);
+
 // Runs a layer over several sequences; parallel across sequences (no hooks here).
 void decoder_layer_forward_batch(const ModelConfig& config, const LayerWeights& layer,
                                  const RopeTable& rope, std::vector<Mat>& hs);

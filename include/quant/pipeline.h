@@ -77,10 +77,10 @@ class OutputSession {
   const LinearPlan& plan_for(const LinearDesc& linear) const;
   std::int64_t n_to_quantize() const;
 
-  // Writes a quantized linear (and its bias) in the session's format; `original` is the float
-  // weight the error is measured against.
+  // Writes a quantized linear (and its bias: `bias` when given, else the source's) in the
+  // session's format; `original` is the float weight the error is measured against.
   void put_quantized(const LinearDesc& linear, const QuantizedMatrix& m, const Mat& original,
-                     nlohmann::json extra = {});
+                     nlohmann::json extra = {}, const Vec* bias = nullptr);
   // Writes a float tensor that replaces the source's (e.g. an AWQ-rescaled norm) in the
   // source tensor's dtype.
   void put_float(const std::string& name, const float* data, std::vector<std::int64_t> shape);

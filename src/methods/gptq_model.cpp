@@ -2,6 +2,8 @@
 // quantize its linears sub-group by sub-group (true sequential: each sub-group sees the inputs
 // produced by the already-quantized ones), then run the quantized layer to produce the next
 // layer's inputs, as the reference implementation does.
+#include <algorithm>
+#include <chrono>
 #include <map>
 
 #include "quant/error.h"
@@ -12,6 +14,23 @@
 namespace quant {
 
 namespace {
+
+// Wall time per phase, for "where does the time go".
+struct PhaseTimer {
+  std::map<std::string, double> seconds;
+  template <typename F>
+  auto time(const std::string& phase, F&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if constexpr (std::is_void_v<decltype(f())>) {
+      f();
+      seconds[phase] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } else {
+      auto r = f();
+      seconds[phase] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      return r;
+    }
+  }
+};
 
 // Rounds weights to the checkpoint's storage dtype, so calibration sees what inference will.
 void round_to_dtype(Mat& w, DType dtype) {
@@ -33,19 +52,21 @@ struct LinearJob {
   const GptqHessian& prepared;
 };
 
-void quantize_one(OutputSession& session, const LinearJob& j, const GptqOptions& o, DType dtype) {
+void quantize_one(OutputSession& session, const LinearJob& j, const GptqOptions& o, DType dtype, PhaseTimer& timer) {
   const Mat W = j.weight;
   check_finite(W, j.desc.weight_name());
-  GptqResult res = gptq_quantize(W, j.prepared, j.plan.spec, o);
+  GptqResult res = timer.time("gptq solve", [&] { return gptq_quantize(W, j.prepared, j.plan.spec, o); });
   Mat deq = res.q.dequantize();
-  const Mat rtn = quantize_rtn(W, j.plan.spec).dequantize();
-  nlohmann::json extra = {{"obs_loss", res.obs_loss},
+  nlohmann::json extra = timer.time("loss report", [&] {
+    const Mat rtn = quantize_rtn(W, j.plan.spec).dequantize();
+    return nlohmann::json{{"obs_loss", res.obs_loss},
                           {"gptq_loss", hessian_loss(W - deq, j.H)},
                           {"rtn_loss", hessian_loss(W - rtn, j.H)},
                           {"damp", j.prepared.damp},
                           {"damp_retries", j.prepared.retries}};
+  });
   log::debug("{}: H-loss gptq {:.5g} rtn {:.5g}", j.desc.prefix, extra["gptq_loss"].get<double>(), extra["rtn_loss"].get<double>());
-  session.put_quantized(j.desc, res.q, W, std::move(extra));
+  timer.time("pack + write", [&] { session.put_quantized(j.desc, res.q, W, std::move(extra)); });
   round_to_dtype(deq, dtype);
   j.weight = std::move(deq);
 }
@@ -63,20 +84,29 @@ QuantizeReport gptq_quantize_model(const Model& model, const Policy& policy, con
   r.method_config = {{"desc_act", o.act_order}, {"static_groups", o.static_groups},
                      {"true_sequential", o.true_sequential}, {"damp_percent", o.damp}};
   OutputSession session(model, policy, r);
-  LayerRunner runner(model, samples);
+  PhaseTimer timer;
+  LayerRunner runner = timer.time("embed", [&] { return LayerRunner(model, samples); });
   const std::int64_t total = session.n_to_quantize();
   std::int64_t done = 0;
   const DType dtype = model.store().get(model.layout().embed).dtype;
 
   for (const auto& layer : model.layout().layers) {
-    LayerWeights lw = load_layer(model, layer.index);
+    LayerWeights lw = timer.time("load weights", [&] { return load_layer(model, layer.index); });
     for (const auto& group : sub_groups(o.true_sequential)) {
       std::vector<CapturePoint> points;
       for (LinearKind k : group) {
-        if (session.plan_for(layer.linear(k)).quantize) points.push_back(capture_point(k));
+        const CapturePoint p = capture_point(k);
+        if (session.plan_for(layer.linear(k)).quantize && std::find(points.begin(), points.end(), p) == points.end()) {
+          points.push_back(p);
+        }
       }
       if (points.empty()) continue;
-      const auto hessians = collect_hessians(runner, lw, points);
+      // Inputs with the layer's current weights: earlier sub-groups are already quantized.
+      std::map<CapturePoint, Mat> hessians;
+      for (CapturePoint p : points) {
+        const auto& xs = timer.time("forward", [&]() -> const std::vector<Mat>& { return runner.stage(p, lw); });
+        hessians.emplace(p, timer.time("hessian", [&] { return hessian(xs); }));
+      }
       std::map<CapturePoint, GptqHessian> prepared;
       for (LinearKind k : group) {
         const LinearDesc& d = layer.linear(k);
@@ -84,12 +114,18 @@ QuantizeReport gptq_quantize_model(const Model& model, const Policy& policy, con
         if (!plan.quantize) continue;
         const CapturePoint pt = capture_point(k);
         const Mat& H = hessians.at(pt);
-        if (!prepared.count(pt)) prepared.emplace(pt, prepare_hessian(H, o, d.prefix));
-        quantize_one(session, {d, plan, lw.linear(k), H, prepared.at(pt)}, o, dtype);
+        if (!prepared.count(pt)) prepared.emplace(pt, timer.time("cholesky", [&] { return prepare_hessian(H, o, d.prefix); }));
+        quantize_one(session, {d, plan, lw.linear(k), H, prepared.at(pt)}, o, dtype, timer);
         if (progress) progress(++done, total, d.prefix);
       }
     }
-    runner.advance(lw);
+    // True sequential: the cached stages already saw the quantized weights; otherwise every
+    // input was captured with the float layer and the quantized layer runs afresh.
+    timer.time("forward", [&] {
+      if (o.true_sequential) runner.finish(lw);
+      else runner.advance(lw);
+    });
+    log::debug("layer {} done", layer.index);
   }
 
   const LinearDesc& head = model.layout().lm_head;
@@ -105,10 +141,14 @@ QuantizeReport gptq_quantize_model(const Model& model, const Policy& policy, con
     H *= 2.0f / static_cast<float>(runner.n_tokens());
     Mat w = load_linear(model, head);
     const GptqHessian prep = prepare_hessian(H, o, head.prefix);
-    quantize_one(session, {head, session.plan_for(head), w, H, prep}, o, dtype);
+    quantize_one(session, {head, session.plan_for(head), w, H, prep}, o, dtype, timer);
     if (progress) progress(++done, total, head.prefix);
   }
-  return session.finish();
+  QuantizeReport report = timer.time("finish", [&] { return session.finish(); });
+  std::string breakdown;
+  for (const auto& [phase, secs] : timer.seconds) breakdown += fmt::format(" {} {:.1f}s;", phase, secs);
+  log::info("gptq time:{}", breakdown);
+  return report;
 }
 
 }  // namespace quant

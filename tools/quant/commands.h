@@ -18,5 +18,6 @@ void register_inspect(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_rtn(CLI::App& app);
 void register_gptq(CLI::App& app);
+void register_awq(CLI::App& app);
 
 }  // namespace quant::cli

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   cli::register_eval(app);
   cli::register_rtn(app);
   cli::register_gptq(app);
+  cli::register_awq(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,78 @@
+// Writes a random Llama-family checkpoint of a given shape (F16, fixed seed) for benchmarks:
+//   quant_make_synthetic OUT_DIR [--preset llama-1.1b|tiny] [--layers N] [--seed S]
+// llama-1.1b: hidden 2048, ffn 5632, 22 layers, 32 heads, 4 KV heads, vocab 32000, ctx 2048
+// (TinyLlama-1.1B's shapes). Weights ~ N(0, 0.02²), norms 1; no tokenizer (calibrate with
+// --calib-tokens, e.g. the ids file this tool also writes).
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+
+#include "quant/io.h"
+#include "quant/safetensors.h"
+
+int main(int argc, char** argv) {
+  using namespace quant;
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s OUT_DIR [--preset llama-1.1b|tiny] [--layers N] [--seed S]\n", argv[0]);
+    return 2;
+  }
+  const fs::path out = argv[1];
+  std::string preset = "llama-1.1b";
+  int layers = -1;
+  unsigned seed = 0;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string k = argv[i];
+    if (k == "--preset") preset = argv[i + 1];
+    else if (k == "--layers") layers = std::stoi(argv[i + 1]);
+    else if (k == "--seed") seed = static_cast<unsigned>(std::stoul(argv[i + 1]));
+  }
+  std::int64_t H = 2048, F = 5632, L = 22, heads = 32, kv = 4, V = 32000, ctx = 2048;
+  if (preset == "tiny") { H = 256; F = 688; L = 4; heads = 8; kv = 4; V = 1024; ctx = 512; }
+  else if (preset != "llama-1.1b") { std::fprintf(stderr, "unknown preset %s\n", preset.c_str()); return 2; }
+  if (layers > 0) L = layers;
+  const std::int64_t hd = H / heads;
+  fs::create_directories(out);
+  nlohmann::json config = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", H},
+                           {"intermediate_size", F}, {"num_hidden_layers", L}, {"num_attention_heads", heads},
+                           {"num_key_value_heads", kv}, {"vocab_size", V}, {"max_position_embeddings", ctx},
+                           {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false},
+                           {"hidden_act", "silu"}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"torch_dtype", "float16"}};
+  write_file_atomic(out / "config.json", config.dump(2));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  WriterOptions wo;
+  wo.max_shard_bytes = 1'000'000'000;
+  SafetensorsWriter w(out, wo, {{"format", "pt"}});
+  std::vector<float> buf;
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, bool ones = false) {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    buf.resize(static_cast<std::size_t>(n));
+    for (auto& x : buf) x = ones ? 1.0f : normal(rng);
+    w.add_f32(name, DType::F16, shape, buf);
+  };
+  add("model.embed_tokens.weight", {V, H});
+  for (std::int64_t l = 0; l < L; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {H}, true);
+    add(p + "self_attn.q_proj.weight", {heads * hd, H});
+    add(p + "self_attn.k_proj.weight", {kv * hd, H});
+    add(p + "self_attn.v_proj.weight", {kv * hd, H});
+    add(p + "self_attn.o_proj.weight", {H, heads * hd});
+    add(p + "post_attention_layernorm.weight", {H}, true);
+    add(p + "mlp.gate_proj.weight", {F, H});
+    add(p + "mlp.up_proj.weight", {F, H});
+    add(p + "mlp.down_proj.weight", {H, F});
+    std::fprintf(stderr, "\rlayer %lld/%lld", static_cast<long long>(l + 1), static_cast<long long>(L));
+  }
+  add("model.norm.weight", {H}, true);
+  add("lm_head.weight", {V, H});
+  w.finish();
+  // Random calibration ids (uniform over the vocabulary).
+  std::string ids;
+  std::uniform_int_distribution<std::int64_t> tok(3, V - 1);
+  for (int i = 0; i < 200000; ++i) ids += std::to_string(tok(rng)) + (i % 32 == 31 ? "\n" : " ");
+  write_file_atomic(out / "calib.ids", ids);
+  std::fprintf(stderr, "\nwrote %s\n", out.c_str());
+  return 0;
+}

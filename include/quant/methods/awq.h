@@ -1,0 +1,69 @@
+// AWQ (Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and
+// Acceleration", arXiv:2306.00978), as AutoAWQ implements it: per-channel scales s that
+// protect salient input channels (Q(W·diag(s))·diag(s)⁻¹ x), found by a grid search on the
+// inspected block's output error and folded into the preceding op; then a per-group clipping
+// search. Runs layer by layer with the previous layers already scaled and quantized.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "quant/calibration.h"
+#include "quant/pipeline.h"
+
+namespace quant {
+
+struct AwqOptions {
+  int n_grid = 20;          // scale ratios r = 0, 1/n, …, (n−1)/n
+  bool duo_scaling = true;  // s = x_mean^r / w_mean^(1−r); false: s = x_mean^r
+  bool clip = true;         // clipping search (skipped for q_proj and k_proj, as AutoAWQ)
+  int clip_grid = 20;       // shrink steps of 1/clip_grid …
+  double clip_max_shrink = 0.5;  // … down to 1 − max_shrink
+};
+
+// Per-channel mean |x| over all rows of all matrices.
+Vec mean_abs(const std::vector<Mat>& xs);
+// Per-input-channel mean over the given weights of |w| / max|w| of its group (AutoAWQ's w_mean).
+Vec weight_mean(const std::vector<const Mat*>& ws, std::int64_t group_size);
+// The candidate scales for ratio r, normalised by sqrt(max·min).
+Vec awq_scales(const Vec& x_mean, const Vec& w_mean, double ratio, bool duo);
+
+// Clipping search for one weight [out, in] with input Hessian H (2/n Σ x xᵀ of its inputs):
+// per (row, group) the symmetric clip max|w|·(1 − i/clip_grid), i < clip_grid·max_shrink,
+// minimising the group's output error dᵀ H_gg d with d = w − Q(clip(w)). Returns the clipped
+// weight.
+Mat awq_clip(const Mat& w, const Mat& H, const QuantSpec& spec, const AwqOptions& options);
+
+// The four Llama mappings: which op absorbs 1/s and which linears take s on their inputs.
+enum class AwqMapping {
+  attn,     // input_layernorm → q, k, v
+  v_o,      // v_proj rows → o_proj (only without GQA)
+  mlp,      // post_attention_layernorm → gate, up
+  up_down,  // up_proj rows → down_proj
+};
+// Folds s into the layer: the scaled linears' columns × s, the previous op (norm weight, or
+// rows and bias of v_proj/up_proj) × 1/s. The float layer computes the same function.
+void fold_awq_scales(LayerWeights& layer, AwqMapping mapping, const Vec& s);
+
+struct AwqSearchResult {
+  Vec scales;          // the best s (all ones when no candidate beat plain RTN)
+  double ratio = -1;   // the winning r; −1 when s = 1 won
+  double loss = 0;
+  double identity_loss = 0;  // the loss with s = 1, i.e. plain RTN
+};
+// Grid search over r = 0, 1/n_grid, … plus s = 1, minimising `loss(s)` (ties keep the earlier).
+AwqSearchResult awq_search(const Vec& x_mean, const Vec& w_mean, const AwqOptions& options,
+                           const std::function<double(const Vec& s)>& loss);
+// For a mapping whose inspected output is the linear itself: loss(s) = tr(ΔW H ΔWᵀ)/out with
+// ΔW = W − Q(W·diag s)·diag(s)⁻¹ and H the Hessian of its inputs.
+AwqSearchResult awq_search_linear(const Mat& w, const Mat& H, const Vec& x_mean, const QuantSpec& spec,
+                                  const AwqOptions& options);
+// Q(W·diag s)·diag(s)⁻¹.
+Mat awq_fake_quant(const Mat& w, const Vec& s, const QuantSpec& spec);
+
+QuantizeReport awq_quantize_model(const Model& model, const Policy& policy, const RunOptions& run,
+                                  const AwqOptions& options,
+                                  const std::vector<std::vector<std::int32_t>>& samples,
+                                  const StepProgress& progress = {});
+
+}  // namespace quant

@@ -1,0 +1,82 @@
+// quant awq MODEL: activation-aware weight quantization.
+#include "commands.h"
+#include "progress.h"
+#include "quant/error.h"
+#include "quant/log.h"
+#include "quant/methods/awq.h"
+#include "quantize_common.h"
+
+namespace quant::cli {
+
+namespace {
+
+// Linears of the model the format cannot hold under the policy.
+std::vector<std::string> unfit(const Model& model, const Policy& policy, formats::Format f) {
+  std::vector<std::string> names;
+  auto check = [&](const LinearDesc& l) {
+    const Decision d = policy.decide(l.prefix);
+    if (d.quantize && !formats::unsupported_reason(f, l.out, l.in, d.spec).empty()) names.push_back(l.prefix);
+  };
+  for (const auto& layer : model.layout().layers)
+    for (const auto& l : layer.linears) check(l);
+  if (!model.layout().tied) check(model.layout().lm_head);
+  return names;
+}
+
+}  // namespace
+
+void register_awq(CLI::App& app) {
+  auto o = std::make_shared<QuantizeCliOptions>();
+  auto c = std::make_shared<CalibCliOptions>();
+  auto a = std::make_shared<AwqOptions>();
+  auto no_duo = std::make_shared<bool>(false);
+  auto no_clip = std::make_shared<bool>(false);
+  auto* cmd = app.add_subcommand("awq", "AWQ: activation-aware scaling and clipping (arXiv:2306.00978)");
+  add_quantize_options(cmd, *o, "awq");
+  add_calib_options(cmd, *c, 512);
+  cmd->get_option("--format")->description("output format: awq (default at 4 bits when every linear fits), gptq (any bits), dense");
+  cmd->add_option("--n-grid", a->n_grid, "scale ratios searched per mapping")->capture_default_str();
+  cmd->add_flag("--no-duo-scaling", *no_duo, "scales from activations only (x_mean^r) instead of x_mean^r / w_mean^(1-r)");
+  cmd->add_flag("--no-clip", *no_clip, "skip the clipping search");
+  CLI::Option* format_opt = cmd->get_option("--format");
+  cmd->callback([o, c, a, no_duo, no_clip, format_opt] {
+    const QuantSpec spec = make_spec(*o);
+    a->duo_scaling = !*no_duo;
+    a->clip = !*no_clip;
+    const Model model = Model::open(o->model);
+    const Policy policy = make_policy(*o, spec);
+    RunOptions run = make_run_options(*o, "awq", spec);
+    if (format_opt->count() == 0) {
+      // What a user running `quant awq --bits 4 model/` wants: AutoAWQ's layout when it can hold
+      // the model, else GPTQ's; linears neither can hold stay in the source dtype, named.
+      // Candidates in order of preference; the one that can hold the most linears wins.
+      std::vector<formats::Format> candidates = {formats::Format::gptq};
+      if (spec.bits == 4) candidates.insert(candidates.begin(), formats::Format::awq);
+      std::vector<std::string> left = unfit(model, policy, candidates.front());
+      run.format = candidates.front();
+      for (formats::Format f : candidates) {
+        auto u = unfit(model, policy, f);
+        if (u.size() < left.size()) {
+          left = std::move(u);
+          run.format = f;
+        }
+      }
+      if (!left.empty()) {
+        log::warn("{} linears cannot be stored in the {} layout (e.g. {}) and stay unquantized; --format dense quantizes all",
+                  left.size(), formats::format_name(run.format), left.front());
+        run.skip_unsupported = true;
+      }
+    }
+    const auto samples = load_calib(model, *c);
+    std::unique_ptr<ProgressBar> bar;
+    const QuantizeReport r = awq_quantize_model(model, policy, run, *a, samples,
+                                                [&](std::int64_t done, std::int64_t total, const std::string& what) {
+                                                  if (!bar) bar = std::make_unique<ProgressBar>("awq", total);
+                                                  bar->update(done, what);
+                                                });
+    if (bar) bar->finish();
+    print_report(r, o->json);
+  });
+}
+
+}  // namespace quant::cli
