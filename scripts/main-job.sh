@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
-# The main job: quantize the bundled default model (models/wiki-llama-5m) to 4 bits and print
-# its perplexity before and after. Evaluation text: ../shared/data/wikitext2-test.txt when
-# present (first 200,000 bytes), else the GPL-3 text every Debian system ships.
+# The main job: AWQ-quantize the bundled default model (models/wiki-llama-5m) to 4 bits and print
+# its perplexity before and after. With ../shared present: calibration on
+# ../shared/data/c4-calibration.txt, evaluation on the first 200,000 bytes of
+# ../shared/data/wikitext2-test.txt. Without it: calibration on the Apache-2.0 text and
+# evaluation on the GPL-3 text that every Debian system ships.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 QUANT=${1:-build/quant}
 MODEL=models/wiki-llama-5m
-OUT=${OUT:-out/wiki-llama-5m-rtn-w4g128}
-if [ -f ../shared/data/wikitext2-test.txt ]; then
+OUT=${OUT:-out/wiki-llama-5m-awq-w4g128}
+if [ -f ../shared/data/wikitext2-test.txt ] && [ -f ../shared/data/c4-calibration.txt ]; then
   TEXT=../shared/data/wikitext2-test.txt
   LIMIT=(--limit-bytes 200000)
+  CALIB=(--calib ../shared/data/c4-calibration.txt)
 else
   TEXT=/usr/share/common-licenses/GPL-3
   LIMIT=()
+  CALIB=(--calib /usr/share/common-licenses/Apache-2.0)
 fi
 mkdir -p out
-echo "== quantizing $MODEL (RTN, 4 bits, group 128, gptq format) -> $OUT" >&2
-"$QUANT" rtn "$MODEL" -o "$OUT" --bits 4 --group-size 128 --force > /dev/null
+echo "== quantizing $MODEL with AWQ (4 bits, group 128) ${CALIB[*]} -> $OUT" >&2
+"$QUANT" awq --bits 4 "$MODEL" "${CALIB[@]}" -o "$OUT" --force > /dev/null
 echo "== evaluating on $TEXT ${LIMIT[*]}" >&2
 fp=$("$QUANT" -q eval "$MODEL" --text "$TEXT" --ctx 1024 "${LIMIT[@]}" --json)
 q=$("$QUANT" -q eval "$OUT" --text "$TEXT" --ctx 1024 "${LIMIT[@]}" --base "$MODEL" --json)
-python3 - "$fp" "$q" <<'PY' 2>/dev/null || { echo "FP16: $fp"; echo "RTN w4g128: $q"; }
+python3 - "$fp" "$q" <<'PY' 2>/dev/null || { echo "FP16: $fp"; echo "AWQ w4g128: $q"; }
 import json, sys
 fp, q = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"{'model':<28}{'perplexity':>12}{'KL vs FP16':>14}{'top-1 agree':>14}")
-print(f"{'wiki-llama-5m FP16':<28}{fp['ppl']:>12.3f}{'':>14}{'':>14}")
-print(f"{'RTN w4 g128 (gptq format)':<28}{q['ppl']:>12.3f}{q['kl_mean']:>14.5f}{q['top1_agreement']:>14.4f}")
+print(f"{'model':<30}{'perplexity':>12}{'KL vs FP16':>14}{'top-1 agree':>14}")
+print(f"{'wiki-llama-5m FP16':<30}{fp['ppl']:>12.3f}{'':>14}{'':>14}")
+print(f"{'AWQ w4 g128 (awq GEMM format)':<30}{q['ppl']:>12.3f}{q['kl_mean']:>14.5f}{q['top1_agreement']:>14.4f}")
 PY
