@@ -1,11 +1,13 @@
-// Kernel benchmarks (Google Benchmark): the forward pass's linear, one decoder layer, RTN and
-// packing. Run: build/bench/quant_bench [--benchmark_filter=...]. Thread count: OMP_NUM_THREADS.
+// Kernel benchmarks (Google Benchmark): the forward pass's linear, one decoder layer, RTN,
+// packing and 1-D k-means per row. Run: build/bench/quant_bench [--benchmark_filter=...]. Thread count: OMP_NUM_THREADS.
 #include <benchmark/benchmark.h>
 
 #include <random>
 
+#include "quant/dtype.h"
 #include "quant/formats/formats.h"
 #include "quant/forward.h"
+#include "quant/methods/kmeans.h"
 #include "quant/quantizer.h"
 
 namespace {
@@ -82,5 +84,23 @@ void BM_PackGptq(benchmark::State& st) {
 BENCHMARK(BM_PackGptq)->Arg(4)->Arg(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
+
+// Clustering one row (fp16-rounded normal weights, random positive importances) into 2^bits
+// centroids; args: width, bits, solver (0 exact, 1 lloyd).
+void BM_KmeansRow(benchmark::State& st) {
+  const auto n = static_cast<std::int64_t>(st.range(0));
+  const int k = 1 << st.range(1);
+  Mat x = random_matrix(1, n, 5);
+  for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = f16_to_f32(f32_to_f16(x.data()[i]));
+  std::mt19937 rng(6);
+  std::exponential_distribution<float> e(1.0f);
+  std::vector<float> w(static_cast<std::size_t>(n));
+  for (auto& v : w) v = e(rng);
+  for (auto _ : st) {
+    const Kmeans1d r = st.range(2) == 0 ? kmeans_1d_exact(x.data(), w.data(), n, k) : kmeans_1d_lloyd(x.data(), w.data(), n, k);
+    benchmark::DoNotOptimize(r.objective);
+  }
+}
+BENCHMARK(BM_KmeansRow)->ArgsProduct({{256, 4096, 11008}, {3, 4}, {0, 1}})->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -116,8 +116,8 @@ std::vector<std::string> Model::unused_tensors() const {
   std::set<std::string> used = {layout_.embed, layout_.final_norm};
   auto add_linear = [&](const LinearDesc& l) {
     for (const char* suffix : {".weight", ".bias", ".qweight", ".qzeros", ".scales", ".g_idx",
-                               ".lookup_table", ".outlier_values", ".outlier_indices",
-                               ".outlier_indptr"}) {
+                               ".lookup_table", ".outlier_rowptr", ".outlier_cols",
+                               ".outlier_vals"}) {
       used.insert(l.prefix + suffix);
     }
   };

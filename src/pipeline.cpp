@@ -12,13 +12,6 @@ using formats::Format;
 
 namespace {
 
-double bits_per_weight(const QuantSpec& spec, std::int64_t out, std::int64_t in) {
-  const std::int64_t g = spec.effective_group(in);
-  const double n_groups = std::ceil(static_cast<double>(in) / static_cast<double>(g));
-  const double overhead = n_groups * static_cast<double>(out) * (16.0 + (spec.sym ? 0.0 : spec.bits));
-  return spec.bits + overhead / static_cast<double>(out * in);
-}
-
 std::string regex_escape(const std::string& s) {
   std::string r;
   for (char c : s) {
@@ -99,6 +92,14 @@ OutputSession::OutputSession(const Model& source, const Policy& policy, RunOptio
     }
     plan_.push_back(p);
   }
+  const bool codebooks = options_.method == "kmeans";
+  if (codebooks && (options_.format == Format::gptq || options_.format == Format::awq)) {
+    fail<UsageError>("k-means codebooks cannot be stored in the {} format (affine scale/zero only); use --format lut or dense",
+                     formats::format_name(options_.format));
+  }
+  if (!codebooks && options_.format == Format::lut) {
+    fail<UsageError>("the lut format stores k-means codebooks; {} writes gptq, awq or dense", options_.method);
+  }
   if (!unsupported.empty() && !options_.skip_unsupported) {
     std::string more;
     if (unsupported.size() > 1) more = fmt::format(" (and {} more tensors the {} format cannot hold, e.g. {})", unsupported.size() - 1,
@@ -159,12 +160,17 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
   r.sq_error = squared_error(original, deq);
   const double norm2 = original.cast<double>().squaredNorm();
   r.rel_error = norm2 > 0 ? std::sqrt(r.sq_error / norm2) : 0.0;
-  r.bpw = bits_per_weight(plan.spec, l.out, l.in);
+  const DType weight_dtype = source_.store().get(l.weight_name()).dtype;
+  const DType outlier_dtype = is_float(weight_dtype) ? weight_dtype : DType::F32;
+  r.bpw = m.bits_per_weight(8 * static_cast<int>(dtype_size(outlier_dtype)));
   r.extra = std::move(extra);
   reports_.push_back(std::move(r));
 
   const std::string& p = l.prefix;
-  const DType weight_dtype = source_.store().get(l.weight_name()).dtype;
+  if (m.non_uniform() != (options_.format == Format::lut || options_.format == Format::dense)) {
+    if (m.non_uniform()) fail<Error>("'{}': codebooks cannot be stored in the {} format", p, formats::format_name(options_.format));
+    if (options_.format == Format::lut) fail<Error>("'{}': the lut format needs codebooks", p);
+  }
   auto put_bias = [&](DType dtype) {
     if (!l.bias) return;
     const std::vector<float> b = bias ? std::vector<float>(bias->data(), bias->data() + bias->size())
@@ -192,6 +198,20 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
       writer_->add_pod<std::int32_t>(p + ".qweight", DType::I32, {l.in, l.out / 8}, t.qweight);
       writer_->add_pod<std::int32_t>(p + ".qzeros", DType::I32, {m.n_groups, l.out / 8}, t.qzeros);
       writer_->add_pod<std::uint16_t>(p + ".scales", DType::F16, {m.n_groups, l.out}, t.scales);
+      put_bias(DType::F16);
+      break;
+    }
+    case Format::lut: {
+      const auto t = formats::pack_lut(m);
+      writer_->add_pod<std::int32_t>(p + ".qweight", DType::I32, {formats::code_rows(l.in, m.bits), l.out}, t.qweight);
+      std::vector<std::int64_t> lut_shape = {l.out, m.n_centroids()};
+      if (m.n_groups > 1) lut_shape = {l.out, m.n_groups, m.n_centroids()};
+      writer_->add_pod<std::uint16_t>(p + ".lookup_table", DType::F16, lut_shape, t.lookup_table);
+      if (!t.outlier_rowptr.empty()) {
+        writer_->add_pod<std::int32_t>(p + ".outlier_rowptr", DType::I32, {l.out + 1}, t.outlier_rowptr);
+        writer_->add_pod<std::int32_t>(p + ".outlier_cols", DType::I32, {m.n_outliers()}, t.outlier_cols);
+        writer_->add_f32(p + ".outlier_vals", outlier_dtype, {m.n_outliers()}, t.outlier_vals);
+      }
       put_bias(DType::F16);
       break;
     }
@@ -232,6 +252,16 @@ json OutputSession::quantization_config() const {
               {"true_sequential", true}, {"damp_percent", 0.01}, {"checkpoint_format", "gptq"},
               {"lm_head", lm_head}, {"meta", meta}};
     for (auto it = options_.method_config.begin(); it != options_.method_config.end(); ++it) q[it.key()] = it.value();
+    if (!dynamic.empty()) q["dynamic"] = dynamic;
+    return q;
+  }
+  if (options_.format == Format::lut) {
+    // SqueezeLLM's key is wbits (what vLLM's squeezellm loader reads); the rest describes
+    // the codebooks and how they were found.
+    json q = {{"quant_method", "squeezellm"}, {"wbits", base.bits}, {"bits", base.bits},
+              {"group_size", base.group_size}, {"meta", meta}};
+    for (auto it = options_.method_config.begin(); it != options_.method_config.end(); ++it) q[it.key()] = it.value();
+    q["modules_to_not_convert"] = not_converted.empty() ? json(nullptr) : json(not_converted);
     if (!dynamic.empty()) q["dynamic"] = dynamic;
     return q;
   }

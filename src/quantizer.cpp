@@ -103,14 +103,33 @@ QuantizedMatrix QuantizedMatrix::empty(std::int64_t out, std::int64_t in, const 
 
 Mat QuantizedMatrix::dequantize() const {
   Mat w(out, in);
+  const std::int64_t K = n_centroids();
 #pragma omp parallel for schedule(static)
   for (std::int64_t o = 0; o < out; ++o) {
     for (std::int64_t j = 0; j < in; ++j) {
-      const GroupParams p = params(o, g_idx[static_cast<std::size_t>(j)]);
-      w(o, j) = dequantize_code(q[static_cast<std::size_t>(o * in + j)], p);
+      const std::int64_t g = g_idx[static_cast<std::size_t>(j)];
+      const std::uint8_t code = q[static_cast<std::size_t>(o * in + j)];
+      w(o, j) = non_uniform() ? lut[static_cast<std::size_t>((o * n_groups + g) * K + code)]
+                              : dequantize_code(code, params(o, g));
+    }
+    if (!outlier_rowptr.empty()) {
+      for (std::int32_t i = outlier_rowptr[static_cast<std::size_t>(o)]; i < outlier_rowptr[static_cast<std::size_t>(o) + 1]; ++i) {
+        w(o, outlier_cols[static_cast<std::size_t>(i)]) = outlier_vals[static_cast<std::size_t>(i)];
+      }
     }
   }
   return w;
+}
+
+double QuantizedMatrix::bits_per_weight(int outlier_value_bits) const {
+  const double n = static_cast<double>(out * in);
+  double side = 0;
+  if (non_uniform()) side = static_cast<double>(out * n_groups * n_centroids()) * 16.0;
+  else side = static_cast<double>(out * n_groups) * (16.0 + (sym ? 0.0 : bits));
+  if (!outlier_rowptr.empty()) {
+    side += static_cast<double>(n_outliers()) * (32.0 + outlier_value_bits) + static_cast<double>(out + 1) * 32.0;
+  }
+  return bits + side / n;
 }
 
 bool QuantizedMatrix::trivial_g_idx() const {

@@ -48,4 +48,9 @@ void check_finite(const Mat& m, const std::string& what) {
   }
 }
 
+void round_to_dtype(Mat& w, DType dtype) {
+  if (dtype == DType::F16) w = w.unaryExpr([](float x) { return f16_to_f32(f32_to_f16(x)); });
+  if (dtype == DType::BF16) w = w.unaryExpr([](float x) { return bf16_to_f32(f32_to_bf16(x)); });
+}
+
 }  // namespace quant

@@ -64,12 +64,27 @@ struct QuantizedMatrix {
   std::vector<float> scales;           // [out, n_groups]
   std::vector<float> zeros;            // [out, n_groups], integer-valued
   std::vector<std::int32_t> g_idx;     // [in]: group of each input column
+  // Non-uniform (k-means) quantization: ŵ = lut[o, g, q], [out, n_groups, 2^bits]
+  // fp16-representable centroids; scales/zeros unused. Empty for affine quantization.
+  std::vector<float> lut;
+  // Sparse outliers (CSR over rows, columns ascending): their exact values replace the
+  // reconstruction at those positions. Empty rowptr: none.
+  std::vector<std::int32_t> outlier_rowptr;  // [out + 1]
+  std::vector<std::int32_t> outlier_cols;    // [nnz]
+  std::vector<float> outlier_vals;           // [nnz]
+
+  bool non_uniform() const { return !lut.empty(); }
+  std::int64_t n_outliers() const { return static_cast<std::int64_t>(outlier_cols.size()); }
+  int n_centroids() const { return 1 << bits; }
 
   GroupParams params(std::int64_t o, std::int64_t g) const {
     const auto k = static_cast<std::size_t>(o * n_groups + g);
     return {scales[k], zeros[k]};
   }
   Mat dequantize() const;
+  // Storage bits per weight: codes, plus per-group scale (fp16) and zero (bits) or codebook
+  // (2^bits fp16), plus outliers (int32 column, value of `outlier_value_bits`, int32 row pointers).
+  double bits_per_weight(int outlier_value_bits = 16) const;
   // True when g_idx[j] == j / group_size for every column (no act-order permutation).
   bool trivial_g_idx() const;
   // Allocates codes and parameters for the given shape and spec, with g_idx = j / group.

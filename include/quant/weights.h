@@ -17,6 +17,10 @@ Vec load_vector(const Model& model, const std::string& name);
 // A 2-D dense tensor (embedding) as float.
 Mat load_matrix(const Model& model, const std::string& name);
 
+// Rounds float weights to a checkpoint storage dtype (F16/BF16; others unchanged), so that
+// calibration sees the weights inference will use.
+void round_to_dtype(Mat& w, DType dtype);
+
 // Throws InputError naming the tensor if any value is NaN or ±inf.
 void check_finite(const Mat& m, const std::string& what);
 

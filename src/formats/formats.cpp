@@ -9,7 +9,8 @@ Format parse_format(const std::string& name) {
   if (name == "gptq") return Format::gptq;
   if (name == "awq") return Format::awq;
   if (name == "dense") return Format::dense;
-  fail<UsageError>("unknown format '{}' (gptq, awq, dense)", name);
+  if (name == "lut") return Format::lut;
+  fail<UsageError>("unknown format '{}' (gptq, awq, lut, dense)", name);
 }
 
 std::string format_name(Format f) {
@@ -17,6 +18,7 @@ std::string format_name(Format f) {
     case Format::gptq: return "gptq";
     case Format::awq: return "awq";
     case Format::dense: return "dense";
+    case Format::lut: return "lut";
   }
   return "?";
 }
@@ -37,6 +39,9 @@ std::string unsupported_reason(Format format, std::int64_t out, std::int64_t in,
       if (spec.bits != 4) return fmt::format("the awq GEMM layout is 4-bit only (asked for {} bits)", spec.bits);
       if (out % 8 != 0) return fmt::format("{} output features: the awq layout needs a multiple of 8", out);
       if (in % g != 0) return fmt::format("{} input features are not a multiple of the group size {}", in, g);
+      return {};
+    case Format::lut:
+      if (in % g != 0 && in > g) return fmt::format("{} input features are not a multiple of the group size {}", in, g);
       return {};
   }
   return "unknown format";
@@ -64,20 +69,43 @@ void unpack_bits(const std::uint32_t* words, std::size_t n, int bits, std::uint3
   }
 }
 
+std::int64_t code_rows(std::int64_t in, int bits) { return (in * bits + 31) / 32; }
+
+static std::vector<std::int32_t> pack_code_columns(const QuantizedMatrix& m) {
+  const std::int64_t rows = code_rows(m.in, m.bits);
+  std::vector<std::int32_t> qweight(static_cast<std::size_t>(rows * m.out));
+  std::vector<std::uint32_t> codes(static_cast<std::size_t>(m.in));
+  std::vector<std::uint32_t> words(static_cast<std::size_t>(rows) + 1);
+  for (std::int64_t o = 0; o < m.out; ++o) {
+    for (std::int64_t j = 0; j < m.in; ++j) codes[static_cast<std::size_t>(j)] = m.q[static_cast<std::size_t>(o * m.in + j)];
+    pack_bits(codes.data(), static_cast<std::size_t>(m.in), m.bits, words.data());
+    for (std::int64_t k = 0; k < rows; ++k) qweight[static_cast<std::size_t>(k * m.out + o)] = static_cast<std::int32_t>(words[static_cast<std::size_t>(k)]);
+  }
+  return qweight;
+}
+
+static std::vector<std::uint8_t> unpack_code_columns(const std::vector<std::int32_t>& qweight, std::int64_t out, std::int64_t in, int bits) {
+  const std::int64_t rows = code_rows(in, bits);
+  std::vector<std::uint8_t> q(static_cast<std::size_t>(out * in));
+  std::vector<std::uint32_t> words(static_cast<std::size_t>(rows) + 1, 0u);
+  std::vector<std::uint32_t> codes(static_cast<std::size_t>(in));
+  for (std::int64_t o = 0; o < out; ++o) {
+    for (std::int64_t k = 0; k < rows; ++k) words[static_cast<std::size_t>(k)] = static_cast<std::uint32_t>(qweight[static_cast<std::size_t>(k * out + o)]);
+    unpack_bits(words.data(), static_cast<std::size_t>(in), bits, codes.data());
+    for (std::int64_t j = 0; j < in; ++j) q[static_cast<std::size_t>(o * in + j)] = static_cast<std::uint8_t>(codes[static_cast<std::size_t>(j)]);
+  }
+  return q;
+}
+
 GptqTensors pack_gptq(const QuantizedMatrix& m) {
-  const std::int64_t rows = m.in * m.bits / 32, zcols = m.out * m.bits / 32;
+  const std::int64_t zcols = m.out * m.bits / 32;
   GptqTensors t;
-  t.qweight.resize(static_cast<std::size_t>(rows * m.out));
   t.qzeros.resize(static_cast<std::size_t>(m.n_groups * zcols));
   t.scales.resize(static_cast<std::size_t>(m.n_groups * m.out));
   t.g_idx = m.g_idx;
-  std::vector<std::uint32_t> codes(static_cast<std::size_t>(std::max(m.in, m.out)));
-  std::vector<std::uint32_t> words(static_cast<std::size_t>(std::max(rows, zcols)) + 1);
-  for (std::int64_t o = 0; o < m.out; ++o) {
-    for (std::int64_t j = 0; j < m.in; ++j) codes[j] = m.q[static_cast<std::size_t>(o * m.in + j)];
-    pack_bits(codes.data(), static_cast<std::size_t>(m.in), m.bits, words.data());
-    for (std::int64_t k = 0; k < rows; ++k) t.qweight[static_cast<std::size_t>(k * m.out + o)] = static_cast<std::int32_t>(words[k]);
-  }
+  t.qweight = pack_code_columns(m);
+  std::vector<std::uint32_t> codes(static_cast<std::size_t>(m.out));
+  std::vector<std::uint32_t> words(static_cast<std::size_t>(zcols) + 1);
   const std::uint32_t mask = (1u << m.bits) - 1u;
   for (std::int64_t g = 0; g < m.n_groups; ++g) {
     for (std::int64_t o = 0; o < m.out; ++o) {
@@ -92,7 +120,7 @@ GptqTensors pack_gptq(const QuantizedMatrix& m) {
 }
 
 QuantizedMatrix unpack_gptq(const GptqTensors& t, std::int64_t out, std::int64_t in, int bits) {
-  const std::int64_t rows = in * bits / 32, zcols = out * bits / 32;
+  const std::int64_t zcols = out * bits / 32;
   const std::int64_t n_groups = static_cast<std::int64_t>(t.scales.size()) / out;
   QuantizedMatrix m;
   m.bits = bits;
@@ -101,16 +129,11 @@ QuantizedMatrix unpack_gptq(const GptqTensors& t, std::int64_t out, std::int64_t
   m.n_groups = n_groups;
   m.group_size = (in + n_groups - 1) / n_groups;
   m.g_idx = t.g_idx;
-  m.q.resize(static_cast<std::size_t>(out * in));
   m.scales.resize(static_cast<std::size_t>(out * n_groups));
   m.zeros.resize(static_cast<std::size_t>(out * n_groups));
-  std::vector<std::uint32_t> words(static_cast<std::size_t>(std::max(rows, zcols)) + 1, 0u);
-  std::vector<std::uint32_t> codes(static_cast<std::size_t>(std::max(in, out)));
-  for (std::int64_t o = 0; o < out; ++o) {
-    for (std::int64_t k = 0; k < rows; ++k) words[k] = static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>(k * out + o)]);
-    unpack_bits(words.data(), static_cast<std::size_t>(in), bits, codes.data());
-    for (std::int64_t j = 0; j < in; ++j) m.q[static_cast<std::size_t>(o * in + j)] = static_cast<std::uint8_t>(codes[j]);
-  }
+  m.q = unpack_code_columns(t.qweight, out, in, bits);
+  std::vector<std::uint32_t> words(static_cast<std::size_t>(zcols) + 1, 0u);
+  std::vector<std::uint32_t> codes(static_cast<std::size_t>(out));
   for (std::int64_t g = 0; g < n_groups; ++g) {
     for (std::int64_t k = 0; k < zcols; ++k) words[k] = static_cast<std::uint32_t>(t.qzeros[static_cast<std::size_t>(g * zcols + k)]);
     unpack_bits(words.data(), static_cast<std::size_t>(out), bits, codes.data());
@@ -177,6 +200,36 @@ QuantizedMatrix unpack_awq(const AwqTensors& t, std::int64_t out, std::int64_t i
       m.scales[static_cast<std::size_t>(o * m.n_groups + g)] = f16_to_f32(t.scales[static_cast<std::size_t>(g * out + o)]);
     }
   }
+  return m;
+}
+
+LutTensors pack_lut(const QuantizedMatrix& m) {
+  if (!m.non_uniform()) fail<Error>("pack_lut: the matrix has no codebooks");
+  LutTensors t;
+  t.qweight = pack_code_columns(m);
+  t.lookup_table.resize(m.lut.size());
+  for (std::size_t i = 0; i < m.lut.size(); ++i) t.lookup_table[i] = f32_to_f16(m.lut[i]);
+  t.outlier_rowptr = m.outlier_rowptr;
+  t.outlier_cols = m.outlier_cols;
+  t.outlier_vals = m.outlier_vals;
+  return t;
+}
+
+QuantizedMatrix unpack_lut(const LutTensors& t, std::int64_t out, std::int64_t in, int bits, std::int64_t n_groups) {
+  QuantizedMatrix m;
+  m.bits = bits;
+  m.out = out;
+  m.in = in;
+  m.n_groups = n_groups;
+  m.group_size = (in + n_groups - 1) / n_groups;
+  m.g_idx.resize(static_cast<std::size_t>(in));
+  for (std::int64_t j = 0; j < in; ++j) m.g_idx[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(j / m.group_size);
+  m.q = unpack_code_columns(t.qweight, out, in, bits);
+  m.lut.resize(t.lookup_table.size());
+  for (std::size_t i = 0; i < m.lut.size(); ++i) m.lut[i] = f16_to_f32(t.lookup_table[i]);
+  m.outlier_rowptr = t.outlier_rowptr;
+  m.outlier_cols = t.outlier_cols;
+  m.outlier_vals = t.outlier_vals;
   return m;
 }
 

@@ -72,6 +72,48 @@ Mat load_awq(const Model& model, const LinearDesc& l) {
   return unpack_awq(t, l.out, l.in, l.in / n_groups).dequantize();
 }
 
+Mat load_lut(const Model& model, const LinearDesc& l) {
+  const std::string p = l.prefix;
+  const std::string where = model.dir().string();
+  const TensorInfo& lt = model.store().get(p + ".lookup_table");
+  if (lt.shape.size() != 2 && lt.shape.size() != 3) fail("{}: '{}.lookup_table' must be [out, 2^bits] or [out, groups, 2^bits]", where, p);
+  const std::int64_t K = lt.shape.back();
+  const std::int64_t n_groups = lt.shape.size() == 3 ? lt.shape[1] : 1;
+  int bits = 0;
+  while (bits <= 8 && (std::int64_t{1} << bits) != K) ++bits;
+  if (bits < 2 || bits > 8) fail("{}: '{}.lookup_table' has {} entries per codebook, not 2^bits for 2..8 bits", where, p, K);
+  if (n_groups <= 0 || n_groups > l.in) fail("{}: '{}.lookup_table' has {} groups for {} inputs", where, p, n_groups, l.in);
+  LutTensors t;
+  t.qweight = read_exact<std::int32_t>(model, p + ".qweight", DType::I32, {code_rows(l.in, bits), l.out});
+  t.lookup_table = read_exact<std::uint16_t>(model, p + ".lookup_table", DType::F16, lt.shape);
+  if (model.store().contains(p + ".outlier_rowptr")) {
+    t.outlier_rowptr = read_exact<std::int32_t>(model, p + ".outlier_rowptr", DType::I32, {l.out + 1});
+    const TensorInfo& ct = model.store().get(p + ".outlier_cols");
+    if (ct.shape.size() != 1) fail("{}: '{}.outlier_cols' must be 1-D", where, p);
+    const std::int64_t nnz = ct.shape[0];
+    t.outlier_cols = read_exact<std::int32_t>(model, p + ".outlier_cols", DType::I32, {nnz});
+    const TensorInfo& vt = model.store().get(p + ".outlier_vals");
+    if (vt.shape != std::vector<std::int64_t>{nnz} || !is_float(vt.dtype)) {
+      fail("{}: '{}.outlier_vals' must be a float vector of {} values", where, p, nnz);
+    }
+    t.outlier_vals = model.store().read_f32(p + ".outlier_vals");
+    if (t.outlier_rowptr.front() != 0 || t.outlier_rowptr.back() != nnz) {
+      fail("{}: '{}.outlier_rowptr' must run from 0 to {}", where, p, nnz);
+    }
+    for (std::int64_t o = 0; o < l.out; ++o) {
+      const auto a = t.outlier_rowptr[static_cast<std::size_t>(o)], b = t.outlier_rowptr[static_cast<std::size_t>(o) + 1];
+      if (b < a) fail("{}: '{}.outlier_rowptr' decreases at row {}", where, p, o);
+      for (auto i = a; i < b; ++i) {
+        const auto c = t.outlier_cols[static_cast<std::size_t>(i)];
+        if (c < 0 || c >= l.in || (i > a && c <= t.outlier_cols[static_cast<std::size_t>(i) - 1])) {
+          fail("{}: '{}.outlier_cols'[{}] = {} is out of range or out of order", where, p, i, c);
+        }
+      }
+    }
+  }
+  return unpack_lut(t, l.out, l.in, bits, n_groups).dequantize();
+}
+
 }  // namespace
 
 Mat load_packed_linear(const Model& model, const LinearDesc& linear) {
@@ -86,8 +128,10 @@ Mat load_packed_linear(const Model& model, const LinearDesc& linear) {
     const std::string version = qc.value("version", std::string("gemm"));
     if (version != "gemm" && version != "GEMM") fail("{}: awq version '{}' is not supported (gemm only)", model.dir().string(), version);
     w = load_awq(model, linear);
+  } else if (method == "squeezellm") {
+    w = load_lut(model, linear);
   } else {
-    fail("{}: '{}' is stored packed but config.json's quantization_config.quant_method is '{}' (supported: gptq, awq)",
+    fail("{}: '{}' is stored packed but config.json's quantization_config.quant_method is '{}' (supported: gptq, awq, squeezellm)",
          model.dir().string(), linear.prefix, method);
   }
   // Kernels dequantize in the model's dtype (scale · (q − zero) in fp16/bf16); so do we, which

@@ -82,7 +82,9 @@ TEST(Rtn, MseSearchNeverIncreasesTheError) {
       s.mse = true;
       const double mse = squared_error(w, quantize_rtn(w, s).dequantize());
       EXPECT_LE(mse, plain) << "seed " << seed << " bits " << bits;
-      if (bits == 2) EXPECT_LT(mse, plain);
+      if (bits == 2) {
+        EXPECT_LT(mse, plain);
+      }
     }
   }
 }

@@ -68,13 +68,10 @@ void register_awq(CLI::App& app) {
       }
     }
     const auto samples = load_calib(model, *c);
-    std::unique_ptr<ProgressBar> bar;
+    LazyProgress bar("awq");
     const QuantizeReport r = awq_quantize_model(model, policy, run, *a, samples,
-                                                [&](std::int64_t done, std::int64_t total, const std::string& what) {
-                                                  if (!bar) bar = std::make_unique<ProgressBar>("awq", total);
-                                                  bar->update(done, what);
-                                                });
-    if (bar) bar->finish();
+                                                bar.callback());
+    bar.finish();
     print_report(r, o->json);
   });
 }

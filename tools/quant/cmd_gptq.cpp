@@ -32,13 +32,10 @@ void register_gptq(CLI::App& app) {
     const Policy policy = make_policy(*o, spec);
     const RunOptions run = make_run_options(*o, "gptq", spec);
     const auto samples = load_calib(model, *c);
-    std::unique_ptr<ProgressBar> bar;
+    LazyProgress bar("gptq");
     const QuantizeReport r = gptq_quantize_model(model, policy, run, *g, samples,
-                                                 [&](std::int64_t done, std::int64_t total, const std::string& what) {
-                                                   if (!bar) bar = std::make_unique<ProgressBar>("gptq", total);
-                                                   bar->update(done, what);
-                                                 });
-    if (bar) bar->finish();
+                                                 bar.callback());
+    bar.finish();
     print_report(r, o->json);
   });
 }

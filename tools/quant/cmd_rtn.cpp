@@ -19,12 +19,9 @@ void register_rtn(CLI::App& app) {
     const Policy policy = make_policy(*o, spec);
     RunOptions run = make_run_options(*o, "rtn", spec);
     run.method_config = {{"damp_percent", 0.0}, {"true_sequential", false}};
-    std::unique_ptr<ProgressBar> bar;
-    const QuantizeReport r = rtn_quantize_model(model, policy, run, [&](std::int64_t done, std::int64_t total, const std::string& what) {
-      if (!bar) bar = std::make_unique<ProgressBar>("rtn", total);
-      bar->update(done, what);
-    });
-    if (bar) bar->finish();
+    LazyProgress bar("rtn");
+    const QuantizeReport r = rtn_quantize_model(model, policy, run, bar.callback());
+    bar.finish();
     print_report(r, o->json);
   });
 }

@@ -19,5 +19,6 @@ void register_eval(CLI::App& app);
 void register_rtn(CLI::App& app);
 void register_gptq(CLI::App& app);
 void register_awq(CLI::App& app);
+void register_kmeans(CLI::App& app);
 
 }  // namespace quant::cli

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   cli::register_rtn(app);
   cli::register_gptq(app);
   cli::register_awq(app);
+  cli::register_kmeans(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -10,7 +10,7 @@
 
 namespace quant::formats {
 
-enum class Format { gptq, awq, dense };
+enum class Format { gptq, awq, dense, lut };
 Format parse_format(const std::string& name);  // throws UsageError
 std::string format_name(Format f);
 
@@ -42,5 +42,19 @@ struct AwqTensors {
 };
 AwqTensors pack_awq(const QuantizedMatrix& m);
 QuantizedMatrix unpack_awq(const AwqTensors& t, std::int64_t out, std::int64_t in, std::int64_t group_size);
+
+// Look-up-table format for non-uniform (k-means) quantization, SqueezeLLM's layout: codes
+// packed like gptq's qweight (each column a bit stream of one output row's codes, padded to
+// whole words), fp16 codebooks, and optional CSR outliers that replace the decoded values.
+struct LutTensors {
+  std::vector<std::int32_t> qweight;         // [ceil(in·bits/32), out]
+  std::vector<std::uint16_t> lookup_table;   // fp16 [out, 2^bits] or [out, n_groups, 2^bits]
+  std::vector<std::int32_t> outlier_rowptr;  // [out + 1], empty without outliers
+  std::vector<std::int32_t> outlier_cols;    // [nnz]
+  std::vector<float> outlier_vals;           // [nnz], stored in the source weight's dtype
+};
+std::int64_t code_rows(std::int64_t in, int bits);  // ceil(in·bits/32)
+LutTensors pack_lut(const QuantizedMatrix& m);
+QuantizedMatrix unpack_lut(const LutTensors& t, std::int64_t out, std::int64_t in, int bits, std::int64_t n_groups);
 
 }  // namespace quant::formats
