@@ -140,4 +140,22 @@ Mat hessian(const std::vector<Mat>& xs) {
   return H;
 }
 
+std::vector<float> mean_square_inputs(const std::vector<Mat>& xs) {
+  const Eigen::Index in = xs.empty() ? 0 : xs[0].cols();
+  std::vector<double> acc(static_cast<std::size_t>(in), 0.0);
+  std::int64_t n = 0;
+  for (const Mat& x : xs) {
+#pragma omp parallel for schedule(static)
+    for (Eigen::Index j = 0; j < in; ++j) {
+      double s = 0;
+      for (Eigen::Index t = 0; t < x.rows(); ++t) s += static_cast<double>(x(t, j)) * x(t, j);
+      acc[static_cast<std::size_t>(j)] += s;
+    }
+    n += x.rows();
+  }
+  std::vector<float> h(acc.size());
+  for (std::size_t j = 0; j < acc.size(); ++j) h[j] = static_cast<float>(acc[j] / static_cast<double>(std::max<std::int64_t>(n, 1)));
+  return h;
+}
+
 }  // namespace quant

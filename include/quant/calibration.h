@@ -63,6 +63,10 @@ class LayerRunner {
   std::vector<Mat> h_mid_;  // hidden + attention output, from stage 2 on
 };
 
+// Per input column, the mean over every row of every matrix of x_j² (the Hessian's diagonal / 2,
+// llama.cpp's imatrix statistic); fixed-order double sums, deterministic.
+std::vector<float> mean_square_inputs(const std::vector<Mat>& xs);
+
 // H += xᵀx, in fixed column blocks spread over threads (bit-identical for any thread count).
 void accumulate_gram(Mat& H, const Mat& x);
 

@@ -9,29 +9,6 @@
 
 namespace quant {
 
-namespace {
-
-// h_j = mean over every token of x_j² (fixed-order double sums: deterministic).
-std::vector<float> input_energy(const std::vector<Mat>& xs) {
-  const Eigen::Index in = xs.empty() ? 0 : xs[0].cols();
-  std::vector<double> acc(static_cast<std::size_t>(in), 0.0);
-  std::int64_t n = 0;
-  for (const Mat& x : xs) {
-#pragma omp parallel for schedule(static)
-    for (Eigen::Index j = 0; j < in; ++j) {
-      double s = 0;
-      for (Eigen::Index t = 0; t < x.rows(); ++t) s += static_cast<double>(x(t, j)) * x(t, j);
-      acc[static_cast<std::size_t>(j)] += s;
-    }
-    n += x.rows();
-  }
-  std::vector<float> h(acc.size());
-  for (std::size_t j = 0; j < acc.size(); ++j) h[j] = static_cast<float>(acc[j] / static_cast<double>(std::max<std::int64_t>(n, 1)));
-  return h;
-}
-
-}  // namespace
-
 QuantizeReport kmeans_quantize_model(const Model& model, const Policy& policy, const RunOptions& run,
                                      const KmeansOptions& options, const std::vector<std::vector<std::int32_t>>& samples,
                                      const StepProgress& progress) {
@@ -69,7 +46,7 @@ QuantizeReport kmeans_quantize_model(const Model& model, const Policy& policy, c
     std::map<int, std::vector<float>> energy;
     SequentialVisitor visitor;
     visitor.on_inputs = [&](int p, const std::vector<Mat>& xs) {
-      energy[p] = timer.time("sensitivity", [&] { return input_energy(xs); });
+      energy[p] = timer.time("sensitivity", [&] { return mean_square_inputs(xs); });
     };
     visitor.on_linear = [&](const LinearDesc& d, const LinearPlan& plan, Mat& w) {
       quantize(d, plan, w, energy.at(input_key(d)));

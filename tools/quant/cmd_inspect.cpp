@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "quant/gguf/gguf.h"
 #include "quant/model.h"
 
 namespace quant::cli {
@@ -17,7 +18,37 @@ struct InspectOptions {
   bool json = false;
 };
 
+// A .gguf file: metadata (long arrays abbreviated) and tensors.
+void inspect_gguf(const InspectOptions& o) {
+  const gguf::File g = gguf::File::open(o.path);
+  nlohmann::ordered_json j;
+  j["path"] = o.path;
+  j["gguf_version"] = g.version;
+  nlohmann::ordered_json meta;
+  for (const auto& [k, v] : g.metadata) meta[k] = v.to_string();
+  j["metadata"] = meta;
+  std::int64_t n = 0;
+  nlohmann::ordered_json tensors = nlohmann::ordered_json::array();
+  for (const auto& t : g.tensors) {
+    n += t.numel();
+    tensors.push_back({{"name", t.name}, {"type", gguf::type_info(t.type).name}, {"ne", t.ne}, {"bytes", t.bytes}});
+  }
+  j["n_params"] = n;
+  j["tensors"] = tensors;
+  if (o.json) {
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  std::cout << fmt::format("{}: GGUF v{}, {} tensors, {} parameters\n", o.path, g.version, g.tensors.size(), n);
+  for (const auto& [k, v] : g.metadata) std::cout << fmt::format("  {:<44} {}\n", k, v.to_string());
+  for (const auto& t : g.tensors) std::cout << fmt::format("  {:<32} {:<5} {}\n", t.name, gguf::type_info(t.type).name, fmt::join(t.ne, "x"));
+}
+
 void run_inspect(const InspectOptions& o) {
+  if (fs::is_regular_file(o.path) && fs::path(o.path).extension() == ".gguf") {
+    inspect_gguf(o);
+    return;
+  }
   const Model model = Model::open(o.path);
   const auto& c = model.config();
   const auto& store = model.store();

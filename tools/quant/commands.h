@@ -20,5 +20,6 @@ void register_rtn(CLI::App& app);
 void register_gptq(CLI::App& app);
 void register_awq(CLI::App& app);
 void register_kmeans(CLI::App& app);
+void register_gguf(CLI::App& app);
 
 }  // namespace quant::cli

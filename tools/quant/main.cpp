@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   cli::register_gptq(app);
   cli::register_awq(app);
   cli::register_kmeans(app);
+  cli::register_gguf(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,55 @@
+// Exporting a Llama-family checkpoint to a GGUF file llama.cpp loads: llama metadata, the
+// sentencepiece vocabulary, tensors under llama.cpp's names with q/k rows permuted back to
+// llama.cpp's RoPE pairing, norms in F32, and the linear/embedding weights in the chosen type
+// with llama.cpp's per-tensor rules and fallbacks.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "quant/gguf/gguf.h"
+#include "quant/model.h"
+
+namespace quant::gguf {
+
+// A target like llama-quantize's: a name ("q4_0", "q8_0", "f16", ...), its llama_ftype number
+// (general.file_type) and the base tensor type.
+struct FileType {
+  std::string name;
+  std::uint32_t ftype = 0;
+  GgmlType base = GgmlType::F16;
+};
+FileType parse_file_type(const std::string& name);  // throws UsageError listing the choices
+
+struct ExportOptions {
+  FileType type;
+  // Per-tensor importance (llama.cpp tensor name → mean x² per input column), e.g. from
+  // calibration; tensors without an entry are quantized unweighted.
+  std::map<std::string, std::vector<float>> importance;
+  bool force = false;
+};
+
+struct ExportReport {
+  fs::path output;
+  std::uint64_t bytes = 0;
+  std::map<std::string, std::string> tensor_types;  // llama.cpp name → type name
+  double seconds = 0;
+};
+
+// The llama.cpp name of a linear ("blk.3.attn_q.weight", "output.weight").
+std::string gguf_linear_name(const LinearDesc& linear);
+
+// llama.cpp's RoPE pairing from HF's rotate_half layout: within each head, row i·2 + t of the
+// result is row t·(head_dim/2) + i of `w` ([rows, cols] row-major, rows = n_head · head_dim).
+std::vector<float> permute_rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols);
+
+// The imatrix statistic for every linear (by llama.cpp name): mean x² per input column over the
+// calibration samples, from the float model layer by layer.
+std::map<std::string, std::vector<float>> collect_importance(const Model& model,
+                                                             const std::vector<std::vector<std::int32_t>>& samples);
+
+ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOptions& options);
+
+}  // namespace quant::gguf

@@ -1,0 +1,228 @@
+#include "quant/gguf/export.h"
+
+#include <sentencepiece_processor.h>
+
+#include <chrono>
+#include <functional>
+
+#include "quant/calibration.h"
+#include "quant/error.h"
+#include "quant/gguf/quants.h"
+#include "quant/log.h"
+#include "quant/tokenizer.h"
+#include "quant/weights.h"
+
+namespace quant::gguf {
+
+namespace {
+
+const FileType kFileTypes[] = {
+    {"f32", 0, GgmlType::F32}, {"f16", 1, GgmlType::F16}, {"q4_0", 2, GgmlType::Q4_0},
+    {"q4_1", 3, GgmlType::Q4_1}, {"q8_0", 7, GgmlType::Q8_0}, {"q5_0", 8, GgmlType::Q5_0},
+    {"q5_1", 9, GgmlType::Q5_1}, {"q6_k", 18, GgmlType::Q6_K},
+};
+
+bool is_quantized(GgmlType t) { return t != GgmlType::F32 && t != GgmlType::F16; }
+
+// llama.cpp's llama_tensor_get_type for these types: the output matrix (or, with tied
+// embeddings, token_embd) goes to Q6_K, or Q8_0 when its rows are not whole 256-blocks; a
+// type whose block does not divide the row falls back (Q6_K → Q8_0), and to F16 when nothing
+// fits.
+GgmlType tensor_type(const FileType& ft, bool is_output, std::int64_t row) {
+  GgmlType t = ft.base;
+  if (is_output && is_quantized(t)) t = row % 256 == 0 ? (t == GgmlType::Q8_0 ? t : GgmlType::Q6_K) : GgmlType::Q8_0;
+  if (row % type_info(t).block != 0 && t == GgmlType::Q6_K) t = GgmlType::Q8_0;
+  if (row % type_info(t).block != 0) t = GgmlType::F16;
+  return t;
+}
+
+void add_tokenizer(const Model& model, Writer& w) {
+  const fs::path spm = model.dir() / "tokenizer.model";
+  if (!fs::exists(spm)) {
+    fail("{}: GGUF export needs tokenizer.model (sentencepiece); tokenizer.json vocabularies are not exported yet", model.dir().string());
+  }
+  sentencepiece::SentencePieceProcessor sp;
+  const auto status = sp.Load(spm.string());
+  if (!status.ok()) fail("{}: not a sentencepiece model: {}", spm.string(), status.ToString());
+  const int n = sp.GetPieceSize();
+  if (n != model.config().vocab_size) {
+    fail("{}: the tokenizer has {} pieces but config.json says vocab_size {}", spm.string(), n, model.config().vocab_size);
+  }
+  std::vector<Value> tokens, scores, types;
+  for (int i = 0; i < n; ++i) {
+    tokens.push_back(Value::str(sp.IdToPiece(i)));
+    scores.push_back(Value::f32(sp.GetScore(i)));
+    // llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    int type = 1;
+    if (sp.IsUnknown(i)) type = 2;
+    else if (sp.IsControl(i)) type = 3;
+    else if (sp.IsUnused(i)) type = 5;
+    else if (sp.IsByte(i)) type = 6;
+    types.push_back(Value::i32(type));
+  }
+  w.set("tokenizer.ggml.model", Value::str("llama"));
+  w.set("tokenizer.ggml.tokens", Value::array(ValueType::STRING, std::move(tokens)));
+  w.set("tokenizer.ggml.scores", Value::array(ValueType::FLOAT32, std::move(scores)));
+  w.set("tokenizer.ggml.token_type", Value::array(ValueType::INT32, std::move(types)));
+  const auto& c = model.config();
+  const std::int64_t bos = c.bos_token_id >= 0 ? c.bos_token_id : sp.bos_id();
+  const std::int64_t eos = c.eos_token_id >= 0 ? c.eos_token_id : sp.eos_id();
+  if (bos >= 0) w.set("tokenizer.ggml.bos_token_id", Value::u32(static_cast<std::uint32_t>(bos)));
+  if (eos >= 0) w.set("tokenizer.ggml.eos_token_id", Value::u32(static_cast<std::uint32_t>(eos)));
+  if (sp.unk_id() >= 0) w.set("tokenizer.ggml.unknown_token_id", Value::u32(static_cast<std::uint32_t>(sp.unk_id())));
+  if (sp.pad_id() >= 0) w.set("tokenizer.ggml.padding_token_id", Value::u32(static_cast<std::uint32_t>(sp.pad_id())));
+  const std::unique_ptr<Tokenizer> tok = Tokenizer::load(model.dir());
+  w.set("tokenizer.ggml.add_bos_token", Value::boolean(tok->add_bos()));
+  w.set("tokenizer.ggml.add_eos_token", Value::boolean(false));
+}
+
+}  // namespace
+
+FileType parse_file_type(const std::string& name) {
+  std::string low;
+  for (char c : name) low += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::string names;
+  for (const auto& f : kFileTypes) {
+    if (f.name == low) return f;
+    names += (names.empty() ? "" : ", ") + f.name;
+  }
+  fail<UsageError>("unknown GGUF type '{}' (supported: {})", name, names);
+}
+
+std::string gguf_linear_name(const LinearDesc& l) {
+  if (l.layer < 0) return "output.weight";
+  static const char* kNames[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+  return fmt::format("blk.{}.{}.weight", l.layer, kNames[static_cast<int>(l.kind)]);
+}
+
+std::vector<float> permute_rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols) {
+  const auto rows = static_cast<std::int64_t>(w.size()) / cols;
+  const std::int64_t hd = rows / n_head, half = hd / 2;
+  std::vector<float> r(w.size());
+  for (std::int64_t h = 0; h < n_head; ++h)
+    for (std::int64_t i = 0; i < half; ++i)
+      for (std::int64_t t = 0; t < 2; ++t) {
+        const std::int64_t dst = h * hd + i * 2 + t, src = h * hd + t * half + i;
+        std::copy_n(w.begin() + src * cols, cols, r.begin() + dst * cols);
+      }
+  return r;
+}
+
+std::map<std::string, std::vector<float>> collect_importance(const Model& model,
+                                                             const std::vector<std::vector<std::int32_t>>& samples) {
+  std::map<std::string, std::vector<float>> imp;
+  LayerRunner runner(model, samples);
+  for (const auto& layer : model.layout().layers) {
+    const LayerWeights lw = load_layer(model, layer.index);
+    for (CapturePoint p : {CapturePoint::attn_in, CapturePoint::o_in, CapturePoint::mlp_in, CapturePoint::down_in}) {
+      const std::vector<float> h = mean_square_inputs(runner.stage(p, lw));
+      for (LinearKind k : kAllLinearKinds) {
+        if (capture_point(k) == p) imp[gguf_linear_name(layer.linear(k))] = h;
+      }
+    }
+    runner.finish(lw);
+  }
+  const Vec norm = load_vector(model, model.layout().final_norm);
+  std::vector<Mat> xs(runner.hidden().size());
+  for (std::size_t i = 0; i < xs.size(); ++i) rms_norm(runner.hidden()[i], norm, model.config().rms_norm_eps, xs[i]);
+  const std::vector<float> h = mean_square_inputs(xs);
+  imp[model.layout().tied ? "token_embd.weight" : "output.weight"] = h;
+  return imp;
+}
+
+ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  const ModelConfig& c = model.config();
+  if (c.model_type != "llama" && c.model_type != "mistral") {
+    fail("{}: GGUF export supports llama-architecture models (model_type '{}')", model.dir().string(), c.model_type);
+  }
+  if (fs::exists(out) && !o.force) fail<UsageError>("{} exists; pass --force to replace it", out.string());
+  for (const auto& layer : model.layout().layers) {
+    for (const auto& l : layer.linears) {
+      if (l.bias) fail("{}: '{}' has a bias, which llama.cpp's llama architecture does not load", model.dir().string(), l.prefix);
+      if (model.storage(l) == LinearStorage::packed) {
+        log::warn("{}: '{}' is stored quantized; it is dequantized and re-quantized for GGUF", model.dir().string(), l.prefix);
+      }
+    }
+  }
+  Writer w;
+  w.set("general.architecture", Value::str("llama"));
+  w.set("general.name", Value::str(model.dir().filename().string().empty() ? model.dir().parent_path().filename().string()
+                                                                             : model.dir().filename().string()));
+  w.set("general.file_type", Value::u32(o.type.ftype));
+  w.set("general.quantization_version", Value::u32(2));
+  w.set("general.alignment", Value::u32(32));
+  w.set("llama.context_length", Value::u32(static_cast<std::uint32_t>(c.max_position_embeddings)));
+  w.set("llama.embedding_length", Value::u32(static_cast<std::uint32_t>(c.hidden_size)));
+  w.set("llama.block_count", Value::u32(static_cast<std::uint32_t>(c.n_layers)));
+  w.set("llama.feed_forward_length", Value::u32(static_cast<std::uint32_t>(c.intermediate_size)));
+  w.set("llama.rope.dimension_count", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+  w.set("llama.rope.freq_base", Value::f32(static_cast<float>(c.rope_theta)));
+  w.set("llama.attention.head_count", Value::u32(static_cast<std::uint32_t>(c.n_heads)));
+  w.set("llama.attention.head_count_kv", Value::u32(static_cast<std::uint32_t>(c.n_kv_heads)));
+  w.set("llama.attention.layer_norm_rms_epsilon", Value::f32(static_cast<float>(c.rms_norm_eps)));
+  w.set("llama.vocab_size", Value::u32(static_cast<std::uint32_t>(c.vocab_size)));
+  if (c.head_dim * c.n_heads != c.hidden_size) {
+    w.set("llama.attention.key_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+    w.set("llama.attention.value_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+  }
+  add_tokenizer(model, w);
+
+  // Tensors in llama.cpp's order, each with a loader producing its float data.
+  struct Item {
+    std::function<std::vector<float>()> load;
+    std::int64_t row = 0;
+  };
+  std::vector<Item> items;
+  ExportReport rep;
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, GgmlType type, std::function<std::vector<float>()> load) {
+    w.add_tensor(name, shape, type);
+    items.push_back({std::move(load), shape.back()});
+    rep.tensor_types[name] = type_info(type).name;
+  };
+  auto vec = [&](const std::string& name) { return [&model, name] { return model.store().read_f32(name); }; };
+  auto mat = [&](const LinearDesc& l, std::int64_t permute_heads) {
+    return [&model, &l, permute_heads] {
+      const Mat m = load_linear(model, l);
+      check_finite(m, l.weight_name());
+      std::vector<float> v(m.data(), m.data() + m.size());
+      return permute_heads > 0 ? permute_rope_rows(v, permute_heads, l.in) : v;
+    };
+  };
+  const auto& L = model.layout();
+  const std::int64_t H = c.hidden_size;
+  add("token_embd.weight", {c.vocab_size, H}, tensor_type(o.type, L.tied, H), [&model, &L] {
+    const Mat e = load_matrix(model, L.embed);
+    return std::vector<float>(e.data(), e.data() + e.size());
+  });
+  for (const auto& layer : L.layers) {
+    const std::string b = fmt::format("blk.{}.", layer.index);
+    add(b + "attn_norm.weight", {H}, GgmlType::F32, vec(layer.attn_norm));
+    for (LinearKind k : kAllLinearKinds) {
+      const LinearDesc& l = layer.linear(k);
+      const std::int64_t heads = k == LinearKind::q ? c.n_heads : k == LinearKind::k ? c.n_kv_heads : 0;
+      add(gguf_linear_name(l), {l.out, l.in}, tensor_type(o.type, false, l.in), mat(l, heads));
+      if (k == LinearKind::o) add(b + "ffn_norm.weight", {H}, GgmlType::F32, vec(layer.mlp_norm));
+    }
+  }
+  add("output_norm.weight", {H}, GgmlType::F32, vec(L.final_norm));
+  if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, tensor_type(o.type, true, H), mat(L.lm_head, 0));
+
+  const fs::path tmp_parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  if (!fs::is_directory(tmp_parent)) fail<UsageError>("{}: no such directory", tmp_parent.string());
+  w.write(out, [&](std::size_t i) {
+    const TensorInfo& t = w.tensors()[i];
+    const std::vector<float> x = items[i].load();
+    const auto it = o.importance.find(t.name);
+    const float* imp = it == o.importance.end() ? nullptr : it->second.data();
+    if (imp && static_cast<std::int64_t>(it->second.size()) != items[i].row) fail<Error>("importance of '{}' has the wrong size", t.name);
+    log::debug("{} {} {}", t.name, type_info(t.type).name, imp ? "(weighted)" : "");
+    return quantize_matrix(t.type, x.data(), t.numel() / items[i].row, items[i].row, imp);
+  });
+  rep.output = out;
+  rep.bytes = fs::file_size(out);
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return rep;
+}
+
+}  // namespace quant::gguf

@@ -1,0 +1,53 @@
+// quant gguf MODEL: export to a GGUF file for llama.cpp, optionally importance-weighted.
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "quant/error.h"
+#include "quant/gguf/export.h"
+#include "quant/log.h"
+#include "quantize_common.h"
+
+namespace quant::cli {
+
+void register_gguf(CLI::App& app) {
+  struct Options {
+    std::string model, out, type = "q8_0";
+    bool force = false, json = false;
+  };
+  auto o = std::make_shared<Options>();
+  auto c = std::make_shared<CalibCliOptions>();
+  auto* cmd = app.add_subcommand("gguf", "export a GGUF file for llama.cpp (F32/F16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q6_K)");
+  cmd->add_option("model", o->model, "model directory (config.json + safetensors + tokenizer.model)")->required();
+  cmd->add_option("-o,--output", o->out, "output file (default: <model>-<type>.gguf beside the model)");
+  cmd->add_option("-t,--type", o->type, "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q6_k")->capture_default_str();
+  cmd->add_flag("-f,--force", o->force, "replace an existing output file");
+  cmd->add_flag("--json", o->json, "print the summary as JSON on stdout");
+  add_calib_options(cmd, *c, 512);
+  cmd->get_option("--calib")->description("calibration text: weight the scale searches by mean x^2 of each input column (imatrix)");
+  cmd->callback([o, c] {
+    gguf::ExportOptions e;
+    e.type = gguf::parse_file_type(o->type);
+    e.force = o->force;
+    const Model model = Model::open(o->model);
+    if (!c->text.empty() || !c->tokens.empty()) e.importance = gguf::collect_importance(model, load_calib(model, *c));
+    fs::path out = o->out;
+    if (out.empty()) {
+      fs::path m = o->model;
+      while (!m.empty() && !m.has_filename()) m = m.parent_path();
+      out = m.string() + "-" + e.type.name + ".gguf";
+    }
+    const gguf::ExportReport r = gguf::export_gguf(model, out, e);
+    log::info("gguf → {} ({}): {:.1f} MB in {:.1f}s{}", r.output.string(), e.type.name, static_cast<double>(r.bytes) / 1e6, r.seconds,
+              e.importance.empty() ? "" : ", importance-weighted");
+    if (o->json) {
+      std::cout << nlohmann::json{{"output", r.output.string()}, {"type", e.type.name}, {"bytes", r.bytes},
+                                  {"seconds", r.seconds}, {"weighted", !e.importance.empty()}, {"tensor_types", r.tensor_types}}.dump(2)
+                << "\n";
+    } else {
+      std::cout << r.output.string() << "\n";
+    }
+  });
+}
+
+}  // namespace quant::cli
