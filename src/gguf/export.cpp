@@ -19,20 +19,52 @@ namespace {
 const FileType kFileTypes[] = {
     {"f32", 0, GgmlType::F32}, {"f16", 1, GgmlType::F16}, {"q4_0", 2, GgmlType::Q4_0},
     {"q4_1", 3, GgmlType::Q4_1}, {"q8_0", 7, GgmlType::Q8_0}, {"q5_0", 8, GgmlType::Q5_0},
-    {"q5_1", 9, GgmlType::Q5_1}, {"q6_k", 18, GgmlType::Q6_K},
+    {"q5_1", 9, GgmlType::Q5_1}, {"q4_k_s", 14, GgmlType::Q4_K}, {"q4_k_m", 15, GgmlType::Q4_K},
+    {"q5_k_s", 16, GgmlType::Q5_K}, {"q5_k_m", 17, GgmlType::Q5_K}, {"q6_k", 18, GgmlType::Q6_K},
 };
 
 bool is_quantized(GgmlType t) { return t != GgmlType::F32 && t != GgmlType::F16; }
 
-// llama.cpp's llama_tensor_get_type for these types: the output matrix (or, with tied
-// embeddings, token_embd) goes to Q6_K, or Q8_0 when its rows are not whole 256-blocks; a
-// type whose block does not divide the row falls back (Q6_K → Q8_0), and to F16 when nothing
-// fits.
-GgmlType tensor_type(const FileType& ft, bool is_output, std::int64_t row) {
+// What a tensor is, for llama.cpp's per-tensor type rules.
+enum class Role { token_embd, output, attn_v, ffn_down, other };
+struct Placement {
+  Role role = Role::other;
+  int layer = 0;
+  int n_layers = 1;
+};
+
+// llama.cpp's use_more_bits: the first and last eighth of the layers and every third between.
+bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+// llama.cpp's llama_tensor_get_type for these file types (llama architecture, no experts): the
+// output matrix (or token_embd when tied) goes to Q6_K, or Q8_0 when its rows are not whole
+// 256-blocks; the _M mixes give attn_v and ffn_down Q6_K on use_more_bits layers; Q4_K_S gives
+// the first four attn_v and the first eighth of ffn_down Q5_K; Q4_0/Q5_0 with an imatrix keep
+// the first eighth of ffn_down in Q4_1/Q5_1. Rows that are not whole blocks fall back
+// (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), and to F16 when the fallback does not fit either
+// (llama.cpp refuses legacy types there; quant keeps F16 and says so).
+GgmlType tensor_type(const FileType& ft, const Placement& p, std::int64_t row, bool imatrix) {
   GgmlType t = ft.base;
-  if (is_output && is_quantized(t)) t = row % 256 == 0 ? (t == GgmlType::Q8_0 ? t : GgmlType::Q6_K) : GgmlType::Q8_0;
-  if (row % type_info(t).block != 0 && t == GgmlType::Q6_K) t = GgmlType::Q8_0;
-  if (row % type_info(t).block != 0) t = GgmlType::F16;
+  const std::string& n = ft.name;
+  if (!is_quantized(t)) return t;
+  if (p.role == Role::output) {
+    t = row % 256 != 0 ? GgmlType::Q8_0 : (t == GgmlType::Q8_0 ? t : GgmlType::Q6_K);
+  } else if (p.role == Role::attn_v) {
+    if ((n == "q4_k_m" || n == "q5_k_m") && use_more_bits(p.layer, p.n_layers)) t = GgmlType::Q6_K;
+    else if (n == "q4_k_s" && p.layer < 4) t = GgmlType::Q5_K;
+  } else if (p.role == Role::ffn_down) {
+    if ((n == "q4_k_m" || n == "q5_k_m") && use_more_bits(p.layer, p.n_layers)) t = GgmlType::Q6_K;
+    else if (n == "q4_k_s" && p.layer < p.n_layers / 8) t = GgmlType::Q5_K;
+    else if ((n == "q4_0" || n == "q5_0") && imatrix && p.layer < p.n_layers / 8) t = n == "q4_0" ? GgmlType::Q4_1 : GgmlType::Q5_1;
+  }
+  if (row % type_info(t).block != 0) {
+    const GgmlType wanted = t;
+    if (t == GgmlType::Q4_K) t = GgmlType::Q5_0;
+    else if (t == GgmlType::Q5_K) t = GgmlType::Q5_1;
+    else if (t == GgmlType::Q6_K) t = GgmlType::Q8_0;
+    if (row % type_info(t).block != 0) t = GgmlType::F16;
+    log::debug("rows of {} are not whole {} blocks: {} instead", row, type_info(wanted).name, type_info(t).name);
+  }
   return t;
 }
 
@@ -191,7 +223,10 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   };
   const auto& L = model.layout();
   const std::int64_t H = c.hidden_size;
-  add("token_embd.weight", {c.vocab_size, H}, tensor_type(o.type, L.tied, H), [&model, &L] {
+  const bool imatrix = !o.importance.empty();
+  const int n_layers = static_cast<int>(c.n_layers);
+  const Placement embed_place{L.tied ? Role::output : Role::token_embd, 0, n_layers};
+  add("token_embd.weight", {c.vocab_size, H}, tensor_type(o.type, embed_place, H, imatrix), [&model, &L] {
     const Mat e = load_matrix(model, L.embed);
     return std::vector<float>(e.data(), e.data() + e.size());
   });
@@ -201,12 +236,13 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     for (LinearKind k : kAllLinearKinds) {
       const LinearDesc& l = layer.linear(k);
       const std::int64_t heads = k == LinearKind::q ? c.n_heads : k == LinearKind::k ? c.n_kv_heads : 0;
-      add(gguf_linear_name(l), {l.out, l.in}, tensor_type(o.type, false, l.in), mat(l, heads));
+      const Role role = k == LinearKind::v ? Role::attn_v : k == LinearKind::down ? Role::ffn_down : Role::other;
+      add(gguf_linear_name(l), {l.out, l.in}, tensor_type(o.type, {role, layer.index, n_layers}, l.in, imatrix), mat(l, heads));
       if (k == LinearKind::o) add(b + "ffn_norm.weight", {H}, GgmlType::F32, vec(layer.mlp_norm));
     }
   }
   add("output_norm.weight", {H}, GgmlType::F32, vec(L.final_norm));
-  if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, tensor_type(o.type, true, H), mat(L.lm_head, 0));
+  if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, tensor_type(o.type, {Role::output, 0, n_layers}, H, imatrix), mat(L.lm_head, 0));
 
   const fs::path tmp_parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
   if (!fs::is_directory(tmp_parent)) fail<UsageError>("{}: no such directory", tmp_parent.string());

@@ -230,6 +230,266 @@ void dequantize_q6_k(const std::uint8_t* in, float* y) {
   }
 }
 
+// make_qkx2_quants (weights given) / make_qkx3_quants (weights or x²): asymmetric codes in
+// [0, nmax] with min ≤ 0, a least-squares (scale, min) refit over nstep+1 candidate inverse
+// scales, keeping the lowest weighted squared error. Returns the scale; *the_min = −min.
+float make_qkx_quants(int n, int nmax, const float* x, const float* weights, std::uint8_t* L, float* the_min,
+                      std::uint8_t* Laux, float rmin, float rdelta, int nstep, bool strict_eq) {
+  auto wt = [&](int i) { return weights ? weights[i] : x[i] * x[i]; };
+  float min = x[0], max = x[0];
+  float sum_w = wt(0);
+  float sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < min) min = x[i];
+    if (x[i] > max) max = x[i];
+    const float w = wt(i);
+    sum_w += w;
+    sum_x += w * x[i];
+  }
+  if (min > 0) min = 0;
+  if (strict_eq ? max == min : max <= min) {
+    std::fill(L, L + n, 0);
+    *the_min = -min;
+    return 0.f;
+  }
+  float iscale = nmax / (max - min);
+  float scale = 1 / iscale;
+  float best_error = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = nearest_int(iscale * (x[i] - min));
+    L[i] = static_cast<std::uint8_t>(std::max(0, std::min(nmax, l)));
+    const float diff = scale * L[i] + min - x[i];
+    best_error += wt(i) * (diff * diff);
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * is + nmax) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      int l = nearest_int(iscale * (x[i] - min));
+      l = std::max(0, std::min(nmax, l));
+      Laux[i] = static_cast<std::uint8_t>(l);
+      const float w = wt(i);
+      sum_l += w * l;
+      sum_l2 += w * l * l;
+      sum_xl += w * l * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float cur_error = 0;
+      for (int i = 0; i < n; ++i) {
+        const float diff = this_scale * Laux[i] + this_min - x[i];
+        cur_error += wt(i) * (diff * diff);
+      }
+      if (cur_error < best_error) {
+        std::copy(Laux, Laux + n, L);
+        best_error = cur_error;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  *the_min = -min;
+  return scale;
+}
+
+// make_qp_quants: non-negative values to codes in [0, nmax] with one weighted scale (the
+// super-block's 6-bit sub-scales and sub-mins under an imatrix).
+float make_qp_quants(int n, int nmax, const float* x, std::uint8_t* L, const float* qw) {
+  float max = 0;
+  for (int i = 0; i < n; ++i) max = std::max(max, x[i]);
+  if (max < kGroupMaxEps) {
+    std::fill(L, L + n, 0);
+    return 0.f;
+  }
+  float iscale = nmax / max;
+  for (int i = 0; i < n; ++i) L[i] = static_cast<std::uint8_t>(nearest_int(iscale * x[i]));
+  const float scale = 1 / iscale;
+  float best_mse = 0;
+  for (int i = 0; i < n; ++i) {
+    const float diff = x[i] - scale * L[i];
+    best_mse += qw[i] * diff * diff;
+  }
+  for (int is = -4; is <= 4; ++is) {
+    if (is == 0) continue;
+    const float iscale_is = (0.1f * is + nmax) / max;
+    const float scale_is = 1 / iscale_is;
+    float mse = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::min(nmax, nearest_int(iscale_is * x[i]));
+      const float diff = x[i] - scale_is * l;
+      mse += qw[i] * diff * diff;
+    }
+    if (mse < best_mse) {
+      best_mse = mse;
+      iscale = iscale_is;
+    }
+  }
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::min(nmax, nearest_int(iscale * x[i]));
+    L[i] = static_cast<std::uint8_t>(l);
+    sumlx += qw[i] * x[i] * l;
+    suml2 += qw[i] * l * l;
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    int n_changed = 0;
+    for (int i = 0; i < n; ++i) {
+      const float w = qw[i];
+      float slx = sumlx - w * x[i] * L[i];
+      float sl2 = suml2 - w * L[i] * L[i];
+      if (slx > 0 && sl2 > 0) {
+        const int new_l = std::min(nmax, nearest_int(x[i] * sl2 / slx));
+        if (new_l != L[i]) {
+          slx += w * x[i] * new_l;
+          sl2 += w * new_l * new_l;
+          if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+            L[i] = static_cast<std::uint8_t>(new_l);
+            sumlx = slx;
+            suml2 = sl2;
+            ++n_changed;
+          }
+        }
+      }
+    }
+    if (!n_changed) break;
+  }
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+void get_scale_min_k4(int j, const std::uint8_t* q, std::uint8_t& d, std::uint8_t& m) {
+  if (j < 4) {
+    d = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    d = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
+  }
+}
+
+// Q4_K (bits 4) and Q5_K (bits 5) super-blocks of 256: eight sub-blocks of 32 with 6-bit
+// scales and mins packed in 12 bytes, fp16 d and dmin. Layout: d, dmin, scales[12],
+// (Q5_K: qh[32]), qs[128].
+void quantize_qk(const float* x, const float* imp, int bits, std::uint8_t* out) {
+  const int nmax = (1 << bits) - 1;
+  std::uint8_t L[QK_K], Laux[32], Ls[8], Lm[8];
+  float weights[32], mins[8], scales[8], sw[8];
+  std::uint8_t* sc = out + 4;
+  std::memset(sc, 0, 12);
+  float dval, mval;
+  if (!imp) {
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+      float sum_x2 = 0;
+      for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+      const float av_x = std::sqrt(sum_x2 / 32);
+      for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+      scales[j] = bits == 4 ? make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, true)
+                            : make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
+      max_scale = std::max(max_scale, scales[j]);
+      max_min = std::max(max_min, mins[j]);
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    for (int j = 0; j < 8; ++j) {
+      Ls[j] = static_cast<std::uint8_t>(std::min<std::uint8_t>(63, static_cast<std::uint8_t>(nearest_int(inv_scale * scales[j]))));
+      Lm[j] = static_cast<std::uint8_t>(std::min<std::uint8_t>(63, static_cast<std::uint8_t>(nearest_int(inv_min * mins[j]))));
+    }
+    dval = max_scale / 63.f;
+    mval = max_min / 63.f;
+  } else {
+    float sum_x2 = 0;
+    for (int l = 0; l < QK_K; ++l) sum_x2 += x[l] * x[l];
+    const float sigma2 = 2 * sum_x2 / QK_K;
+    for (int j = 0; j < 8; ++j) {
+      for (int l = 0; l < 32; ++l) weights[l] = imp[32 * j + l] * std::sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
+      float sumw = 0;
+      for (int l = 0; l < 32; ++l) sumw += weights[l];
+      sw[j] = sumw;
+      scales[j] = make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
+    }
+    dval = make_qp_quants(8, 63, scales, Ls, sw);
+    mval = make_qp_quants(8, 63, mins, Lm, sw);
+    for (int j = 0; j < 8; ++j) {
+      Ls[j] = std::min<std::uint8_t>(63, Ls[j]);
+      Lm[j] = std::min<std::uint8_t>(63, Lm[j]);
+    }
+  }
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      sc[j] = Ls[j];
+      sc[j + 4] = Lm[j];
+    } else {
+      sc[j + 4] = static_cast<std::uint8_t>((Ls[j] & 0xF) | ((Lm[j] & 0xF) << 4));
+      sc[j - 4] |= static_cast<std::uint8_t>((Ls[j] >> 4) << 6);
+      sc[j - 0] |= static_cast<std::uint8_t>((Lm[j] >> 4) << 6);
+    }
+  }
+  put_f16(out, dval);
+  put_f16(out + 2, mval);
+  for (int j = 0; j < 8; ++j) {
+    std::uint8_t s, m;
+    get_scale_min_k4(j, sc, s, m);
+    const float d = get_f16(out) * s;
+    if (!d) continue;
+    const float dm = get_f16(out + 2) * m;
+    for (int ii = 0; ii < 32; ++ii) {
+      const int l = nearest_int((x[32 * j + ii] + dm) / d);
+      L[32 * j + ii] = static_cast<std::uint8_t>(std::max(0, std::min(nmax, l)));
+    }
+  }
+  if (bits == 4) {
+    std::uint8_t* q = out + 16;
+    for (int j = 0; j < QK_K; j += 64) {
+      for (int l = 0; l < 32; ++l) q[l] = static_cast<std::uint8_t>(L[j + l] | (L[j + l + 32] << 4));
+      q += 32;
+    }
+    return;
+  }
+  std::uint8_t* qh = out + 16;
+  std::uint8_t* ql = out + 48;
+  std::memset(qh, 0, 32);
+  std::uint8_t m1 = 1, m2 = 2;
+  for (int n = 0; n < QK_K; n += 64) {
+    for (int j = 0; j < 32; ++j) {
+      int l1 = L[n + j], l2 = L[n + j + 32];
+      if (l1 > 15) l1 -= 16, qh[j] |= m1;
+      if (l2 > 15) l2 -= 16, qh[j] |= m2;
+      ql[j] = static_cast<std::uint8_t>(l1 | (l2 << 4));
+    }
+    m1 = static_cast<std::uint8_t>(m1 << 2);
+    m2 = static_cast<std::uint8_t>(m2 << 2);
+    ql += 32;
+  }
+}
+
+void dequantize_qk(const std::uint8_t* in, int bits, float* y) {
+  const float d = get_f16(in), min = get_f16(in + 2);
+  const std::uint8_t* sc = in + 4;
+  const std::uint8_t* qh = in + 16;
+  const std::uint8_t* q = bits == 4 ? in + 16 : in + 48;
+  int is = 0;
+  std::uint8_t u1 = 1, u2 = 2;
+  for (int j = 0; j < QK_K; j += 64) {
+    std::uint8_t s, m;
+    get_scale_min_k4(is + 0, sc, s, m);
+    const float d1 = d * s, m1 = min * m;
+    get_scale_min_k4(is + 1, sc, s, m);
+    const float d2 = d * s, m2 = min * m;
+    for (int l = 0; l < 32; ++l) *y++ = d1 * ((q[l] & 0xF) + (bits == 5 && (qh[l] & u1) ? 16 : 0)) - m1;
+    for (int l = 0; l < 32; ++l) *y++ = d2 * ((q[l] >> 4) + (bits == 5 && (qh[l] & u2) ? 16 : 0)) - m2;
+    q += 32;
+    is += 2;
+    u1 = static_cast<std::uint8_t>(u1 << 2);
+    u2 = static_cast<std::uint8_t>(u2 << 2);
+  }
+}
+
 }  // namespace
 
 void quantize_row(GgmlType type, const float* x, std::int64_t n, const float* imp, std::uint8_t* out) {
@@ -272,6 +532,8 @@ void quantize_row(GgmlType type, const float* x, std::int64_t n, const float* im
         put_nibbles(p + 4, codes, type == GgmlType::Q5_1);
         break;
       }
+      case GgmlType::Q4_K: quantize_qk(xb, ib, 4, p); break;
+      case GgmlType::Q5_K: quantize_qk(xb, ib, 5, p); break;
       case GgmlType::Q6_K: quantize_q6_k(xb, ib, p); break;
     }
   }
@@ -305,6 +567,8 @@ void dequantize_row(GgmlType type, const std::uint8_t* in, std::int64_t n, float
         for (int j = 0; j < QK; ++j) yb[j] = d * static_cast<float>(c[j]) + m;
         break;
       }
+      case GgmlType::Q4_K: dequantize_qk(p, 4, yb); break;
+      case GgmlType::Q5_K: dequantize_qk(p, 5, yb); break;
       case GgmlType::Q6_K: dequantize_q6_k(p, yb); break;
     }
   }

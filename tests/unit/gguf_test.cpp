@@ -111,6 +111,33 @@ TEST(GgmlBlocks, Q6_KZeroBlockAndLayout) {
   EXPECT_EQ(u16(b, 208), f32_to_f16(1.0f / 4096));
 }
 
+TEST(GgmlBlocks, Q4_KAndQ5_KHandWorked) {
+  // 256 × 1.0: every sub-block gets codes nmax, scale 1/nmax and min 0. The 6-bit sub-scales
+  // are all 63 (scale·63/max_scale), packed as bytes 0–3 = 63 | (63 >> 4) << 6 = 0xFF, bytes
+  // 4–7 = the mins (0), bytes 8–11 = 63 & 15 = 0x0F. d = fp16(1/(63·nmax)): Q4_K 1/945 →
+  // 0x1456, Q5_K 1/1953 → 0x1032; dmin 0. Codes 15 → nibbles 0xFF; Q5_K's 31 → low nibble 15
+  // with every high bit set (qh all 0xFF).
+  const std::vector<float> x(256, 1.0f);
+  const std::vector<std::uint8_t> scales = {0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0x0F, 0x0F, 0x0F, 0x0F};
+  const auto b4 = block(GgmlType::Q4_K, x);
+  ASSERT_EQ(b4.size(), 144u);
+  EXPECT_EQ(u16(b4, 0), 0x1456);
+  EXPECT_EQ(u16(b4, 2), 0x0000);
+  EXPECT_EQ(std::vector<std::uint8_t>(b4.begin() + 4, b4.begin() + 16), scales);
+  for (std::size_t i = 16; i < 144; ++i) EXPECT_EQ(b4[i], 0xFF) << i;
+  const auto b5 = block(GgmlType::Q5_K, x);
+  ASSERT_EQ(b5.size(), 176u);
+  EXPECT_EQ(u16(b5, 0), 0x1032);
+  EXPECT_EQ(u16(b5, 2), 0x0000);
+  EXPECT_EQ(std::vector<std::uint8_t>(b5.begin() + 4, b5.begin() + 16), scales);
+  for (std::size_t i = 16; i < 176; ++i) EXPECT_EQ(b5[i], 0xFF) << i;
+  std::vector<float> y(256);
+  for (GgmlType t : {GgmlType::Q4_K, GgmlType::Q5_K}) {
+    dequantize_row(t, block(t, x).data(), 256, y.data());
+    for (float v : y) EXPECT_NEAR(v, 1.0f, 2e-3f) << type_info(t).name;
+  }
+}
+
 TEST(GgmlBlocks, RoundTripErrorBounds) {
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -121,6 +148,7 @@ TEST(GgmlBlocks, RoundTripErrorBounds) {
     double rms_bound;  // relative RMS error bound
   };
   for (const Case c : {Case{GgmlType::F16, 1e-3}, Case{GgmlType::Q8_0, 0.01}, Case{GgmlType::Q6_K, 0.04},
+                       Case{GgmlType::Q5_K, 0.05}, Case{GgmlType::Q4_K, 0.1},
                        Case{GgmlType::Q5_1, 0.05}, Case{GgmlType::Q5_0, 0.06}, Case{GgmlType::Q4_1, 0.1},
                        Case{GgmlType::Q4_0, 0.12}}) {
     const auto q = quantize_matrix(c.t, x.data(), 4, 1024, nullptr);
@@ -150,7 +178,7 @@ TEST(GgmlBlocks, ImportanceLowersTheWeightedError) {
   std::vector<float> x(2048), imp(2048);
   for (auto& v : x) v = nd(rng);
   for (auto& v : imp) v = std::exp(2.0f * nd(rng));
-  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q6_K}) {
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
     auto werr = [&](const float* im) {
       const auto q = quantize_matrix(t, x.data(), 1, 2048, im);
       std::vector<float> y(2048);

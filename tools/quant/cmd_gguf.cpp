@@ -17,10 +17,10 @@ void register_gguf(CLI::App& app) {
   };
   auto o = std::make_shared<Options>();
   auto c = std::make_shared<CalibCliOptions>();
-  auto* cmd = app.add_subcommand("gguf", "export a GGUF file for llama.cpp (F32/F16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q6_K)");
+  auto* cmd = app.add_subcommand("gguf", "export a GGUF file for llama.cpp (f16, q8_0, q4_0 … q6_k, q4_k_m, q5_k_m)");
   cmd->add_option("model", o->model, "model directory (config.json + safetensors + tokenizer.model)")->required();
   cmd->add_option("-o,--output", o->out, "output file (default: <model>-<type>.gguf beside the model)");
-  cmd->add_option("-t,--type", o->type, "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q6_k")->capture_default_str();
+  cmd->add_option("-t,--type", o->type, "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k")->capture_default_str();
   cmd->add_flag("-f,--force", o->force, "replace an existing output file");
   cmd->add_flag("--json", o->json, "print the summary as JSON on stdout");
   add_calib_options(cmd, *c, 512);
