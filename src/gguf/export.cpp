@@ -9,6 +9,8 @@
 #include "quant/error.h"
 #include "quant/gguf/quants.h"
 #include "quant/log.h"
+#include "quant/pipeline.h"
+#include "quant/policy.h"
 #include "quant/tokenizer.h"
 #include "quant/weights.h"
 
@@ -127,17 +129,27 @@ std::string gguf_linear_name(const LinearDesc& l) {
   return fmt::format("blk.{}.{}.weight", l.layer, kNames[static_cast<int>(l.kind)]);
 }
 
-std::vector<float> permute_rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols) {
+namespace {
+std::vector<float> rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols, bool inverse) {
   const auto rows = static_cast<std::int64_t>(w.size()) / cols;
   const std::int64_t hd = rows / n_head, half = hd / 2;
   std::vector<float> r(w.size());
   for (std::int64_t h = 0; h < n_head; ++h)
     for (std::int64_t i = 0; i < half; ++i)
       for (std::int64_t t = 0; t < 2; ++t) {
-        const std::int64_t dst = h * hd + i * 2 + t, src = h * hd + t * half + i;
+        std::int64_t dst = h * hd + i * 2 + t, src = h * hd + t * half + i;
+        if (inverse) std::swap(dst, src);
         std::copy_n(w.begin() + src * cols, cols, r.begin() + dst * cols);
       }
   return r;
+}
+}  // namespace
+
+std::vector<float> permute_rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols) {
+  return rope_rows(w, n_head, cols, false);
+}
+std::vector<float> unpermute_rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols) {
+  return rope_rows(w, n_head, cols, true);
 }
 
 std::map<std::string, std::vector<float>> collect_importance(const Model& model,
@@ -204,12 +216,15 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   struct Item {
     std::function<std::vector<float>()> load;
     std::int64_t row = 0;
+    std::string hf_name;        // the source tensor
+    std::int64_t rope_heads = 0;  // q/k: rows permuted over this many heads
   };
   std::vector<Item> items;
   ExportReport rep;
-  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, GgmlType type, std::function<std::vector<float>()> load) {
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, GgmlType type, std::function<std::vector<float>()> load,
+                 std::string hf_name = {}, std::int64_t rope_heads = 0) {
     w.add_tensor(name, shape, type);
-    items.push_back({std::move(load), shape.back()});
+    items.push_back({std::move(load), shape.back(), std::move(hf_name), rope_heads});
     rep.tensor_types[name] = type_info(type).name;
   };
   auto vec = [&](const std::string& name) { return [&model, name] { return model.store().read_f32(name); }; };
@@ -229,7 +244,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   add("token_embd.weight", {c.vocab_size, H}, tensor_type(o.type, embed_place, H, imatrix), [&model, &L] {
     const Mat e = load_matrix(model, L.embed);
     return std::vector<float>(e.data(), e.data() + e.size());
-  });
+  }, L.embed);
   for (const auto& layer : L.layers) {
     const std::string b = fmt::format("blk.{}.", layer.index);
     add(b + "attn_norm.weight", {H}, GgmlType::F32, vec(layer.attn_norm));
@@ -237,13 +252,25 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
       const LinearDesc& l = layer.linear(k);
       const std::int64_t heads = k == LinearKind::q ? c.n_heads : k == LinearKind::k ? c.n_kv_heads : 0;
       const Role role = k == LinearKind::v ? Role::attn_v : k == LinearKind::down ? Role::ffn_down : Role::other;
-      add(gguf_linear_name(l), {l.out, l.in}, tensor_type(o.type, {role, layer.index, n_layers}, l.in, imatrix), mat(l, heads));
+      add(gguf_linear_name(l), {l.out, l.in}, tensor_type(o.type, {role, layer.index, n_layers}, l.in, imatrix), mat(l, heads),
+          l.weight_name(), heads);
       if (k == LinearKind::o) add(b + "ffn_norm.weight", {H}, GgmlType::F32, vec(layer.mlp_norm));
     }
   }
   add("output_norm.weight", {H}, GgmlType::F32, vec(L.final_norm));
-  if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, tensor_type(o.type, {Role::output, 0, n_layers}, H, imatrix), mat(L.lm_head, 0));
+  if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, tensor_type(o.type, {Role::output, 0, n_layers}, H, imatrix), mat(L.lm_head, 0),
+                    L.lm_head.weight_name());
 
+  // The dense twin: every linear kept (a skip-all policy), the GGUF's weights put in place.
+  std::unique_ptr<OutputSession> dense;
+  if (!o.dense_out.empty()) {
+    RunOptions r;
+    r.out = o.dense_out;
+    r.format = formats::Format::dense;
+    r.force = o.force;
+    r.method = "gguf-" + o.type.name;
+    dense = std::make_unique<OutputSession>(model, Policy::standard(QuantSpec{}, false, {Rule::parse(".*=skip")}), r);
+  }
   const fs::path tmp_parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
   if (!fs::is_directory(tmp_parent)) fail<UsageError>("{}: no such directory", tmp_parent.string());
   w.write(out, [&](std::size_t i) {
@@ -253,8 +280,19 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     const float* imp = it == o.importance.end() ? nullptr : it->second.data();
     if (imp && static_cast<std::int64_t>(it->second.size()) != items[i].row) fail<Error>("importance of '{}' has the wrong size", t.name);
     log::debug("{} {} {}", t.name, type_info(t.type).name, imp ? "(weighted)" : "");
-    return quantize_matrix(t.type, x.data(), t.numel() / items[i].row, items[i].row, imp);
+    std::vector<std::uint8_t> q = quantize_matrix(t.type, x.data(), t.numel() / items[i].row, items[i].row, imp);
+    if (dense && !items[i].hf_name.empty()) {
+      std::vector<float> y(static_cast<std::size_t>(t.numel()));
+      const std::uint64_t rb = data_bytes(t.type, items[i].row);
+      for (std::int64_t r = 0; r < t.numel() / items[i].row; ++r) {
+        dequantize_row(t.type, q.data() + static_cast<std::uint64_t>(r) * rb, items[i].row, y.data() + r * items[i].row);
+      }
+      if (items[i].rope_heads > 0) y = unpermute_rope_rows(y, items[i].rope_heads, items[i].row);
+      dense->put_float(items[i].hf_name, y.data(), {t.numel() / items[i].row, items[i].row});
+    }
+    return q;
   });
+  if (dense) dense->finish();
   rep.output = out;
   rep.bytes = fs::file_size(out);
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

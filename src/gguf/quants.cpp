@@ -526,7 +526,18 @@ void quantize_row(GgmlType type, const float* x, std::int64_t n, const float* im
       }
       case GgmlType::Q4_1: case GgmlType::Q5_1: {
         float d, m;
-        affine_codes(xb, type == GgmlType::Q4_1 ? 4 : 5, d, m, codes);
+        const int nmax = type == GgmlType::Q4_1 ? 15 : 31;
+        if (ib) {
+          // quantize_row_q4_1_impl / q5_1_impl: the importance times sqrt(σ² + x²) weighs a
+          // least-squares (scale, min) search.
+          float weight[QK], the_min;
+          std::uint8_t aux[QK];
+          for (int j = 0; j < QK; ++j) weight[j] = ib[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+          d = make_qkx_quants(QK, nmax, xb, weight, codes, &the_min, aux, -0.9f, 0.05f, 36, false);
+          m = -the_min;
+        } else {
+          affine_codes(xb, nmax == 15 ? 4 : 5, d, m, codes);
+        }
         put_f16(p, d);
         put_f16(p + 2, m);
         put_nibbles(p + 4, codes, type == GgmlType::Q5_1);

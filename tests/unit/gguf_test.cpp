@@ -178,7 +178,7 @@ TEST(GgmlBlocks, ImportanceLowersTheWeightedError) {
   std::vector<float> x(2048), imp(2048);
   for (auto& v : x) v = nd(rng);
   for (auto& v : imp) v = std::exp(2.0f * nd(rng));
-  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
+  for (GgmlType t : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) {
     auto werr = [&](const float* im) {
       const auto q = quantize_matrix(t, x.data(), 1, 2048, im);
       std::vector<float> y(2048);
@@ -247,6 +247,12 @@ TEST(GgufExport, PermuteRopeRowsPairsHalves) {
   // One head of 4 rows (head_dim 4): rows [r0 r1 r2 r3] → [r0 r2 r1 r3].
   const std::vector<float> w = {0, 0, 1, 1, 2, 2, 3, 3};
   EXPECT_EQ(permute_rope_rows(w, 1, 2), (std::vector<float>{0, 0, 2, 2, 1, 1, 3, 3}));
+  // Two heads of 8 rows: the inverse undoes it.
+  std::vector<float> big(16 * 3);
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<float>(i);
+  const auto p = permute_rope_rows(big, 2, 3);
+  EXPECT_NE(p, big);
+  EXPECT_EQ(unpermute_rope_rows(p, 2, 3), big);
 }
 
 TEST(GgufExport, Stories260KQ8_0) {
@@ -254,7 +260,8 @@ TEST(GgufExport, Stories260KQ8_0) {
   TempDir dir;
   const fs::path model_dir = testing::shared_dir() / "models" / "stories260K";
   const std::string out = (dir / "s.gguf").string();
-  const auto r = testing::run_quant("gguf " + model_dir.string() + " -t q8_0 -o " + out);
+  const fs::path dense = dir / "dense";
+  const auto r = testing::run_quant("gguf " + model_dir.string() + " -t q8_0 -o " + out + " --dense-out " + dense.string());
   ASSERT_EQ(r.rc, 0) << r.err;
   const File g = File::open(out);
   EXPECT_EQ(g.find("general.file_type")->u, 7u);
@@ -280,6 +287,17 @@ TEST(GgufExport, Stories260KQ8_0) {
   const Mat v = load_linear(m, m.layout().layers[0].linear(LinearKind::v));
   const auto gv = g.dequantize("blk.0.attn_v.weight");
   for (std::int64_t c = 0; c < 64; ++c) EXPECT_NEAR(gv[static_cast<std::size_t>(64 + c)], v(1, c), 0.01);
+  // The dense twin holds exactly the GGUF's values, in HF's row order.
+  const Model d = Model::open(dense);
+  const Mat dq = load_linear(d, d.layout().layers[0].linear(LinearKind::q));
+  const Mat dv = load_linear(d, d.layout().layers[0].linear(LinearKind::v));
+  for (std::int64_t i = 0; i < hd / 2; ++i) {
+    for (std::int64_t c = 0; c < 64; ++c) {
+      EXPECT_EQ(gq[static_cast<std::size_t>((2 * i + 1) * 64 + c)], dq(hd / 2 + i, c));
+      EXPECT_EQ(gq[static_cast<std::size_t>(2 * i * 64 + c)], dq(i, c));
+    }
+  }
+  for (std::int64_t c = 0; c < 64; ++c) EXPECT_EQ(gv[static_cast<std::size_t>(64 + c)], dv(1, c));
 }
 
 }  // namespace

@@ -12,7 +12,7 @@ namespace quant::cli {
 
 void register_gguf(CLI::App& app) {
   struct Options {
-    std::string model, out, type = "q8_0";
+    std::string model, out, type = "q8_0", dense_out;
     bool force = false, json = false;
   };
   auto o = std::make_shared<Options>();
@@ -22,6 +22,7 @@ void register_gguf(CLI::App& app) {
   cmd->add_option("-o,--output", o->out, "output file (default: <model>-<type>.gguf beside the model)");
   cmd->add_option("-t,--type", o->type, "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k")->capture_default_str();
   cmd->add_flag("-f,--force", o->force, "replace an existing output file");
+  cmd->add_option("--dense-out", o->dense_out, "also write the GGUF's weights, dequantized, as a dense HF checkpoint (for quant eval)");
   cmd->add_flag("--json", o->json, "print the summary as JSON on stdout");
   add_calib_options(cmd, *c, 512);
   cmd->get_option("--calib")->description("calibration text: weight the scale searches by mean x^2 of each input column (imatrix)");
@@ -29,6 +30,7 @@ void register_gguf(CLI::App& app) {
     gguf::ExportOptions e;
     e.type = gguf::parse_file_type(o->type);
     e.force = o->force;
+    e.dense_out = o->dense_out;
     const Model model = Model::open(o->model);
     if (!c->text.empty() || !c->tokens.empty()) e.importance = gguf::collect_importance(model, load_calib(model, *c));
     fs::path out = o->out;

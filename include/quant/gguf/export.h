@@ -29,6 +29,9 @@ struct ExportOptions {
   // calibration; tensors without an entry are quantized unweighted.
   std::map<std::string, std::vector<float>> importance;
   bool force = false;
+  // Also write the GGUF's weights, dequantized (and un-permuted), as a dense HF checkpoint
+  // here, so that `quant eval` measures exactly what llama.cpp runs.
+  fs::path dense_out;
 };
 
 struct ExportReport {
@@ -44,6 +47,8 @@ std::string gguf_linear_name(const LinearDesc& linear);
 // llama.cpp's RoPE pairing from HF's rotate_half layout: within each head, row i·2 + t of the
 // result is row t·(head_dim/2) + i of `w` ([rows, cols] row-major, rows = n_head · head_dim).
 std::vector<float> permute_rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols);
+// The inverse of permute_rope_rows.
+std::vector<float> unpermute_rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols);
 
 // The imatrix statistic for every linear (by llama.cpp name): mean x² per input column over the
 // calibration samples, from the float model layer by layer.
