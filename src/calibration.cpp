@@ -44,6 +44,7 @@ std::vector<std::vector<std::int32_t>> load_calibration(const Model& model, cons
   for (std::int64_t s = 0; s < o.nsamples; ++s) {
     const std::int64_t b = start(rng);
     samples.emplace_back(ids.begin() + b, ids.begin() + b + seqlen);
+    if (o.bos_first && tokenizer && tokenizer->bos_id() >= 0) samples.back()[0] = tokenizer->bos_id();
   }
   log::info("calibration: {} windows of {} tokens from {} ({} tokens)", o.nsamples, seqlen, source, ids.size());
   return samples;

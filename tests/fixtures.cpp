@@ -26,6 +26,16 @@ TempDir::~TempDir() {
   fs::remove_all(path_, ec);
 }
 
+void write_tiny_tokenizer(const fs::path& dir, int vocab) {
+  nlohmann::json v = nlohmann::json::object();
+  for (int id = 0; id < vocab - 1; ++id) v[id < 94 ? std::string(1, static_cast<char>(33 + id)) : std::string("\xC4\xA0")] = id;
+  const nlohmann::json tok = {
+      {"model", {{"type", "BPE"}, {"vocab", v}, {"merges", nlohmann::json::array()}}},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"added_tokens", {{{"id", vocab - 1}, {"content", "<|end|>"}, {"special", true}}}}};
+  write_file_atomic(dir / "tokenizer.json", tok.dump());
+}
+
 fs::path shared_dir() {
   const fs::path p = QUANT_SHARED_DIR;
   return fs::exists(p / "README.md") ? p : fs::path();

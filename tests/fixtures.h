@@ -43,6 +43,11 @@ struct TinyModelSpec {
 // Writes config.json and model.safetensors for a random model into `dir`.
 void write_tiny_model(const fs::path& dir, const TinyModelSpec& spec);
 
+// Writes a GPT-2 style byte-level BPE tokenizer.json into `dir`: ids 0.. are the printable
+// ASCII characters '!'..'~' and then 'Ġ' (space), no merges, and the last id (vocab − 1) is
+// the special "<|end|>". Needs 2 ≤ vocab ≤ 96.
+void write_tiny_tokenizer(const fs::path& dir, int vocab);
+
 // ../shared beside the project, or empty when absent.
 fs::path shared_dir();
 // Skips the current test (with a message) when ../shared is absent.

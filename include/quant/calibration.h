@@ -21,6 +21,9 @@ struct CalibOptions {
   std::int64_t nsamples = 128;
   std::int64_t seqlen = 2048;  // capped by the model context
   std::uint64_t seed = 0;
+  // Put the model's BOS in each window's first position, as llama-imatrix does: position 0 of
+  // real inference is BOS, whose attention-sink activations then count in the statistics.
+  bool bos_first = false;
 };
 
 // `nsamples` windows of `seqlen` tokens at uniformly random offsets of the tokenized text

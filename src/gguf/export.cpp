@@ -1,18 +1,19 @@
 #include "quant/gguf/export.h"
 
-#include <sentencepiece_processor.h>
-
 #include <chrono>
+#include <cmath>
+#include <cstring>
 #include <functional>
 
 #include "quant/calibration.h"
 #include "quant/error.h"
 #include "quant/gguf/quants.h"
 #include "quant/log.h"
+#include "quant/methods/awq.h"
 #include "quant/pipeline.h"
 #include "quant/policy.h"
-#include "quant/tokenizer.h"
 #include "quant/weights.h"
+#include "vocab.h"
 
 namespace quant::gguf {
 
@@ -68,46 +69,6 @@ GgmlType tensor_type(const FileType& ft, const Placement& p, std::int64_t row, b
     log::debug("rows of {} are not whole {} blocks: {} instead", row, type_info(wanted).name, type_info(t).name);
   }
   return t;
-}
-
-void add_tokenizer(const Model& model, Writer& w) {
-  const fs::path spm = model.dir() / "tokenizer.model";
-  if (!fs::exists(spm)) {
-    fail("{}: GGUF export needs tokenizer.model (sentencepiece); tokenizer.json vocabularies are not exported yet", model.dir().string());
-  }
-  sentencepiece::SentencePieceProcessor sp;
-  const auto status = sp.Load(spm.string());
-  if (!status.ok()) fail("{}: not a sentencepiece model: {}", spm.string(), status.ToString());
-  const int n = sp.GetPieceSize();
-  if (n != model.config().vocab_size) {
-    fail("{}: the tokenizer has {} pieces but config.json says vocab_size {}", spm.string(), n, model.config().vocab_size);
-  }
-  std::vector<Value> tokens, scores, types;
-  for (int i = 0; i < n; ++i) {
-    tokens.push_back(Value::str(sp.IdToPiece(i)));
-    scores.push_back(Value::f32(sp.GetScore(i)));
-    // llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
-    int type = 1;
-    if (sp.IsUnknown(i)) type = 2;
-    else if (sp.IsControl(i)) type = 3;
-    else if (sp.IsUnused(i)) type = 5;
-    else if (sp.IsByte(i)) type = 6;
-    types.push_back(Value::i32(type));
-  }
-  w.set("tokenizer.ggml.model", Value::str("llama"));
-  w.set("tokenizer.ggml.tokens", Value::array(ValueType::STRING, std::move(tokens)));
-  w.set("tokenizer.ggml.scores", Value::array(ValueType::FLOAT32, std::move(scores)));
-  w.set("tokenizer.ggml.token_type", Value::array(ValueType::INT32, std::move(types)));
-  const auto& c = model.config();
-  const std::int64_t bos = c.bos_token_id >= 0 ? c.bos_token_id : sp.bos_id();
-  const std::int64_t eos = c.eos_token_id >= 0 ? c.eos_token_id : sp.eos_id();
-  if (bos >= 0) w.set("tokenizer.ggml.bos_token_id", Value::u32(static_cast<std::uint32_t>(bos)));
-  if (eos >= 0) w.set("tokenizer.ggml.eos_token_id", Value::u32(static_cast<std::uint32_t>(eos)));
-  if (sp.unk_id() >= 0) w.set("tokenizer.ggml.unknown_token_id", Value::u32(static_cast<std::uint32_t>(sp.unk_id())));
-  if (sp.pad_id() >= 0) w.set("tokenizer.ggml.padding_token_id", Value::u32(static_cast<std::uint32_t>(sp.pad_id())));
-  const std::unique_ptr<Tokenizer> tok = Tokenizer::load(model.dir());
-  w.set("tokenizer.ggml.add_bos_token", Value::boolean(tok->add_bos()));
-  w.set("tokenizer.ggml.add_eos_token", Value::boolean(false));
 }
 
 }  // namespace
@@ -174,6 +135,69 @@ std::map<std::string, std::vector<float>> collect_importance(const Model& model,
   return imp;
 }
 
+std::map<std::string, std::vector<float>> read_imatrix(const fs::path& path) {
+  const File f = File::open(path);
+  const Value* kind = f.find("general.type");
+  if (!kind || kind->s != "imatrix") fail("{}: not an imatrix file (general.type is not \"imatrix\")", path.string());
+  std::map<std::string, std::vector<float>> imp;
+  const std::string suffix = ".in_sum2";
+  for (const TensorInfo& t : f.tensors) {
+    if (t.name.size() <= suffix.size() || t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    const std::string name = t.name.substr(0, t.name.size() - suffix.size());
+    const TensorInfo& c = f.tensor(name + ".counts");
+    if (t.type != GgmlType::F32 || c.type != GgmlType::F32 || t.ne.size() != 1 || c.numel() != 1) {
+      fail("{}: tensor '{}': expected a 1-D F32 in_sum2 and one F32 count (experts are not supported)", path.string(), name);
+    }
+    float count;
+    std::memcpy(&count, f.data(c), 4);
+    if (!(count > 0)) fail("{}: tensor '{}' has count {}", path.string(), name, count);
+    std::vector<float> v(static_cast<std::size_t>(t.numel()));
+    std::memcpy(v.data(), f.data(t), v.size() * 4);
+    for (float& x : v) {
+      if (!std::isfinite(x) || x < 0) fail("{}: tensor '{}' has a negative or non-finite sum of squares", path.string(), name);
+      x /= count;
+    }
+    imp[name] = std::move(v);
+  }
+  if (imp.empty()) fail("{}: the imatrix holds no tensors", path.string());
+  return imp;
+}
+
+QuantSpec awq_spec_for(const FileType& type) {
+  QuantSpec s;
+  s.group_size = 32;
+  switch (type.base) {
+    case GgmlType::F32: case GgmlType::F16:
+      fail<UsageError>("--from-awq needs a quantized GGUF type, not {}", type.name);
+    case GgmlType::Q4_0: s.bits = 4; s.sym = true; break;
+    case GgmlType::Q4_1: case GgmlType::Q4_K: s.bits = 4; break;
+    case GgmlType::Q5_0: s.bits = 5; s.sym = true; break;
+    case GgmlType::Q5_1: case GgmlType::Q5_K: s.bits = 5; break;
+    case GgmlType::Q6_K: s.bits = 6; s.sym = true; s.group_size = 16; break;
+    case GgmlType::Q8_0: s.bits = 8; s.sym = true; break;
+  }
+  return s;
+}
+
+void write_awq_scaled(const Model& model, const FileType& type, const fs::path& dir,
+                      const std::vector<std::vector<std::int32_t>>& samples, bool force) {
+  const QuantSpec spec = awq_spec_for(type);
+  std::vector<Rule> rules;
+  for (const auto& layer : model.layout().layers) {
+    for (const auto& l : layer.linears) {
+      if (l.in % spec.group_size != 0) rules.push_back(Rule::parse("^" + std::regex_replace(l.prefix, std::regex("\\."), "\\.") + "$=group:-1"));
+    }
+  }
+  RunOptions run;
+  run.out = dir;
+  run.format = formats::Format::dense;
+  run.force = force;
+  AwqOptions a;
+  a.export_compatible = true;
+  log::info("--from-awq: AWQ search for {} ({}), weights kept in float", type.name, spec.label());
+  awq_quantize_model(model, Policy::standard(spec, false, std::move(rules)), run, a, samples);
+}
+
 ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   const ModelConfig& c = model.config();
@@ -191,8 +215,9 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   }
   Writer w;
   w.set("general.architecture", Value::str("llama"));
-  w.set("general.name", Value::str(model.dir().filename().string().empty() ? model.dir().parent_path().filename().string()
-                                                                             : model.dir().filename().string()));
+  std::string name = o.name;
+  if (name.empty()) name = model.dir().filename().string().empty() ? model.dir().parent_path().filename().string() : model.dir().filename().string();
+  w.set("general.name", Value::str(name));
   w.set("general.file_type", Value::u32(o.type.ftype));
   w.set("general.quantization_version", Value::u32(2));
   w.set("general.alignment", Value::u32(32));

@@ -113,7 +113,10 @@ QuantizeReport awq_quantize_model(const Model& model, const Policy& policy, cons
                                   const StepProgress& progress) {
   if (o.n_grid < 1) fail<UsageError>("--n-grid must be at least 1, got {}", o.n_grid);
   RunOptions r = run;
-  r.method = "awq";
+  r.method = o.export_compatible ? "awq-scaled" : "awq";
+  if (o.export_compatible && r.format != formats::Format::dense) {
+    fail<UsageError>("AWQ's export-compatible mode writes float weights: it needs the dense format");
+  }
   OutputSession session(model, policy, r);
   LayerRunner runner(model, samples);
   const auto& c = model.config();
@@ -177,6 +180,15 @@ QuantizeReport awq_quantize_model(const Model& model, const Policy& policy, cons
         w = awq_clip(w, H, specs[k], o);
         extra[k]["clipped"] = true;
       }
+      if (o.export_compatible) {
+        // The scaled, clipped float weight; the next layers see it unquantized, as AutoAWQ.
+        lw.linear(k) = w;
+        session.put_float(d.weight_name(), w.data(), {d.out, d.in});
+        const Vec& b = lw.b[static_cast<int>(k)];
+        if (d.bias && b.size()) session.put_float(d.bias_name(), b.data(), {d.out});
+        if (progress) progress(++done, total, d.prefix);
+        continue;
+      }
       const QuantizedMatrix qm = quantize_rtn(w, specs[k]);
       lw.linear(k) = qm.dequantize();
       const Vec& bias = lw.b[static_cast<int>(k)];
@@ -190,7 +202,7 @@ QuantizeReport awq_quantize_model(const Model& model, const Policy& policy, cons
   }
 
   const LinearDesc& head = model.layout().lm_head;
-  if (!model.layout().tied && session.plan_for(head).quantize) {
+  if (!model.layout().tied && session.plan_for(head).quantize && !o.export_compatible) {
     const Mat w = load_linear(model, head);
     session.put_quantized(head, quantize_rtn(w, session.plan_for(head).spec), w, {{"note", "lm_head: RTN (AWQ scales only decoder linears)"}});
     if (progress) progress(++done, total, head.prefix);

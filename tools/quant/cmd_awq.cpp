@@ -38,6 +38,8 @@ void register_awq(CLI::App& app) {
   cmd->add_option("--n-grid", a->n_grid, "scale ratios searched per mapping")->capture_default_str();
   cmd->add_flag("--no-duo-scaling", *no_duo, "scales from activations only (x_mean^r) instead of x_mean^r / w_mean^(1-r)");
   cmd->add_flag("--no-clip", *no_clip, "skip the clipping search");
+  cmd->add_flag("--export-compatible", a->export_compatible,
+                "apply the scales and clipping but keep float weights (a dense checkpoint for another quantizer, as AutoAWQ's export_compatible)");
   CLI::Option* format_opt = cmd->get_option("--format");
   cmd->callback([o, c, a, no_duo, no_clip, format_opt] {
     const QuantSpec spec = make_spec(*o);
@@ -46,7 +48,10 @@ void register_awq(CLI::App& app) {
     const Model model = Model::open(o->model);
     const Policy policy = make_policy(*o, spec);
     RunOptions run = make_run_options(*o, "awq", spec);
-    if (format_opt->count() == 0) {
+    if (a->export_compatible) {
+      if (format_opt->count() > 0 && run.format != formats::Format::dense) fail<UsageError>("--export-compatible writes float weights: use --format dense or no --format");
+      run.format = formats::Format::dense;
+    } else if (format_opt->count() == 0) {
       // What a user running `quant awq --bits 4 model/` wants: AutoAWQ's layout when it can hold
       // the model, else GPTQ's; linears neither can hold stay in the source dtype, named.
       // Candidates in order of preference; the one that can hold the most linears wins.

@@ -12,8 +12,8 @@ namespace quant::cli {
 
 void register_gguf(CLI::App& app) {
   struct Options {
-    std::string model, out, type = "q8_0", dense_out;
-    bool force = false, json = false;
+    std::string model, out, type = "q8_0", dense_out, imatrix;
+    bool force = false, json = false, from_awq = false;
   };
   auto o = std::make_shared<Options>();
   auto c = std::make_shared<CalibCliOptions>();
@@ -23,22 +23,45 @@ void register_gguf(CLI::App& app) {
   cmd->add_option("-t,--type", o->type, "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k")->capture_default_str();
   cmd->add_flag("-f,--force", o->force, "replace an existing output file");
   cmd->add_option("--dense-out", o->dense_out, "also write the GGUF's weights, dequantized, as a dense HF checkpoint (for quant eval)");
+  cmd->add_option("--imatrix", o->imatrix, "importance from a llama.cpp imatrix file (llama-imatrix's GGUF output) instead of --calib");
+  cmd->add_flag("--from-awq", o->from_awq, "search AWQ scales and clipping for the type's bit width on the calibration text and apply them first");
   cmd->add_flag("--json", o->json, "print the summary as JSON on stdout");
   add_calib_options(cmd, *c, 512);
+  c->bos_first = true;
   cmd->get_option("--calib")->description("calibration text: weight the scale searches by mean x^2 of each input column (imatrix)");
   cmd->callback([o, c] {
     gguf::ExportOptions e;
     e.type = gguf::parse_file_type(o->type);
     e.force = o->force;
     e.dense_out = o->dense_out;
-    const Model model = Model::open(o->model);
-    if (!c->text.empty() || !c->tokens.empty()) e.importance = gguf::collect_importance(model, load_calib(model, *c));
+    Model model = Model::open(o->model);
     fs::path out = o->out;
     if (out.empty()) {
       fs::path m = o->model;
       while (!m.empty() && !m.has_filename()) m = m.parent_path();
       out = m.string() + "-" + e.type.name + ".gguf";
     }
+    if (fs::exists(out) && !o->force) fail<UsageError>("{} exists; pass --force to replace it", out.string());
+    // --from-awq: the AWQ-scaled float twin, in a directory beside the output removed at the end.
+    const fs::path scaled = out.string() + ".awq-scaled";
+    struct Cleanup {
+      fs::path p;
+      ~Cleanup() {
+        std::error_code ec;
+        if (!p.empty()) fs::remove_all(p, ec);
+      }
+    } cleanup;
+    if (o->from_awq) {
+      if (!o->imatrix.empty()) fail<UsageError>("--from-awq calibrates on --calib text; it cannot use an --imatrix file");
+      cleanup.p = scaled;
+      e.name = model.dir().filename().empty() ? model.dir().parent_path().filename().string() : model.dir().filename().string();
+      gguf::write_awq_scaled(model, e.type, scaled, load_calib(model, *c), true);
+      model = Model::open(scaled);
+    }
+    if (!o->imatrix.empty()) {
+      if (!c->text.empty() || !c->tokens.empty()) fail<UsageError>("--imatrix and --calib/--calib-tokens are alternatives; give one");
+      e.importance = gguf::read_imatrix(o->imatrix);
+    } else if (!c->text.empty() || !c->tokens.empty()) e.importance = gguf::collect_importance(model, load_calib(model, *c));
     const gguf::ExportReport r = gguf::export_gguf(model, out, e);
     log::info("gguf → {} ({}): {:.1f} MB in {:.1f}s{}", r.output.string(), e.type.name, static_cast<double>(r.bytes) / 1e6, r.seconds,
               e.importance.empty() ? "" : ", importance-weighted");

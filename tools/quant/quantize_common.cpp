@@ -42,6 +42,7 @@ std::vector<std::vector<std::int32_t>> load_calib(const Model& model, const Cali
   c.nsamples = o.nsamples;
   c.seqlen = o.seqlen;
   c.seed = o.seed;
+  c.bos_first = o.bos_first;
   if (!o.text.empty() && !o.tokens.empty()) fail<UsageError>("pass --calib or --calib-tokens, not both");
   if (o.text.empty() && o.tokens.empty()) {
     const fs::path fallback = "/usr/share/common-licenses/Apache-2.0";

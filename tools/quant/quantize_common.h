@@ -34,6 +34,7 @@ struct CalibCliOptions {
   std::int64_t nsamples = 128;
   std::int64_t seqlen = 2048;
   std::uint64_t seed = 0;
+  bool bos_first = false;  // see CalibOptions::bos_first
 };
 void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_seqlen);
 // Loads the calibration windows. Without --calib/--calib-tokens, falls back (with a warning) to

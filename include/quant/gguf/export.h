@@ -11,6 +11,7 @@
 
 #include "quant/gguf/gguf.h"
 #include "quant/model.h"
+#include "quant/quantizer.h"
 
 namespace quant::gguf {
 
@@ -29,6 +30,7 @@ struct ExportOptions {
   // calibration; tensors without an entry are quantized unweighted.
   std::map<std::string, std::vector<float>> importance;
   bool force = false;
+  std::string name;  // general.name; empty: the model directory's name
   // Also write the GGUF's weights, dequantized (and un-permuted), as a dense HF checkpoint
   // here, so that `quant eval` measures exactly what llama.cpp runs.
   fs::path dense_out;
@@ -54,6 +56,19 @@ std::vector<float> unpermute_rope_rows(const std::vector<float>& w, std::int64_t
 // calibration samples, from the float model layer by layer.
 std::map<std::string, std::vector<float>> collect_importance(const Model& model,
                                                              const std::vector<std::vector<std::int32_t>>& samples);
+
+// A llama.cpp imatrix file (GGUF with general.type "imatrix": `NAME.in_sum2` and `NAME.counts`
+// per tensor, as llama-imatrix writes) as importance: in_sum2 / counts per input column.
+std::map<std::string, std::vector<float>> read_imatrix(const fs::path& path);
+
+// The AWQ spec matching a GGUF type's base: its bits, groups of 32 (16 for Q6_K), symmetric for
+// the _0 types, Q6_K and Q8_0. Throws UsageError for F32/F16.
+QuantSpec awq_spec_for(const FileType& type);
+// `--from-awq`: AWQ's scale and clipping search for `type` (awq_spec_for; linears whose rows are
+// not whole groups use one group per row), applied to float weights (AutoAWQ's
+// export_compatible) and written as a dense checkpoint at `dir`, ready for export_gguf.
+void write_awq_scaled(const Model& model, const FileType& type, const fs::path& dir,
+                      const std::vector<std::vector<std::int32_t>>& samples, bool force);
 
 ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOptions& options);
 

@@ -19,6 +19,9 @@ struct AwqOptions {
   bool clip = true;         // clipping search (skipped for q_proj and k_proj, as AutoAWQ)
   int clip_grid = 20;       // shrink steps of 1/clip_grid …
   double clip_max_shrink = 0.5;  // … down to 1 − max_shrink
+  // AutoAWQ's export_compatible: apply the scales and clipping but keep the weights in float
+  // (a dense checkpoint for another quantizer, e.g. GGUF's k-quants). Needs the dense format.
+  bool export_compatible = false;
 };
 
 // Per-channel mean |x| over all rows of all matrices.
