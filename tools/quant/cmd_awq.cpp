@@ -46,7 +46,8 @@ void register_awq(CLI::App& app) {
     a->duo_scaling = !*no_duo;
     a->clip = !*no_clip;
     const Model model = Model::open(o->model);
-    const Policy policy = make_policy(*o, spec);
+    const auto samples = load_calib(model, *c);
+    const Policy policy = make_policy(*o, spec, model, samples);
     RunOptions run = make_run_options(*o, "awq", spec);
     if (a->export_compatible) {
       if (format_opt->count() > 0 && run.format != formats::Format::dense) fail<UsageError>("--export-compatible writes float weights: use --format dense or no --format");
@@ -72,7 +73,7 @@ void register_awq(CLI::App& app) {
         run.skip_unsupported = true;
       }
     }
-    const auto samples = load_calib(model, *c);
+    if (dry_run(*o, model, policy, run)) return;
     LazyProgress bar("awq");
     const QuantizeReport r = awq_quantize_model(model, policy, run, *a, samples,
                                                 bar.callback());

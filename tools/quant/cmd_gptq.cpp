@@ -29,9 +29,10 @@ void register_gptq(CLI::App& app) {
     if (g->damp < 0) fail<UsageError>("--damp must be non-negative, got {}", g->damp);
     g->true_sequential = !*no_true_seq;
     const Model model = Model::open(o->model);
-    const Policy policy = make_policy(*o, spec);
-    const RunOptions run = make_run_options(*o, "gptq", spec);
     const auto samples = load_calib(model, *c);
+    const Policy policy = make_policy(*o, spec, model, samples);
+    const RunOptions run = make_run_options(*o, "gptq", spec);
+    if (dry_run(*o, model, policy, run)) return;
     LazyProgress bar("gptq");
     const QuantizeReport r = gptq_quantize_model(model, policy, run, *g, samples,
                                                  bar.callback());

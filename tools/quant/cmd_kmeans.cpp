@@ -33,9 +33,10 @@ void register_kmeans(CLI::App& app) {
                                                  : parse_kmeans_weighting(*weighting);
     if (w == KmeansWeighting::none && have_calib) fail<UsageError>("--weighting none ignores calibration data; drop --calib or the --weighting");
     const Model model = Model::open(o->model);
-    const Policy policy = make_policy(*o, spec);
-    const RunOptions run = make_run_options(*o, "kmeans", spec);
     const auto samples = w == KmeansWeighting::hessian ? load_calib(model, *c) : std::vector<std::vector<std::int32_t>>{};
+    const Policy policy = make_policy(*o, spec, model, samples);
+    const RunOptions run = make_run_options(*o, "kmeans", spec);
+    if (dry_run(*o, model, policy, run)) return;
     LazyProgress bar("kmeans");
     const QuantizeReport r = kmeans_quantize_model(model, policy, run, *k, samples, bar.callback());
     bar.finish();

@@ -1,6 +1,7 @@
 // quant rtn MODEL: round-to-nearest quantization (no calibration).
 #include "commands.h"
 #include "progress.h"
+#include "quant/error.h"
 #include "quant/methods/rtn.h"
 #include "quantize_common.h"
 
@@ -9,15 +10,21 @@ namespace quant::cli {
 void register_rtn(CLI::App& app) {
   auto o = std::make_shared<QuantizeCliOptions>();
   auto mse = std::make_shared<bool>(false);
+  auto c = std::make_shared<CalibCliOptions>();
   auto* cmd = app.add_subcommand("rtn", "round-to-nearest quantization (min/max ranges, no calibration)");
   add_quantize_options(cmd, *o, "gptq");
   cmd->add_flag("--mse", *mse, "search a clipping factor per group minimising squared error (never worse than min/max)");
-  cmd->callback([o, mse] {
+  add_calib_options(cmd, *c, 512);
+  cmd->get_option("--calib")->description("calibration text, only for --target-bpw's sensitivity (RTN itself needs none)");
+  cmd->callback([o, mse, c] {
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;
     const Model model = Model::open(o->model);
-    const Policy policy = make_policy(*o, spec);
+    const bool calib = !c->text.empty() || !c->tokens.empty();
+    if (calib && o->target_bpw <= 0) fail<UsageError>("--calib is used only with --target-bpw; RTN needs no calibration");
+    const Policy policy = make_policy(*o, spec, model, calib ? load_calib(model, *c) : std::vector<std::vector<std::int32_t>>{});
     RunOptions run = make_run_options(*o, "rtn", spec);
+    if (dry_run(*o, model, policy, run)) return;
     run.method_config = {{"damp_percent", 0.0}, {"true_sequential", false}};
     LazyProgress bar("rtn");
     const QuantizeReport r = rtn_quantize_model(model, policy, run, bar.callback());

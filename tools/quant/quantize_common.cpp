@@ -3,11 +3,16 @@
 #include <fmt/format.h>
 
 #include <iostream>
+#include <nlohmann/json.hpp>
+#include <set>
 
+#include "quant/allocate.h"
 #include "quant/error.h"
 #include "quant/log.h"
 
 namespace quant::cli {
+
+using nlohmann::json;
 
 void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::string& default_format) {
   o.format = default_format;
@@ -24,6 +29,12 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
   cmd->add_flag("-f,--force", o.force, "replace an existing output directory");
   cmd->add_option("--shard-size", o.shard_size, "maximum safetensors shard size")->capture_default_str();
   cmd->add_flag("--json", o.json, "print the summary as JSON on stdout");
+  cmd->add_option("--target-bpw", o.target_bpw,
+                  "mixed precision: choose each linear's bits by sensitivity to fit this bits-per-weight budget (codes + scales)");
+  cmd->add_option("--candidate-bits", o.candidate_bits, "bit widths --target-bpw chooses from")->delimiter(',')->capture_default_str();
+  cmd->add_option("--sensitivity", o.sensitivity, "--target-bpw sensitivity: auto, hessian (layer output error) or kl (end-to-end KL to the float model); auto: kl with calibration data on models under 200M parameters, else hessian")
+      ->capture_default_str();
+  cmd->add_flag("--dry-run", o.dry_run, "print the plan (tensors, bits, estimated size) and stop");
 }
 
 void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_seqlen) {
@@ -57,6 +68,9 @@ std::vector<std::vector<std::int32_t>> load_calib(const Model& model, const Cali
   return load_calibration(model, c, tok.get());
 }
 
+std::int64_t l_out(const json& e) { return e["shape"][0].get<std::int64_t>(); }
+std::int64_t l_in(const json& e) { return e["shape"][1].get<std::int64_t>(); }
+
 std::uint64_t parse_size(const std::string& s) {
   std::size_t i = 0;
   while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
@@ -85,10 +99,74 @@ QuantSpec make_spec(const QuantizeCliOptions& o) {
   return s;
 }
 
-Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults) {
+Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const Model& model,
+                   const std::vector<std::vector<std::int32_t>>& samples) {
   std::vector<Rule> rules;
   for (const auto& r : o.rules) rules.push_back(Rule::parse(r));
-  return Policy::standard(defaults, o.quantize_lm_head, std::move(rules));
+  Policy p = Policy::standard(defaults, o.quantize_lm_head, rules);
+  if (o.target_bpw <= 0) return p;
+  if (samples.empty()) log::info("--target-bpw without calibration: sensitivity is the plain squared weight error");
+  std::string kind = o.sensitivity;
+  if (kind == "auto") {
+    double params = 0;
+    for (const auto& layer : model.layout().layers)
+      for (const auto& l : layer.linears) params += static_cast<double>(l.out * l.in);
+    kind = !samples.empty() && params < 2e8 ? "kl" : "hessian";
+    log::info("--target-bpw: sensitivity {}", kind);
+  }
+  std::vector<Rule> all = allocate_bits(model, p, o.target_bpw, o.candidate_bits, samples, parse_sensitivity(kind)).rules();
+  all.insert(all.end(), rules.begin(), rules.end());
+  return Policy::standard(defaults, o.quantize_lm_head, std::move(all));
+}
+
+bool dry_run(const QuantizeCliOptions& o, const Model& model, const Policy& policy, const RunOptions& run) {
+  if (!o.dry_run) return false;
+  json linears = json::array();
+  std::uint64_t bytes = 0;
+  std::set<std::string> planned;
+  auto add = [&](const LinearDesc& l) {
+    const Decision d = policy.decide(l.prefix);
+    std::string why = d.quantize ? formats::unsupported_reason(run.format, l.out, l.in, d.spec) : d.reason;
+    const bool q = d.quantize && why.empty();
+    if (d.quantize && !why.empty() && !run.skip_unsupported) fail<UsageError>("{}: {}", l.prefix, why);
+    json e = {{"name", l.prefix}, {"shape", {l.out, l.in}}, {"quantize", q}};
+    if (q) {
+      const std::int64_t g = d.spec.effective_group(l.in);
+      const double bpw = d.spec.bits + static_cast<double>((l.in + g - 1) / g) * (16.0 + (d.spec.sym ? 0.0 : d.spec.bits)) / static_cast<double>(l.in);
+      e["bits"] = d.spec.bits;
+      e["group_size"] = d.spec.group_size;
+      e["sym"] = d.spec.sym;
+      e["bpw"] = bpw;
+      bytes += static_cast<std::uint64_t>(bpw * static_cast<double>(l.out * l.in) / 8.0);
+      planned.insert(l.weight_name());
+    } else {
+      e["reason"] = why.empty() ? d.reason : why;
+    }
+    linears.push_back(e);
+  };
+  for (const auto& layer : model.layout().layers)
+    for (const auto& l : layer.linears) add(l);
+  if (!model.layout().tied) add(model.layout().lm_head);
+  for (const auto& name : model.store().names()) {
+    if (!planned.count(name)) bytes += model.store().get(name).nbytes;
+  }
+  const json plan = {{"model", model.dir().string()}, {"output", run.out.string()}, {"format", formats::format_name(run.format)},
+                     {"method", run.method}, {"estimated_bytes", bytes}, {"linears", linears}};
+  if (o.json) {
+    std::cout << plan.dump(2) << "\n";
+  } else {
+    for (const auto& e : linears) {
+      if (e["quantize"]) {
+        std::cout << fmt::format("{:<48} {:>6}x{:<6} w{} g{:<4} {:.3f} bpw\n", e["name"].get<std::string>(), l_out(e), l_in(e),
+                                 e["bits"].get<int>(), e["group_size"].get<std::int64_t>(), e["bpw"].get<double>());
+      } else {
+        std::cout << fmt::format("{:<48} {:>6}x{:<6} kept ({})\n", e["name"].get<std::string>(), l_out(e), l_in(e), e["reason"].get<std::string>());
+      }
+    }
+    std::cout << fmt::format("{} → {} ({}): about {:.1f} MB\n", run.method, run.out.string(), formats::format_name(run.format),
+                             static_cast<double>(bytes) / 1e6);
+  }
+  return true;
 }
 
 RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& method, const QuantSpec& defaults) {

@@ -25,6 +25,10 @@ struct QuantizeCliOptions {
   bool json = false;
   std::vector<std::string> rules;
   std::string shard_size = "5GB";
+  double target_bpw = 0;                        // > 0: mixed precision by sensitivity
+  std::vector<int> candidate_bits = {2, 3, 4, 5, 6, 8};
+  bool dry_run = false;
+  std::string sensitivity = "auto";
 };
 
 // Calibration options of calibrated methods (gptq, awq, ...).
@@ -45,7 +49,13 @@ std::vector<std::vector<std::int32_t>> load_calib(const Model& model, const Cali
 void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::string& default_format);
 
 // Policy (defaults + rules), run options (output path defaulting to <model>-<method>-w4g128).
-Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults);
+// The rules from --rule, preceded, with --target-bpw, by the sensitivity allocation (measured
+// under the Hessian of `samples`, or the plain squared error when there are none).
+Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const Model& model,
+                   const std::vector<std::vector<std::int32_t>>& samples = {});
+// With --dry-run: prints the plan (each linear's decision, bits, group, estimated output size)
+// on stdout and returns true; the command then stops before writing anything.
+bool dry_run(const QuantizeCliOptions& o, const Model& model, const Policy& policy, const RunOptions& run);
 RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& method, const QuantSpec& defaults);
 QuantSpec make_spec(const QuantizeCliOptions& o);
 
