@@ -18,11 +18,6 @@ namespace quant {
 
 namespace {
 
-std::string escape_regex(const std::string& s) {
-  static const std::regex special(R"([.^$|()\[\]{}*+?\\])");
-  return std::regex_replace(s, special, R"(\$&)");
-}
-
 // Storage bits per weight of RTN codes at `spec` on [out, in], as the reports count them.
 double cost(const QuantSpec& spec, std::int64_t in) {
   const std::int64_t g = spec.effective_group(in);
@@ -123,7 +118,7 @@ Sensitivity parse_sensitivity(const std::string& name) {
 std::vector<Rule> Allocation::rules() const {
   std::vector<Rule> r;
   for (const auto& c : linears) {
-    r.push_back(Rule::parse("^" + escape_regex(c.linear) + "$=bits:" + std::to_string(c.bits[static_cast<std::size_t>(c.chosen)])));
+    r.push_back(Rule::parse("^" + regex_escape(c.linear) + "$=bits:" + std::to_string(c.bits[static_cast<std::size_t>(c.chosen)])));
   }
   return r;
 }

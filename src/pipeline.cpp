@@ -12,15 +12,6 @@ using formats::Format;
 
 namespace {
 
-std::string regex_escape(const std::string& s) {
-  std::string r;
-  for (char c : s) {
-    if (std::string(".^$|()[]{}*+?\\").find(c) != std::string::npos) r += '\\';
-    r += c;
-  }
-  return r;
-}
-
 bool copyable_side_file(const fs::path& p) {
   const std::string name = p.filename().string();
   if (name == "config.json" || name == "quantize_config.json" || name == "quant_summary.json" ||

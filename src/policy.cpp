@@ -4,6 +4,15 @@
 
 namespace quant {
 
+std::string regex_escape(const std::string& s) {
+  std::string r;
+  for (char c : s) {
+    if (std::string(".^$|()[]{}*+?\\").find(c) != std::string::npos) r += '\\';
+    r += c;
+  }
+  return r;
+}
+
 Rule Rule::parse(const std::string& text) {
   const auto eq = text.rfind('=');
   if (eq == std::string::npos || eq == 0) {

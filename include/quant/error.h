@@ -21,6 +21,7 @@ enum ExitCode : int {
   kExitInput = 3,       // bad input files (model, tokenizer, text, recipe)
   kExitRegression = 4,  // a quality gate (--max-ppl, --max-ppl-increase) was exceeded
   kExitIo = 5,          // a write failed (disk full, permissions)
+  kExitJobs = 6,        // quant run: one or more jobs failed
 };
 
 class Error : public std::runtime_error {
@@ -55,6 +56,13 @@ class RegressionError : public Error {
  public:
   using Error::Error;
   int exit_code() const override { return kExitRegression; }
+};
+
+// Some jobs of a batch failed (each reported on its own).
+class JobsFailed : public Error {
+ public:
+  using Error::Error;
+  int exit_code() const override { return kExitJobs; }
 };
 
 template <typename E = InputError, typename... Args>

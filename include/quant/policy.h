@@ -27,6 +27,9 @@ struct Rule {
   std::string to_string() const;
 };
 
+// `s` with the ECMAScript regex metacharacters escaped (for rules naming one tensor exactly).
+std::string regex_escape(const std::string& s);
+
 struct Decision {
   bool quantize = false;
   QuantSpec spec;

@@ -185,7 +185,7 @@ void write_awq_scaled(const Model& model, const FileType& type, const fs::path& 
   std::vector<Rule> rules;
   for (const auto& layer : model.layout().layers) {
     for (const auto& l : layer.linears) {
-      if (l.in % spec.group_size != 0) rules.push_back(Rule::parse("^" + std::regex_replace(l.prefix, std::regex("\\."), "\\.") + "$=group:-1"));
+      if (l.in % spec.group_size != 0) rules.push_back(Rule::parse("^" + regex_escape(l.prefix) + "$=group:-1"));
     }
   }
   RunOptions run;

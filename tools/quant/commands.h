@@ -21,5 +21,6 @@ void register_gptq(CLI::App& app);
 void register_awq(CLI::App& app);
 void register_kmeans(CLI::App& app);
 void register_gguf(CLI::App& app);
+void register_run(CLI::App& app);
 
 }  // namespace quant::cli

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   cli::register_awq(app);
   cli::register_kmeans(app);
   cli::register_gguf(app);
+  cli::register_run(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -20,8 +20,11 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
   cmd->add_option("-o,--output", o.out, "output directory (default: <model>-<method>-w<bits>g<group> beside the model)");
   cmd->add_option("--format", o.format, "output format: gptq, awq or dense (dequantized weights in the source dtype)")
       ->capture_default_str();
-  cmd->add_option("-b,--bits", o.bits, "bits per weight (2-8)")->capture_default_str();
-  cmd->add_option("-g,--group-size", o.group_size, "inputs per quantization group; -1 for one group per output channel")->capture_default_str();
+  cmd->add_option("-b,--bits", o.bits, "bits per weight (2-8)")->capture_default_str()->check(CLI::Range(2, 8));
+  cmd->add_option("-g,--group-size", o.group_size, "inputs per quantization group; -1 for one group per output channel")
+      ->capture_default_str()
+      ->check(CLI::Validator([](std::string& s) { return s == "-1" || std::atoll(s.c_str()) >= 1 ? std::string() : "must be -1 or positive"; },
+                             "-1|N>0"));
   cmd->add_flag("--sym", o.sym, "symmetric quantization (zero point fixed at the middle)");
   cmd->add_option("--rule", o.rules, "per-tensor rule REGEX=skip or REGEX=bits:N,group:N,sym:BOOL (first match wins; repeatable)");
   cmd->add_flag("--quantize-lm-head", o.quantize_lm_head, "quantize lm_head too (kept in the source dtype by default)");
