@@ -60,6 +60,14 @@ LayerRunner::LayerRunner(const Model& model, const std::vector<std::vector<std::
   for (const auto& s : samples) hidden_.push_back(embed_tokens(head, s));
 }
 
+void LayerRunner::set_hidden(std::vector<Mat> hidden) {
+  if (hidden.size() != hidden_.size()) fail<Error>("LayerRunner: {} hidden states for {} samples", hidden.size(), hidden_.size());
+  hidden_ = std::move(hidden);
+  stage_ = -1;
+  act_.clear();
+  h_mid_.clear();
+}
+
 void LayerRunner::compute(int stage, const LayerWeights& L) {
   const auto& c = model_.config();
   const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(hidden_.size());

@@ -264,6 +264,8 @@ json OutputSession::quantization_config() const {
 }
 
 QuantizeReport OutputSession::finish() {
+  writer_->on_add = nullptr;  // the rest is not journaled: a resumed run rewrites it
+  pending_.clear();
   for (const auto& name : source_.store().names()) put_source(name);
   writer_->finish();
   const fs::path dir = staged_->path();
@@ -317,6 +319,10 @@ QuantizeReport OutputSession::finish() {
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   write_file_atomic(dir / "quant_summary.json", rep.to_json().dump(2) + "\n");
   staged_->commit();
+  if (!resume_dir_.empty()) {
+    std::error_code ec;
+    fs::remove_all(resume_dir_, ec);
+  }
   return rep;
 }
 

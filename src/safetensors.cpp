@@ -326,6 +326,7 @@ void SafetensorsWriter::add(const std::string& name, DType dtype, std::vector<st
                             std::span<const std::byte> data) {
   if (finished_) fail<Error>("SafetensorsWriter::add after finish");
   if (names_.count(name)) fail<Error>("SafetensorsWriter: tensor '{}' added twice", name);
+  if (on_add) on_add(name, dtype, shape, data);
   std::uint64_t numel = 1;
   for (auto d : shape) numel *= static_cast<std::uint64_t>(d);
   if (numel * dtype_size(dtype) != data.size()) {

@@ -52,6 +52,8 @@ class LayerRunner {
   void advance(const LayerWeights& layer);
 
   const std::vector<Mat>& hidden() const { return hidden_; }
+  // Replaces the hidden states (resuming after a journaled layer).
+  void set_hidden(std::vector<Mat> hidden);
   std::int64_t n_tokens() const;
   const ModelConfig& config() const { return model_.config(); }
   const RopeTable& rope() const { return rope_; }

@@ -27,6 +27,11 @@ struct RunOptions {
   bool skip_unsupported = false;  // keep linears the format cannot hold in the source dtype
   std::uint64_t max_shard_bytes = 5'000'000'000;  // as transformers' default max_shard_size
   std::string method = "rtn";
+  // Layer-sequential methods journal each finished layer in `<out>.resume/` and, started again
+  // with the same model, calibration and settings, continue after the last finished layer.
+  // false: discard any journal and start afresh.
+  bool resume = true;
+  nlohmann::json fingerprint_extra;  // method options not in method_config (part of the resume fingerprint)
   nlohmann::json method_config = nlohmann::json::object();  // merged into quantization_config
 };
 
@@ -85,6 +90,16 @@ class OutputSession {
   // source tensor's dtype.
   void put_float(const std::string& name, const float* data, std::vector<std::int64_t> shape);
 
+  // Resuming (layer-sequential methods). enable_resume fingerprints the model, the calibration
+  // samples and the settings; resume() replays the journal of an earlier run with the same
+  // fingerprint into the output (throwing UsageError, with the reason, when it differs) and
+  // returns how many layers it holds, with `hidden` set to the hidden states after them.
+  // checkpoint() journals the tensors written since the last one, and `hidden`, as layer
+  // `layer`'s; finish() removes the journal.
+  void enable_resume(const std::vector<std::vector<std::int32_t>>& samples);
+  int resume(std::vector<Mat>& hidden);
+  void checkpoint(int layer, const std::vector<Mat>& hidden);
+
   // Writes every tensor not yet written from the source, the configs and tokenizer files,
   // quant_summary.json, and renames the directory into place.
   QuantizeReport finish();
@@ -101,6 +116,16 @@ class OutputSession {
   std::set<std::string> written_;
   std::vector<TensorReport> reports_;
   std::chrono::steady_clock::time_point start_;
+  struct Pending {
+    std::string name;
+    DType dtype;
+    std::vector<std::int64_t> shape;
+    std::vector<std::byte> data;
+  };
+  fs::path resume_dir_;  // empty: not journaling
+  nlohmann::json fingerprint_;
+  std::vector<Pending> pending_;
+  std::size_t reports_journaled_ = 0;
 };
 
 }  // namespace quant

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -127,6 +128,10 @@ class SafetensorsWriter {
   // Writes the final files; returns their paths (shards, then the index if any).
   std::vector<fs::path> finish();
   std::uint64_t total_bytes() const { return total_bytes_; }
+  // Called with every tensor as it is added (e.g. to journal it for resuming).
+  std::function<void(const std::string& name, DType dtype, const std::vector<std::int64_t>& shape,
+                     std::span<const std::byte> data)>
+      on_add;
 
  private:
   struct Shard;

@@ -117,13 +117,20 @@ QuantizeReport awq_quantize_model(const Model& model, const Policy& policy, cons
   if (o.export_compatible && r.format != formats::Format::dense) {
     fail<UsageError>("AWQ's export-compatible mode writes float weights: it needs the dense format");
   }
+  r.fingerprint_extra = {{"n_grid", o.n_grid}, {"duo_scaling", o.duo_scaling}, {"clip", o.clip}, {"clip_grid", o.clip_grid},
+                         {"clip_max_shrink", o.clip_max_shrink}, {"export_compatible", o.export_compatible}};
   OutputSession session(model, policy, r);
   LayerRunner runner(model, samples);
   const auto& c = model.config();
   const std::int64_t total = session.n_to_quantize();
   std::int64_t done = 0;
+  session.enable_resume(samples);
+  std::vector<Mat> hidden;
+  const int layers_done = session.resume(hidden);
+  if (layers_done > 0) runner.set_hidden(std::move(hidden));
 
   for (const auto& layer : model.layout().layers) {
+    if (layer.index < layers_done) continue;
     LayerWeights lw = load_layer(model, layer.index);
     for (const auto& w : lw.w) check_finite(w, fmt::format("layer {} weights", layer.index));
     // Inputs of every linear from the float layer (hidden states from the quantized layers).
@@ -199,6 +206,7 @@ QuantizeReport awq_quantize_model(const Model& model, const Policy& policy, cons
     if (input_scale.count(CapturePoint::attn_in)) session.put_float(layer.attn_norm, lw.attn_norm.data(), {c.hidden_size});
     if (input_scale.count(CapturePoint::mlp_in)) session.put_float(layer.mlp_norm, lw.mlp_norm.data(), {c.hidden_size});
     runner.advance(lw);
+    session.checkpoint(layer.index, runner.hidden());
   }
 
   const LinearDesc& head = model.layout().lm_head;

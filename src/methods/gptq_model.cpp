@@ -54,6 +54,7 @@ QuantizeReport gptq_quantize_model(const Model& model, const Policy& policy, con
   r.method = "gptq";
   r.method_config = {{"desc_act", o.act_order}, {"static_groups", o.static_groups},
                      {"true_sequential", o.true_sequential}, {"damp_percent", o.damp}};
+  r.fingerprint_extra = {{"block_size", o.block_size}, {"max_damp_retries", o.max_damp_retries}};
   OutputSession session(model, policy, r);
   PhaseTimer timer;
   const std::int64_t total = session.n_to_quantize();

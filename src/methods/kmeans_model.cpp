@@ -18,6 +18,7 @@ QuantizeReport kmeans_quantize_model(const Model& model, const Policy& policy, c
   r.method_config = {{"weighting", kmeans_weighting_name(weighting)},
                      {"solver", options.solver == KmeansSolver::exact ? "exact" : "lloyd"},
                      {"outlier_fraction", options.outliers}};
+  r.fingerprint_extra = {{"seed", options.seed}};
   OutputSession session(model, policy, r);
   const std::int64_t total = session.n_to_quantize();
   std::int64_t done = 0;

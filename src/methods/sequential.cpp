@@ -23,10 +23,15 @@ std::vector<std::vector<LinearKind>> sub_groups(bool true_sequential) {
 
 }  // namespace
 
-void run_sequential(const Model& model, const OutputSession& session, const std::vector<std::vector<std::int32_t>>& samples,
+void run_sequential(const Model& model, OutputSession& session, const std::vector<std::vector<std::int32_t>>& samples,
                     bool true_sequential, const SequentialVisitor& visitor, PhaseTimer& timer) {
   LayerRunner runner = timer.time("embed", [&] { return LayerRunner(model, samples); });
+  session.enable_resume(samples);
+  std::vector<Mat> hidden;
+  const int done = session.resume(hidden);
+  if (done > 0) runner.set_hidden(std::move(hidden));
   for (const auto& layer : model.layout().layers) {
+    if (layer.index < done) continue;
     LayerWeights lw = timer.time("load weights", [&] { return load_layer(model, layer.index); });
     for (const auto& group : sub_groups(true_sequential)) {
       std::vector<CapturePoint> points;
@@ -53,6 +58,7 @@ void run_sequential(const Model& model, const OutputSession& session, const std:
       if (true_sequential) runner.finish(lw);
       else runner.advance(lw);
     });
+    timer.time("checkpoint", [&] { session.checkpoint(layer.index, runner.hidden()); });
     log::debug("layer {} done", layer.index);
   }
 

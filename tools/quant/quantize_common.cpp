@@ -37,6 +37,7 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
   cmd->add_option("--candidate-bits", o.candidate_bits, "bit widths --target-bpw chooses from")->delimiter(',')->capture_default_str();
   cmd->add_option("--sensitivity", o.sensitivity, "--target-bpw sensitivity: auto, hessian (layer output error) or kl (end-to-end KL to the float model); auto: kl with calibration data on models under 200M parameters, else hessian")
       ->capture_default_str();
+  cmd->add_flag("--no-resume", o.no_resume, "ignore and delete the journal of an interrupted run (<output>.resume) instead of continuing it");
   cmd->add_flag("--dry-run", o.dry_run, "print the plan (tensors, bits, estimated size) and stop");
 }
 
@@ -178,6 +179,7 @@ RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& meth
   r.format = formats::parse_format(o.format);
   r.force = o.force;
   r.skip_unsupported = o.skip_unsupported;
+  r.resume = !o.no_resume;
   r.max_shard_bytes = parse_size(o.shard_size);
   if (o.out.empty()) {
     fs::path m = o.model;

@@ -28,6 +28,7 @@ struct QuantizeCliOptions {
   double target_bpw = 0;                        // > 0: mixed precision by sensitivity
   std::vector<int> candidate_bits = {2, 3, 4, 5, 6, 8};
   bool dry_run = false;
+  bool no_resume = false;
   std::string sensitivity = "auto";
 };
 

@@ -27,7 +27,7 @@ struct SequentialVisitor {
   std::function<void(const LinearDesc& linear, const LinearPlan& plan, Mat& weight)> on_linear;
 };
 
-void run_sequential(const Model& model, const OutputSession& session, const std::vector<std::vector<std::int32_t>>& samples,
+void run_sequential(const Model& model, OutputSession& session, const std::vector<std::vector<std::int32_t>>& samples,
                     bool true_sequential, const SequentialVisitor& visitor, PhaseTimer& timer);
 
 }  // namespace quant
