@@ -144,7 +144,7 @@ std::vector<Job> load_recipe(const fs::path& path) {
       add_field(sub, fmt::format("{}: field", where), k, v, base, job.args);
     }
     check_values(app, job.method, job.args, where);
-    if (spec.contains("eval")) {
+    if (spec.contains("eval") && !spec["eval"].is_null()) {  // null: no eval (overrides defaults)
       const json& ev = spec["eval"];
       if (!ev.is_object()) fail<InputError>("{}: field 'eval' must be an object (text or tokens, ctx, ...)", where);
       if (job.method == "gguf") fail<InputError>("{}: field 'eval': quant eval reads checkpoint directories, not GGUF files", where);
