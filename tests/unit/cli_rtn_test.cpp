@@ -2,6 +2,8 @@
 // fails cleanly without leaving output behind.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -90,6 +92,22 @@ TEST_F(RtnCli, RefusesToOverwriteWithoutForce) {
   EXPECT_EQ(r.rc, 2);
   EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
   EXPECT_EQ(run_quant("rtn " + model + " -o " + out + " --format dense --force").rc, 0);
+}
+
+TEST_F(RtnCli, WriteFailureIsAnIoErrorAndLeavesNoOutput) {
+  // A 16 KiB file-size limit (as `ulimit -f 16` would set) for the child: its writes fail with
+  // EFBIG past it, as on a full disk.
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  rlimit small = old;
+  small.rlim_cur = 16 * 1024;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  const auto r = run_quant("rtn " + model + " -o " + (dir / "full").string() + " --format dense");
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+  EXPECT_EQ(r.rc, 5) << r.err;
+  EXPECT_NE(r.err.find("error:"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "full"));
+  EXPECT_FALSE(fs::exists(dir / "full.partial"));
 }
 
 TEST_F(RtnCli, NanWeightNamesTheTensorAndLeavesNoOutput) {

@@ -1,6 +1,7 @@
 // quant: quantize LLM checkpoints. See docs/cli.md.
 #include <omp.h>
 
+#include <csignal>
 #include <cstdio>
 #include <exception>
 
@@ -17,6 +18,9 @@ GlobalOptions& global_options() {
 
 int main(int argc, char** argv) {
   using namespace quant;
+  // Past a file-size limit (ulimit -f), let write() fail with EFBIG — reported and cleaned up
+  // like a full disk — instead of SIGXFSZ killing the process with partial files behind.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"quant: quantize large language models (RTN, GPTQ, AWQ, K-means) on CPUs"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "quant 0.1.0");
