@@ -133,8 +133,15 @@ void accumulate_gram(Mat& H, const Mat& x) {
 #pragma omp parallel for schedule(dynamic, 1) if (n_blocks > 1 && !omp_in_parallel())
   for (Eigen::Index b = 0; b < n_blocks; ++b) {
     const Eigen::Index c0 = b * kBlock, cn = std::min(kBlock, n - c0);
-    H.middleCols(c0, cn).noalias() += x.transpose() * x.middleCols(c0, cn);
+    // Rows c0.. of the column block: the block's part on and below the diagonal.
+    H.block(c0, c0, n - c0, cn).noalias() += x.rightCols(n - c0).transpose() * x.middleCols(c0, cn);
   }
+}
+
+void mirror_lower(Mat& H) {
+  const Eigen::Index n = H.rows();
+  for (Eigen::Index i = 0; i < n; ++i)
+    for (Eigen::Index j = i + 1; j < n; ++j) H(i, j) = H(j, i);
 }
 
 Mat hessian(const std::vector<Mat>& xs) {
@@ -145,6 +152,7 @@ Mat hessian(const std::vector<Mat>& xs) {
     accumulate_gram(H, x);
     n += x.rows();
   }
+  mirror_lower(H);
   H *= 2.0f / static_cast<float>(n);
   return H;
 }

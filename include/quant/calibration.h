@@ -72,8 +72,11 @@ class LayerRunner {
 // llama.cpp's imatrix statistic); fixed-order double sums, deterministic.
 std::vector<float> mean_square_inputs(const std::vector<Mat>& xs);
 
-// H += xᵀx, in fixed column blocks spread over threads (bit-identical for any thread count).
+// H += xᵀx on and below the diagonal of each 128-column block (half the work of the full
+// product; entries above the block diagonals are not all updated): fixed blocks spread over
+// threads, bit-identical for any thread count. mirror_lower then copies the lower triangle up.
 void accumulate_gram(Mat& H, const Mat& x);
+void mirror_lower(Mat& H);
 
 // The Hessian 2/n Σ x xᵀ over all rows of all the matrices (in order: deterministic).
 Mat hessian(const std::vector<Mat>& xs);

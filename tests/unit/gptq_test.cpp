@@ -23,6 +23,7 @@ Mat randn(Eigen::Index r, Eigen::Index c, unsigned seed, float s = 1.0f) {
 Mat hessian_of(const Mat& x) {
   Mat H = Mat::Zero(x.cols(), x.cols());
   accumulate_gram(H, x);
+  mirror_lower(H);
   return H * (2.0f / static_cast<float>(x.rows()));
 }
 
