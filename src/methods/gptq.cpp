@@ -43,21 +43,25 @@ GptqHessian prepare_hessian(const Mat& H, const GptqOptions& o, const std::strin
     // U = J · chol(J A J)⁻¹ · J with A = H + λI and J the exchange matrix: then Uᵀ U = A⁻¹ and
     // U is upper triangular with a positive diagonal, i.e. the upper Cholesky factor of A⁻¹
     // (one factorisation and one triangular inverse instead of chol, chol_inverse, chol).
-    MatD a = h;
-    a.diagonal().array() += damp;
-    const MatD r = a.reverse();
-    Eigen::LLT<MatD> llt(r);
+    // Two n×n double buffers besides h, factorised and solved in place (peak memory on wide
+    // layers: an 11008-wide H is ~1 GB in double).
+    MatD r(n, n);
+    for (Eigen::Index i = 0; i < n; ++i)
+      for (Eigen::Index j = 0; j < n; ++j) r(i, j) = h(n - 1 - i, n - 1 - j);
+    r.diagonal().array() += damp;
+    const double max_diag = r.diagonal().maxCoeff();
+    Eigen::LLT<Eigen::Ref<MatD>> llt(r);
     bool ok = llt.info() == Eigen::Success;
     if (ok) {
       // A pivot that is tiny relative to the diagonal means "numerically singular": the
       // factor would amplify rounding errors enormously, so treat it as a failure too.
-      const MatD& l = llt.matrixLLT();
-      const double min_pivot = l.diagonal().array().square().minCoeff();
-      ok = min_pivot > 1e-10 * a.diagonal().maxCoeff();
+      const double min_pivot = r.diagonal().array().square().minCoeff();
+      ok = min_pivot > 1e-10 * max_diag;
     }
     MatD linv;
     if (ok) {
-      linv = llt.matrixL().solve(MatD::Identity(n, n));
+      linv = MatD::Identity(n, n);
+      r.triangularView<Eigen::Lower>().solveInPlace(linv);
       ok = linv.allFinite();
     }
     if (ok) {
