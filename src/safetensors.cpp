@@ -284,13 +284,16 @@ std::vector<float> TensorStore::read_f32(std::string_view name) const {
   auto b = bytes(name);
   std::vector<float> out(static_cast<std::size_t>(t.numel()));
   convert_to_f32(t.dtype, b.data(), out.size(), out.data());
-  // The float copy is what callers use: drop the mapped pages from this process's resident set
-  // (they stay in the page cache), so streaming a model layer by layer never holds it all.
+  release(name);
+  return out;
+}
+
+void TensorStore::release(std::string_view name) const {
+  const auto b = bytes(name);
   const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
   const auto begin = reinterpret_cast<std::uintptr_t>(b.data()), end = begin + b.size();
   const std::uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
   if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
-  return out;
 }
 
 const fs::path& TensorStore::file_of(std::string_view name) const {

@@ -24,6 +24,7 @@ Mat load_matrix(const Model& model, const std::string& name) {
   Mat m(t.shape[0], t.shape[1]);
   const auto bytes = model.store().bytes(name);
   convert_to_f32(t.dtype, bytes.data(), static_cast<std::size_t>(m.size()), m.data());
+  model.store().release(name);
   check_finite_span(m.data(), static_cast<std::size_t>(m.size()), model, name);
   return m;
 }
@@ -33,6 +34,7 @@ Vec load_vector(const Model& model, const std::string& name) {
   Vec v(t.numel());
   const auto bytes = model.store().bytes(name);
   convert_to_f32(t.dtype, bytes.data(), static_cast<std::size_t>(v.size()), v.data());
+  model.store().release(name);
   check_finite_span(v.data(), static_cast<std::size_t>(v.size()), model, name);
   return v;
 }

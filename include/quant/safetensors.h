@@ -82,7 +82,11 @@ class TensorStore {
   const TensorInfo& get(std::string_view name) const;
   std::span<const std::byte> bytes(std::string_view name) const;
   // Converts a tensor to float (any stored dtype).
-  std::vector<float> read_f32(std::string_view name) const;
+  std::vector<float> read_f32(std::string_view name) const;  // then release(name)
+  // Drops the tensor's mapped pages from this process's resident set (they stay in the page
+  // cache and are read again if touched): after a float copy is made, so streaming a model
+  // layer by layer never holds the whole mapping resident.
+  void release(std::string_view name) const;
   // Path of the file holding `name`.
   const fs::path& file_of(std::string_view name) const;
   // All tensor names, sorted.
