@@ -1,5 +1,7 @@
 #include "quant/pipeline.h"
 
+#include <sys/resource.h>
+
 #include <cmath>
 
 #include "quant/error.h"
@@ -40,7 +42,7 @@ json QuantizeReport::to_json() const {
     if (!r.extra.is_null() && !r.extra.empty()) j["extra"] = r.extra;
     t.push_back(j);
   }
-  return {{"method", method}, {"format", format}, {"output", output.string()}, {"seconds", seconds},
+  return {{"method", method}, {"format", format}, {"output", output.string()}, {"seconds", seconds}, {"peak_rss_bytes", peak_rss_bytes},
           {"bytes_in", bytes_in}, {"bytes_out", bytes_out}, {"bpw_quantized", bpw_quantized},
           {"bpw_linears", bpw_linears}, {"n_quantized", n_quantized}, {"n_kept", n_kept}, {"tensors", t}};
 }
@@ -317,6 +319,8 @@ QuantizeReport OutputSession::finish() {
     if (e.is_regular_file()) rep.bytes_out += e.file_size();
   }
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  rusage ru{};
+  if (getrusage(RUSAGE_SELF, &ru) == 0) rep.peak_rss_bytes = static_cast<std::uint64_t>(ru.ru_maxrss) * 1024;
   write_file_atomic(dir / "quant_summary.json", rep.to_json().dump(2) + "\n");
   staged_->commit();
   if (!resume_dir_.empty()) {

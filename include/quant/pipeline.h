@@ -60,6 +60,7 @@ struct QuantizeReport {
   fs::path output;
   std::vector<TensorReport> tensors;
   double seconds = 0;
+  std::uint64_t peak_rss_bytes = 0;  // of this process so far (getrusage ru_maxrss)
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   double bpw_quantized = 0;  // over quantized linears

@@ -199,9 +199,10 @@ void print_report(const QuantizeReport& r, bool json) {
       log::info("{:<44} kept ({})", t.name, t.note);
     }
   }
-  log::info("{} → {} ({}): {} linears quantized, {} kept; {:.3f} bits/weight over quantized linears; {:.1f} MB → {:.1f} MB in {:.1f}s",
+  log::info("{} → {} ({}): {} linears quantized, {} kept; {:.3f} bits/weight over quantized linears; {:.1f} MB → {:.1f} MB in {:.1f}s, peak RSS {:.0f} MB",
             r.method, r.output.string(), r.format, r.n_quantized, r.n_kept, r.bpw_quantized,
-            static_cast<double>(r.bytes_in) / 1e6, static_cast<double>(r.bytes_out) / 1e6, r.seconds);
+            static_cast<double>(r.bytes_in) / 1e6, static_cast<double>(r.bytes_out) / 1e6, r.seconds,
+            static_cast<double>(r.peak_rss_bytes) / 1e6);
   if (json) std::cout << r.to_json().dump(2) << "\n";
   else std::cout << r.output.string() << "\n";
 }
