@@ -12,6 +12,7 @@
 #include "quant/log.h"
 #include "quant/methods/awq.h"
 #include "quant/methods/gptq.h"
+#include "quant/methods/sequential.h"
 #include "quant/weights.h"
 
 namespace quant {
@@ -124,10 +125,7 @@ QuantizeReport awq_quantize_model(const Model& model, const Policy& policy, cons
   const auto& c = model.config();
   const std::int64_t total = session.n_to_quantize();
   std::int64_t done = 0;
-  session.enable_resume(samples);
-  std::vector<Mat> hidden;
-  const int layers_done = session.resume(hidden);
-  if (layers_done > 0) runner.set_hidden(std::move(hidden));
+  const int layers_done = resume_layers(session, runner, samples);
 
   for (const auto& layer : model.layout().layers) {
     if (layer.index < layers_done) continue;

@@ -23,13 +23,18 @@ std::vector<std::vector<LinearKind>> sub_groups(bool true_sequential) {
 
 }  // namespace
 
-void run_sequential(const Model& model, OutputSession& session, const std::vector<std::vector<std::int32_t>>& samples,
-                    bool true_sequential, const SequentialVisitor& visitor, PhaseTimer& timer) {
-  LayerRunner runner = timer.time("embed", [&] { return LayerRunner(model, samples); });
+int resume_layers(OutputSession& session, LayerRunner& runner, const std::vector<std::vector<std::int32_t>>& samples) {
   session.enable_resume(samples);
   std::vector<Mat> hidden;
   const int done = session.resume(hidden);
   if (done > 0) runner.set_hidden(std::move(hidden));
+  return done;
+}
+
+void run_sequential(const Model& model, OutputSession& session, const std::vector<std::vector<std::int32_t>>& samples,
+                    bool true_sequential, const SequentialVisitor& visitor, PhaseTimer& timer) {
+  LayerRunner runner = timer.time("embed", [&] { return LayerRunner(model, samples); });
+  const int done = resume_layers(session, runner, samples);
   for (const auto& layer : model.layout().layers) {
     if (layer.index < done) continue;
     LayerWeights lw = timer.time("load weights", [&] { return load_layer(model, layer.index); });

@@ -27,6 +27,10 @@ struct SequentialVisitor {
   std::function<void(const LinearDesc& linear, const LinearPlan& plan, Mat& weight)> on_linear;
 };
 
+// Starts journaling for `samples` and, if an interrupted run's journal matches, replays it and
+// moves `runner` past its layers. Returns how many layers are already done.
+int resume_layers(OutputSession& session, LayerRunner& runner, const std::vector<std::vector<std::int32_t>>& samples);
+
 void run_sequential(const Model& model, OutputSession& session, const std::vector<std::vector<std::int32_t>>& samples,
                     bool true_sequential, const SequentialVisitor& visitor, PhaseTimer& timer);
 
