@@ -118,6 +118,7 @@ void widen(const std::byte* src, std::size_t n, float* dst) {
 }  // namespace
 
 void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst) {
+  if (n == 0) return;  // an empty tensor's data may be a null pointer
   switch (dtype) {
     case DType::F32: std::memcpy(dst, src, n * 4); return;
     case DType::F16:
@@ -144,6 +145,7 @@ void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst
 }
 
 void convert_from_f32(DType dtype, std::span<const float> src, std::byte* dst) {
+  if (src.empty()) return;
   switch (dtype) {
     case DType::F32: std::memcpy(dst, src.data(), src.size() * 4); return;
     case DType::F16:

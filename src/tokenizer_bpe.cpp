@@ -129,6 +129,7 @@ class BpeTokenizer : public Tokenizer {
   std::string kind() const override { return byte_level_ ? "bpe-bytelevel" : "bpe-metaspace"; }
 
  private:
+  void parse(const json& j);
   void parse_normalizer(const json& j);
   void parse_pre_tokenizer(const json& j);
   void parse_post_processor(const json& j);
@@ -161,6 +162,15 @@ BpeTokenizer::BpeTokenizer(const fs::path& path) : where_(path.string()) {
   } catch (const json::exception& e) {
     fail("{}: not valid JSON: {}", where_, e.what());
   }
+  try {
+    parse(j);
+  } catch (const json::exception& e) {
+    // A field of the wrong JSON type anywhere below (e.g. "byte_fallback": "yes").
+    fail("{}: malformed tokenizer.json: {}", where_, e.what());
+  }
+}
+
+void BpeTokenizer::parse(const json& j) {
   if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) fail("{}: missing 'model'", where_);
   const json& m = j["model"];
   const std::string type = m.value("type", std::string("BPE"));
@@ -211,6 +221,9 @@ BpeTokenizer::BpeTokenizer(const fs::path& path) : where_(path.string()) {
         fail("{}: added_tokens entry {} needs 'id' and 'content'", where_, t.dump());
       }
       const std::string content = t["content"];
+      if (t["id"].get<std::int64_t>() < 0 || t["id"].get<std::int64_t>() > INT32_MAX) {
+        fail("{}: added token '{}' has id {}, not a valid id", where_, content, t["id"].get<std::int64_t>());
+      }
       if (content.empty()) continue;
       added_.emplace_back(content, t["id"].get<std::int32_t>());
       n_ids_ = std::max(n_ids_, static_cast<std::size_t>(t["id"].get<std::int32_t>()) + 1);

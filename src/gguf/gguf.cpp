@@ -114,7 +114,7 @@ class In {
         // file cannot hold is a lie, refused before allocating anything.
         const std::size_t min_size = v.elem == ValueType::STRING ? 8 : std::max<std::size_t>(scalar_size(v.elem), 1);
         if (n > (n_ - pos_) / min_size) fail("{}: metadata '{}': array of {} elements does not fit in the file", path_.string(), key, n);
-        v.arr.reserve(static_cast<std::size_t>(n));
+        v.arr.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(n, 1 << 16)));
         for (std::uint64_t i = 0; i < n; ++i) v.arr.push_back(value(v.elem, key, depth + 1));
         break;
       }
@@ -281,9 +281,13 @@ File File::open(const fs::path& path) {
     t.name = in.str("a tensor name");
     const auto nd = in.pod<std::uint32_t>("a tensor's dimension count");
     if (nd == 0 || nd > 4) fail("{}: tensor '{}' has {} dimensions (1..4)", path.string(), t.name, nd);
+    std::uint64_t numel = 1;
     for (std::uint32_t d = 0; d < nd; ++d) {
       const auto v = in.pod<std::uint64_t>("a tensor dimension");
       if (v == 0 || v > (std::uint64_t{1} << 40)) fail("{}: tensor '{}' has dimension {} = {}", path.string(), t.name, d, v);
+      // Checked before multiplying: four dimensions of 2^40 would overflow.
+      if (numel > (std::uint64_t{1} << 40) / v) fail("{}: tensor '{}' is implausibly large", path.string(), t.name);
+      numel *= v;
       t.ne.push_back(static_cast<std::int64_t>(v));
     }
     const auto type = in.pod<std::uint32_t>("a tensor type");
@@ -292,7 +296,6 @@ File File::open(const fs::path& path) {
     t.type = static_cast<GgmlType>(type);
     t.offset = in.pod<std::uint64_t>("a tensor offset");
     if (t.ne[0] % ti->block != 0) fail("{}: tensor '{}': {} elements per row are not whole {} blocks", path.string(), t.name, t.ne[0], ti->name);
-    if (t.numel() > (std::int64_t{1} << 40)) fail("{}: tensor '{}' is implausibly large", path.string(), t.name);
     t.bytes = data_bytes(t.type, t.numel());
     if (t.offset % g.alignment != 0) fail("{}: tensor '{}' offset {} is not aligned to {}", path.string(), t.name, t.offset, g.alignment);
     for (const auto& o : g.tensors) {

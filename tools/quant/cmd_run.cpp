@@ -206,6 +206,8 @@ std::vector<std::string> global_args() {
 
 }  // namespace
 
+std::size_t validate_recipe(const fs::path& path) { return load_recipe(path).size(); }
+
 void register_run(CLI::App& app) {
   struct Options {
     std::string recipe, report;

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstddef>
+#include <filesystem>
 
 namespace quant::cli {
 
@@ -22,5 +24,9 @@ void register_awq(CLI::App& app);
 void register_kmeans(CLI::App& app);
 void register_gguf(CLI::App& app);
 void register_run(CLI::App& app);
+
+// Parses and checks a recipe as `quant run --dry-run` does (every job's fields, values, model
+// and output) without running anything; returns the number of jobs. Throws quant::Error.
+std::size_t validate_recipe(const std::filesystem::path& path);
 
 }  // namespace quant::cli

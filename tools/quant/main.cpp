@@ -9,13 +9,6 @@
 #include "quant/error.h"
 #include "quant/log.h"
 
-namespace quant::cli {
-GlobalOptions& global_options() {
-  static GlobalOptions options;
-  return options;
-}
-}  // namespace quant::cli
-
 int main(int argc, char** argv) {
   using namespace quant;
   // Past a file-size limit (ulimit -f), let write() fail with EFBIG — reported and cleaned up

@@ -6,11 +6,17 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "commands.h"
 #include "quant/allocate.h"
 #include "quant/error.h"
 #include "quant/log.h"
 
 namespace quant::cli {
+
+GlobalOptions& global_options() {
+  static GlobalOptions options;
+  return options;
+}
 
 using nlohmann::json;
 
