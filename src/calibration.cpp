@@ -60,15 +60,37 @@ LayerRunner::LayerRunner(const Model& model, const std::vector<std::vector<std::
   for (const auto& s : samples) hidden_.push_back(embed_tokens(head, s));
 }
 
-void LayerRunner::set_hidden(std::vector<Mat> hidden) {
+void LayerRunner::set_hidden(std::vector<Mat> hidden, int layer) {
   if (hidden.size() != hidden_.size()) fail<Error>("LayerRunner: {} hidden states for {} samples", hidden.size(), hidden_.size());
   hidden_ = std::move(hidden);
+  layer_ = layer;
   stage_ = -1;
   act_.clear();
   h_mid_.clear();
 }
 
+void LayerRunner::check_finite(const std::vector<Mat>& xs, int stage, bool layer_input) const {
+  constexpr float kLimit = 1e18f;  // sqrt(FLT_MAX / 10^5): a norm's sum of squares still fits
+  bool ok = true;
+  for (const Mat& x : xs) ok = ok && (x.array().abs() <= kLimit).all();  // false for NaN too
+  if (ok) return;
+  using K = LinearKind;
+  static const std::vector<std::vector<K>> readers = {{K::q, K::k, K::v}, {K::o}, {K::gate, K::up}, {K::down}};
+  std::string names;
+  const auto& layers = model_.layout().layers;
+  if (layer_ < static_cast<int>(layers.size())) {
+    for (K k : readers[static_cast<std::size_t>(stage)]) names += (names.empty() ? "" : ", ") + layers[static_cast<std::size_t>(layer_)].linear(k).prefix;
+  }
+  if (layer_input) {
+    fail("layer {}: the hidden states entering the layer (inputs of {}) are not finite or beyond ±1e18: the weights of "
+         "the layers before overflow float32", layer_, names);
+  }
+  fail("layer {}: calibration activations into {} are not finite or beyond ±1e18: the layer's weights before them "
+       "overflow float32", layer_, names);
+}
+
 void LayerRunner::compute(int stage, const LayerWeights& L) {
+  if (stage == 0) check_finite(hidden_, 0, true);
   const auto& c = model_.config();
   const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(hidden_.size());
   if (stage == 2) h_mid_.resize(hidden_.size());
@@ -88,6 +110,7 @@ void LayerRunner::compute(int stage, const LayerWeights& L) {
       default: break;
     }
   }
+  check_finite(next, stage, false);
   act_ = std::move(next);
   stage_ = stage;
 }
@@ -111,13 +134,16 @@ void LayerRunner::finish(const LayerWeights& layer) {
   act_.clear();
   h_mid_.clear();
   stage_ = -1;
+  ++layer_;
 }
 
 void LayerRunner::advance(const LayerWeights& layer) {
   act_.clear();
   h_mid_.clear();
   stage_ = -1;
+  if (layer_ < static_cast<int>(model_.layout().layers.size())) check_finite(hidden_, 0, true);
   decoder_layer_forward_batch(model_.config(), layer, rope_, hidden_);
+  ++layer_;
 }
 
 std::int64_t LayerRunner::n_tokens() const {

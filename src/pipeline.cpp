@@ -164,6 +164,22 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
     if (m.non_uniform()) fail<Error>("'{}': codebooks cannot be stored in the {} format", p, formats::format_name(options_.format));
     if (options_.format == Format::lut) fail<Error>("'{}': the lut format needs codebooks", p);
   }
+  // The packed formats store scales / codebooks (and dense float16 checkpoints store weights)
+  // as float16: a value beyond its range would be written as inf.
+  auto check_f16 = [&](std::span<const float> v, const char* what) {
+    float worst = 0.0f;
+    for (float x : v) worst = std::max(worst, std::abs(x));
+    if (worst > 65504.0f) {
+      fail("'{}': a {} of {:g} does not fit float16 (largest 65504), which the {} format stores it in; use "
+           "--format dense with a float32 model, or keep the tensor (--rule '{}=skip')",
+           l.weight_name(), what, worst, formats::format_name(options_.format), regex_escape(p));
+    }
+  };
+  if (options_.format == Format::gptq || options_.format == Format::awq) check_f16(m.scales, "group scale");
+  if (options_.format == Format::lut) check_f16(m.lut, "codebook value");
+  if (options_.format == Format::dense && weight_dtype == DType::F16) {
+    check_f16(std::span<const float>(deq.data(), static_cast<std::size_t>(deq.size())), "dequantized weight");
+  }
   auto put_bias = [&](DType dtype) {
     if (!l.bias) return;
     const std::vector<float> b = bias ? std::vector<float>(bias->data(), bias->data() + bias->size())

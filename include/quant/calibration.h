@@ -52,15 +52,19 @@ class LayerRunner {
   void advance(const LayerWeights& layer);
 
   const std::vector<Mat>& hidden() const { return hidden_; }
-  // Replaces the hidden states (resuming after a journaled layer).
-  void set_hidden(std::vector<Mat> hidden);
+  // Replaces the hidden states (resuming after `layer` journaled layers).
+  void set_hidden(std::vector<Mat> hidden, int layer);
   std::int64_t n_tokens() const;
   const ModelConfig& config() const { return model_.config(); }
   const RopeTable& rope() const { return rope_; }
 
  private:
   void compute(int stage, const LayerWeights& layer);
+  // Refuses activations that are NaN/inf or so large that the next norm's squares overflow
+  // (|x| > 1e18): the weights before them overflow float32 (InputError naming the linears).
+  void check_finite(const std::vector<Mat>& xs, int stage, bool layer_input) const;
   const Model& model_;
+  int layer_ = 0;  // the decoder layer the next stages belong to
   RopeTable rope_;
   std::vector<Mat> hidden_;
   int stage_ = -1;  // last computed stage: 0 attn_in, 1 o_in, 2 mlp_in, 3 down_in

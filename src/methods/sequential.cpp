@@ -27,7 +27,7 @@ int resume_layers(OutputSession& session, LayerRunner& runner, const std::vector
   session.enable_resume(samples);
   std::vector<Mat> hidden;
   const int done = session.resume(hidden);
-  if (done > 0) runner.set_hidden(std::move(hidden));
+  if (done > 0) runner.set_hidden(std::move(hidden), done);
   return done;
 }
 
