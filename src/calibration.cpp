@@ -90,6 +90,7 @@ void LayerRunner::check_finite(const std::vector<Mat>& xs, int stage, bool layer
 }
 
 void LayerRunner::compute(int stage, const LayerWeights& L) {
+  check_interrupted();
   if (stage == 0) check_finite(hidden_, 0, true);
   const auto& c = model_.config();
   const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(hidden_.size());

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "quant/error.h"
+#include "quant/io.h"
 #include "quant/forward.h"
 
 namespace quant {
@@ -104,6 +105,7 @@ EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
   std::vector<WindowStats> stats(windows.size());
   std::vector<double> base_nll(windows.size(), 0.0);
   for (std::size_t b0 = 0; b0 < windows.size(); b0 += batch) {
+    check_interrupted();
     const std::size_t b1 = std::min(windows.size(), b0 + batch);
     std::vector<Mat> hs = run_layers(model, head, cache, rope, windows, b0, b1);
     std::vector<Mat> hb;

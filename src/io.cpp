@@ -1,6 +1,11 @@
 #include "quant/io.h"
 
+#include <signal.h>
+
+#include <atomic>
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -59,6 +64,31 @@ void write_file_atomic(const fs::path& path, const std::string& content) {
   fs::rename(tmp, path, ec);
   if (ec) fail<IoError>("{}: cannot rename into place: {}", path.string(), ec.message());
   out.keep();
+}
+
+namespace {
+volatile std::sig_atomic_t g_interrupt_signal = 0;
+volatile std::sig_atomic_t g_interrupt_child = 0;
+}  // namespace
+
+void request_interrupt(int sig) noexcept {
+  g_interrupt_signal = sig;
+  if (g_interrupt_child > 0) ::kill(static_cast<pid_t>(g_interrupt_child), sig);
+}
+
+void set_interrupt_child(int pid) noexcept { g_interrupt_child = pid; }
+
+void check_interrupted() {
+  // Fault injection for the interruption tests: SIGTERM to ourselves at the Nth check.
+  static const long fault_at = [] {
+    const char* e = std::getenv("QUANT_FAULT_SIGTERM_AT");
+    return e ? std::atol(e) : 0L;
+  }();
+  static std::atomic<long> calls = 0;
+  if (fault_at > 0 && ++calls == fault_at) std::raise(SIGTERM);
+  if (const int sig = g_interrupt_signal) {
+    throw Interrupted(fmt::format("interrupted by {}: stopped and removed the partial output", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"));
+  }
 }
 
 StagedDir::StagedDir(fs::path final_dir, bool overwrite)

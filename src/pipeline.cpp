@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "quant/error.h"
+#include "quant/io.h"
 #include "quant/log.h"
 
 namespace quant {
@@ -141,6 +142,7 @@ void OutputSession::put_float(const std::string& name, const float* data, std::v
 
 void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m, const Mat& original, json extra,
                                   const Vec* bias) {
+  check_interrupted();
   const LinearPlan& plan = plan_for(l);
   if (!plan.quantize) fail<Error>("linear '{}' is not planned for quantization", l.prefix);
   const Mat deq = m.dequantize();

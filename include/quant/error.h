@@ -22,6 +22,7 @@ enum ExitCode : int {
   kExitRegression = 4,  // a quality gate (--max-ppl, --max-ppl-increase) was exceeded
   kExitIo = 5,          // a write failed (disk full, permissions)
   kExitJobs = 6,        // quant run: one or more jobs failed
+  kExitInterrupted = 130,  // SIGINT/SIGTERM: partial output removed (128 + SIGINT, as shells report)
 };
 
 class Error : public std::runtime_error {
@@ -63,6 +64,13 @@ class JobsFailed : public Error {
  public:
   using Error::Error;
   int exit_code() const override { return kExitJobs; }
+};
+
+// SIGINT or SIGTERM arrived (see request_interrupt in io.h).
+class Interrupted : public Error {
+ public:
+  using Error::Error;
+  int exit_code() const override { return kExitInterrupted; }
 };
 
 template <typename E = InputError, typename... Args>

@@ -35,6 +35,16 @@ class OutFile {
   bool keep_ = false;
 };
 
+// Cooperative interruption. The tool's SIGINT/SIGTERM handler calls request_interrupt() (it is
+// async-signal-safe: it only stores the signal and forwards it to a registered child process);
+// long loops call check_interrupted() between units of work — a layer stage, a linear, an eval
+// batch, a GGUF tensor — which throws Interrupted, so partial output is removed as for any
+// error while a resume journal (written only at layer ends) stays usable.
+void request_interrupt(int sig) noexcept;
+void check_interrupted();
+// The child process that request_interrupt forwards the signal to (0: none).
+void set_interrupt_child(int pid) noexcept;
+
 // An output directory built at `<final>.partial/` and renamed to `<final>` by commit().
 // Destroying an uncommitted one removes the partial directory.
 class StagedDir {

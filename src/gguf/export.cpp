@@ -7,6 +7,7 @@
 
 #include "quant/calibration.h"
 #include "quant/error.h"
+#include "quant/io.h"
 #include "quant/gguf/quants.h"
 #include "quant/log.h"
 #include "quant/methods/awq.h"
@@ -299,6 +300,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   const fs::path tmp_parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
   if (!fs::is_directory(tmp_parent)) fail<UsageError>("{}: no such directory", tmp_parent.string());
   w.write(out, [&](std::size_t i) {
+    check_interrupted();
     const TensorInfo& t = w.tensors()[i];
     const std::vector<float> x = items[i].load();
     const auto it = o.importance.find(t.name);

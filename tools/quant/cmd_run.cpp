@@ -184,13 +184,16 @@ Child run_self(const std::vector<std::string>& args) {
     _exit(127);
   }
   close(fds[1]);
+  set_interrupt_child(pid);  // SIGINT/SIGTERM reach the running job too
   Child c;
   char buf[65536];
   ssize_t n;
   while ((n = read(fds[0], buf, sizeof buf)) > 0) c.out.append(buf, static_cast<std::size_t>(n));
   close(fds[0]);
   int status = 0;
-  waitpid(pid, &status, 0);
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  set_interrupt_child(0);
   c.rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
   return c;
 }
@@ -239,6 +242,7 @@ void register_run(CLI::App& app) {
       args.insert(args.end(), job.args.begin(), job.args.end());
       if (o->dry_run) args.push_back("--dry-run");
       Child c = run_self(args);
+      check_interrupted();  // the job got the signal too; stop the batch
       entry["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       entry["exit_code"] = c.rc;
       if (c.rc != 0) {

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "quant/error.h"
+#include "quant/io.h"
 #include "quant/log.h"
 
 int main(int argc, char** argv) {
@@ -14,6 +15,14 @@ int main(int argc, char** argv) {
   // Past a file-size limit (ulimit -f), let write() fail with EFBIG — reported and cleaned up
   // like a full disk — instead of SIGXFSZ killing the process with partial files behind.
   std::signal(SIGXFSZ, SIG_IGN);
+  // SIGINT/SIGTERM: the work stops at its next check, partial output is removed (a resume
+  // journal stays) and quant exits 130. A second signal kills at once (SA_RESETHAND).
+  struct sigaction sa {};
+  sa.sa_handler = [](int sig) { request_interrupt(sig); };
+  sa.sa_flags = SA_RESTART | SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
   CLI::App app{"quant: quantize large language models (RTN, GPTQ, AWQ, K-means) on CPUs"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "quant 0.1.0");
