@@ -94,7 +94,9 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
 
   if (auto rs = j.find("rope_scaling"); rs != j.end() && !rs->is_null()) {
     if (!rs->is_object()) fail("{}: 'rope_scaling' must be an object", source);
-    std::string type = rs->value("rope_type", rs->value("type", std::string("none")));
+    const auto t = rs->contains("rope_type") ? rs->find("rope_type") : rs->find("type");
+    if (t != rs->end() && !t->is_string()) fail("{}: 'rope_scaling.{}' must be a string, found {}", source, t.key(), t->dump());
+    std::string type = t == rs->end() ? std::string("none") : t->get<std::string>();
     c.rope_scaling.type = type;
     c.rope_scaling.factor = get_num(*rs, "factor", source, 1.0);
     c.rope_scaling.low_freq_factor = get_num(*rs, "low_freq_factor", source, 1.0);
@@ -119,7 +121,11 @@ ModelConfig ModelConfig::load(const fs::path& model_dir) {
   } catch (const json::exception& e) {
     fail("{}: not valid JSON: {}", path.string(), e.what());
   }
-  return from_json(j, path.string());
+  try {
+    return from_json(j, path.string());
+  } catch (const json::exception& e) {  // a field of an unexpected JSON type not checked above
+    fail("{}: malformed config: {}", path.string(), e.what());
+  }
 }
 
 }  // namespace quant
