@@ -145,15 +145,16 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
   check_interrupted();
   const LinearPlan& plan = plan_for(l);
   if (!plan.quantize) fail<Error>("linear '{}' is not planned for quantization", l.prefix);
-  const Mat deq = m.dequantize();
+  // The dequantized matrix is materialized only where it is written (dense format).
+  const Mat deq = options_.format == Format::dense ? m.dequantize() : Mat();
   TensorReport r;
   r.name = l.prefix;
   r.quantized = true;
   r.note = plan.note;
   r.spec = plan.spec;
   r.n_params = l.out * l.in;
-  r.sq_error = squared_error(original, deq);
-  const double norm2 = original.cast<double>().squaredNorm();
+  const auto [sq_error, norm2] = m.error_and_norm(original);
+  r.sq_error = sq_error;
   r.rel_error = norm2 > 0 ? std::sqrt(r.sq_error / norm2) : 0.0;
   const DType weight_dtype = source_.store().get(l.weight_name()).dtype;
   const DType outlier_dtype = is_float(weight_dtype) ? weight_dtype : DType::F32;

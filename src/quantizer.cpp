@@ -101,24 +101,70 @@ QuantizedMatrix QuantizedMatrix::empty(std::int64_t out, std::int64_t in, const 
   return m;
 }
 
-Mat QuantizedMatrix::dequantize() const {
-  Mat w(out, in);
-  const std::int64_t K = n_centroids();
-#pragma omp parallel for schedule(static)
-  for (std::int64_t o = 0; o < out; ++o) {
+namespace {
+
+// Row `o` of m.dequantize() into `y`; `contiguous`: column j is in group j / group_size.
+void dequantize_row(const QuantizedMatrix& m, std::int64_t o, float* y, bool contiguous) {
+  const std::int64_t in = m.in, n_groups = m.n_groups, group_size = m.group_size;
+  const auto& g_idx = m.g_idx;
+  const auto& lut = m.lut;
+  const auto& outlier_rowptr = m.outlier_rowptr;
+  const std::uint8_t* codes = m.q.data() + static_cast<std::size_t>(o * in);
+  if (m.non_uniform()) {
+    const std::int64_t K = m.n_centroids();
     for (std::int64_t j = 0; j < in; ++j) {
       const std::int64_t g = g_idx[static_cast<std::size_t>(j)];
-      const std::uint8_t code = q[static_cast<std::size_t>(o * in + j)];
-      w(o, j) = non_uniform() ? lut[static_cast<std::size_t>((o * n_groups + g) * K + code)]
-                              : dequantize_code(code, params(o, g));
+      y[j] = lut[static_cast<std::size_t>((o * n_groups + g) * K + codes[j])];
     }
-    if (!outlier_rowptr.empty()) {
-      for (std::int32_t i = outlier_rowptr[static_cast<std::size_t>(o)]; i < outlier_rowptr[static_cast<std::size_t>(o) + 1]; ++i) {
-        w(o, outlier_cols[static_cast<std::size_t>(i)]) = outlier_vals[static_cast<std::size_t>(i)];
-      }
+  } else if (contiguous) {
+    for (std::int64_t g = 0; g < n_groups; ++g) {
+      const GroupParams p = m.params(o, g);
+      const std::int64_t j0 = g * group_size, j1 = std::min(in, j0 + group_size);
+      for (std::int64_t j = j0; j < j1; ++j) y[j] = dequantize_code(codes[j], p);
+    }
+  } else {
+    for (std::int64_t j = 0; j < in; ++j) y[j] = dequantize_code(codes[j], m.params(o, g_idx[static_cast<std::size_t>(j)]));
+  }
+  if (!outlier_rowptr.empty()) {
+    for (std::int32_t i = outlier_rowptr[static_cast<std::size_t>(o)]; i < outlier_rowptr[static_cast<std::size_t>(o) + 1]; ++i) {
+      y[m.outlier_cols[static_cast<std::size_t>(i)]] = m.outlier_vals[static_cast<std::size_t>(i)];
     }
   }
+}
+
+}  // namespace
+
+Mat QuantizedMatrix::dequantize() const {
+  Mat w(out, in);
+  const bool contiguous = !non_uniform() && trivial_g_idx();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t o = 0; o < out; ++o) dequantize_row(*this, o, w.row(o).data(), contiguous);
   return w;
+}
+
+std::pair<double, double> QuantizedMatrix::error_and_norm(const Mat& w) const {
+  const bool contiguous = !non_uniform() && trivial_g_idx();
+  std::vector<double> err(static_cast<std::size_t>(out)), norm(static_cast<std::size_t>(out));
+#pragma omp parallel
+  {
+    std::vector<float> y(static_cast<std::size_t>(in));
+#pragma omp for schedule(static)
+    for (std::int64_t o = 0; o < out; ++o) {
+      dequantize_row(*this, o, y.data(), contiguous);
+      const float* x = w.row(o).data();
+      double e = 0, n2 = 0;
+      for (std::int64_t j = 0; j < in; ++j) {
+        const double d = static_cast<double>(x[j]) - static_cast<double>(y[static_cast<std::size_t>(j)]);
+        e += d * d;
+        n2 += static_cast<double>(x[j]) * static_cast<double>(x[j]);
+      }
+      err[static_cast<std::size_t>(o)] = e;
+      norm[static_cast<std::size_t>(o)] = n2;
+    }
+  }
+  double e = 0, n2 = 0;
+  for (std::int64_t o = 0; o < out; ++o) e += err[static_cast<std::size_t>(o)], n2 += norm[static_cast<std::size_t>(o)];
+  return {e, n2};
 }
 
 double QuantizedMatrix::bits_per_weight(int outlier_value_bits) const {

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -280,12 +281,48 @@ std::span<const std::byte> TensorStore::bytes(std::string_view name) const {
 }
 
 std::vector<float> TensorStore::read_f32(std::string_view name) const {
-  const TensorInfo& t = get(name);
-  auto b = bytes(name);
-  std::vector<float> out(static_cast<std::size_t>(t.numel()));
-  convert_to_f32(t.dtype, b.data(), out.size(), out.data());
-  release(name);
+  std::vector<float> out(static_cast<std::size_t>(get(name).numel()));
+  read_f32_into(name, out.data());
   return out;
+}
+
+void TensorStore::read_f32_into(std::string_view name, float* dst) const {
+  auto it = where_.find(std::string(name));
+  if (it == where_.end()) fail("{}: tensor '{}' not found", source_.string(), name);
+  const SafetensorsFile& file = files_[it->second.first];
+  const TensorInfo& t = *it->second.second;
+  const std::size_t n = static_cast<std::size_t>(t.numel()), esize = dtype_size(t.dtype);
+  if (n == 0) return;
+  const int fd = ::open(file.path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("{}: cannot open: {}", file.path().string(), std::strerror(errno));
+  constexpr std::size_t kChunk = std::size_t{1} << 18;  // elements per read
+  const std::int64_t chunks = static_cast<std::int64_t>((n + kChunk - 1) / kChunk);
+  const std::uint64_t base = file.data_start() + t.offset;
+  int error = 0;  // errno of a failed read, -1 for end of file
+#pragma omp parallel if (chunks > 1 && !omp_in_parallel())
+  {
+    std::vector<std::byte> staging(t.dtype == DType::F32 ? 0 : kChunk * esize);
+#pragma omp for schedule(static)
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      const std::size_t i0 = static_cast<std::size_t>(c) * kChunk, m = std::min(kChunk, n - i0);
+      std::byte* buf = t.dtype == DType::F32 ? reinterpret_cast<std::byte*>(dst + i0) : staging.data();
+      std::size_t got = 0;
+      while (got < m * esize) {
+        const ssize_t r = ::pread(fd, buf + got, m * esize - got, static_cast<off_t>(base + i0 * esize + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+#pragma omp critical(quant_read_error)
+          error = r < 0 ? errno : -1;
+          break;
+        }
+        got += static_cast<std::size_t>(r);
+      }
+      if (got == m * esize && t.dtype != DType::F32) convert_to_f32(t.dtype, buf, m, dst + i0);
+    }
+  }
+  ::close(fd);
+  if (error == -1) fail("{}: tensor '{}': the file ended early (truncated since it was opened?)", file.path().string(), name);
+  if (error != 0) fail<IoError>("{}: tensor '{}': read failed: {}", file.path().string(), name, std::strerror(error));
 }
 
 void TensorStore::release(std::string_view name) const {

@@ -22,9 +22,7 @@ Mat load_matrix(const Model& model, const std::string& name) {
   const TensorInfo& t = model.store().get(name);
   if (t.shape.size() != 2) fail("{}: tensor '{}' must be 2-D", model.store().file_of(name).string(), name);
   Mat m(t.shape[0], t.shape[1]);
-  const auto bytes = model.store().bytes(name);
-  convert_to_f32(t.dtype, bytes.data(), static_cast<std::size_t>(m.size()), m.data());
-  model.store().release(name);
+  model.store().read_f32_into(name, m.data());
   check_finite_span(m.data(), static_cast<std::size_t>(m.size()), model, name);
   return m;
 }
@@ -32,9 +30,7 @@ Mat load_matrix(const Model& model, const std::string& name) {
 Vec load_vector(const Model& model, const std::string& name) {
   const TensorInfo& t = model.store().get(name);
   Vec v(t.numel());
-  const auto bytes = model.store().bytes(name);
-  convert_to_f32(t.dtype, bytes.data(), static_cast<std::size_t>(v.size()), v.data());
-  model.store().release(name);
+  model.store().read_f32_into(name, v.data());
   check_finite_span(v.data(), static_cast<std::size_t>(v.size()), model, name);
   return v;
 }

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "quant/tensor.h"
@@ -82,6 +83,9 @@ struct QuantizedMatrix {
     return {scales[k], zeros[k]};
   }
   Mat dequantize() const;
+  // ‖w − dequantize()‖² and ‖w‖² without materializing the dequantized matrix (rows over
+  // threads, per-row double sums added in order: identical for any thread count).
+  std::pair<double, double> error_and_norm(const Mat& w) const;
   // Storage bits per weight: codes, plus per-group scale (fp16) and zero (bits) or codebook
   // (2^bits fp16), plus outliers (int32 column, value of `outlier_value_bits`, int32 row pointers).
   double bits_per_weight(int outlier_value_bits = 16) const;

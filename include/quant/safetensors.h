@@ -60,6 +60,8 @@ class SafetensorsFile {
   const TensorInfo* find(std::string_view name) const;
   std::span<const std::byte> bytes(const TensorInfo& info) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Offset of the data region in the file.
+  std::uint64_t data_start() const { return data_start_; }
 
  private:
   fs::path path_;
@@ -82,7 +84,11 @@ class TensorStore {
   const TensorInfo& get(std::string_view name) const;
   std::span<const std::byte> bytes(std::string_view name) const;
   // Converts a tensor to float (any stored dtype).
-  std::vector<float> read_f32(std::string_view name) const;  // then release(name)
+  std::vector<float> read_f32(std::string_view name) const;
+  // Converts a tensor to float into `dst` (numel values), reading the file with pread in
+  // chunks over threads rather than through the mapping: no page faults, nothing of the file
+  // left resident, and a file truncated since it was opened is an error, not SIGBUS.
+  void read_f32_into(std::string_view name, float* dst) const;
   // Drops the tensor's mapped pages from this process's resident set (they stay in the page
   // cache and are read again if touched): after a float copy is made, so streaming a model
   // layer by layer never holds the whole mapping resident.
