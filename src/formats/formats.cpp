@@ -74,12 +74,16 @@ std::int64_t code_rows(std::int64_t in, int bits) { return (in * bits + 31) / 32
 static std::vector<std::int32_t> pack_code_columns(const QuantizedMatrix& m) {
   const std::int64_t rows = code_rows(m.in, m.bits);
   std::vector<std::int32_t> qweight(static_cast<std::size_t>(rows * m.out));
-  std::vector<std::uint32_t> codes(static_cast<std::size_t>(m.in));
-  std::vector<std::uint32_t> words(static_cast<std::size_t>(rows) + 1);
-  for (std::int64_t o = 0; o < m.out; ++o) {
-    for (std::int64_t j = 0; j < m.in; ++j) codes[static_cast<std::size_t>(j)] = m.q[static_cast<std::size_t>(o * m.in + j)];
-    pack_bits(codes.data(), static_cast<std::size_t>(m.in), m.bits, words.data());
-    for (std::int64_t k = 0; k < rows; ++k) qweight[static_cast<std::size_t>(k * m.out + o)] = static_cast<std::int32_t>(words[static_cast<std::size_t>(k)]);
+#pragma omp parallel if (m.out * m.in > (1 << 16))
+  {
+    std::vector<std::uint32_t> codes(static_cast<std::size_t>(m.in));
+    std::vector<std::uint32_t> words(static_cast<std::size_t>(rows) + 1);
+#pragma omp for schedule(static)
+    for (std::int64_t o = 0; o < m.out; ++o) {
+      for (std::int64_t j = 0; j < m.in; ++j) codes[static_cast<std::size_t>(j)] = m.q[static_cast<std::size_t>(o * m.in + j)];
+      pack_bits(codes.data(), static_cast<std::size_t>(m.in), m.bits, words.data());
+      for (std::int64_t k = 0; k < rows; ++k) qweight[static_cast<std::size_t>(k * m.out + o)] = static_cast<std::int32_t>(words[static_cast<std::size_t>(k)]);
+    }
   }
   return qweight;
 }

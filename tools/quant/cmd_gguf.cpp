@@ -30,6 +30,7 @@ void register_gguf(CLI::App& app) {
   c->bos_first = true;
   cmd->get_option("--calib")->description("calibration text: weight the scale searches by mean x^2 of each input column (imatrix)");
   cmd->callback([o, c] {
+    reuse_large_allocations();
     gguf::ExportOptions e;
     e.type = gguf::parse_file_type(o->type);
     e.force = o->force;

@@ -17,6 +17,7 @@ void register_rtn(CLI::App& app) {
   add_calib_options(cmd, *c, 512);
   cmd->get_option("--calib")->description("calibration text, only for --target-bpw's sensitivity (RTN itself needs none)");
   cmd->callback([o, mse, c] {
+    reuse_large_allocations();
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;
     const Model model = Model::open(o->model);

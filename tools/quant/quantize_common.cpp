@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <malloc.h>
+
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -12,6 +15,11 @@
 #include "quant/log.h"
 
 namespace quant::cli {
+
+void reuse_large_allocations() {
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+}
 
 GlobalOptions& global_options() {
   static GlobalOptions options;

@@ -63,6 +63,12 @@ QuantSpec make_spec(const QuantizeCliOptions& o);
 // Prints the summary: a table on stderr, JSON on stdout with --json (else the output path).
 void print_report(const QuantizeReport& r, bool json);
 
+// For commands that stream one large tensor after another (rtn, gguf): keep freed blocks in the
+// heap instead of returning each (> 32 MB) to the kernel, so the next tensor's buffers need no
+// fresh page faults — half of RTN's time on a 1.1B model. Peak RSS is unchanged (the same
+// blocks are reused).
+void reuse_large_allocations();
+
 // Parses "5GB", "500MB", "1024" into bytes.
 std::uint64_t parse_size(const std::string& s);
 
