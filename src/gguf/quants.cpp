@@ -28,6 +28,14 @@ float get_f16(const std::uint8_t* p) {
   std::memcpy(&h, p, 2);
   return f16_to_f32(h);
 }
+// (int8_t) of a float as x86 compiles ggml's casts: truncate to int32 (NaN and out of range give
+// INT32_MIN), keep the low byte. The same bytes as ggml, and defined for every input (subnormal
+// blocks make ggml's inverse scales infinite).
+std::int8_t trunc_i8(float v) {
+  const std::int32_t i = (v >= -2147483648.0f && v < 2147483648.0f) ? static_cast<std::int32_t>(v) : INT32_MIN;
+  return static_cast<std::int8_t>(static_cast<std::uint8_t>(static_cast<std::uint32_t>(i) & 0xFFu));
+}
+
 // ggml's rounding of |v| < 2^22 to the nearest integer (ties to even) through the float mantissa.
 int nearest_int(float v) {
   float val = v + 12582912.f;
@@ -110,7 +118,7 @@ void symmetric_codes(const float* x, int bits, const float* imp, float sigma2, f
   const float id = d ? 1.0f / d : 0.0f;
   const int top = (1 << bits) - 1;
   for (int j = 0; j < QK; ++j) {
-    codes[j] = static_cast<std::uint8_t>(std::min(top, static_cast<int>(static_cast<std::int8_t>(x[j] * id + (static_cast<float>(half) + 0.5f)))));
+    codes[j] = static_cast<std::uint8_t>(std::min(top, static_cast<int>(trunc_i8(x[j] * id + (static_cast<float>(half) + 0.5f)))));
   }
 }
 
@@ -127,8 +135,8 @@ void affine_codes(const float* x, int bits, float& d, float& m, std::uint8_t* co
   const float id = d ? 1.0f / d : 0.0f;
   for (int j = 0; j < QK; ++j) {
     const float v = (x[j] - min) * id;
-    codes[j] = bits == 4 ? static_cast<std::uint8_t>(std::min(15, static_cast<int>(static_cast<std::int8_t>(v + 0.5f))))
-                         : static_cast<std::uint8_t>(v + 0.5f);
+    codes[j] = bits == 4 ? static_cast<std::uint8_t>(std::min(15, static_cast<int>(trunc_i8(v + 0.5f))))
+                         : static_cast<std::uint8_t>(trunc_i8(v + 0.5f));
   }
 }
 
@@ -514,7 +522,7 @@ void quantize_row(GgmlType type, const float* x, std::int64_t n, const float* im
         const float d = amax / 127.f;
         const float id = d ? 1.0f / d : 0.0f;
         put_f16(p, d);
-        for (int j = 0; j < QK; ++j) p[2 + j] = static_cast<std::uint8_t>(static_cast<std::int8_t>(std::round(xb[j] * id)));
+        for (int j = 0; j < QK; ++j) p[2 + j] = static_cast<std::uint8_t>(trunc_i8(std::round(xb[j] * id)));
         break;
       }
       case GgmlType::Q4_0: case GgmlType::Q5_0: {

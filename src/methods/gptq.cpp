@@ -4,6 +4,7 @@
 
 #include <Eigen/Cholesky>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <numeric>
 
@@ -98,6 +99,7 @@ GptqResult gptq_quantize(const Mat& W, const GptqHessian& hs, const QuantSpec& s
   const int maxq = spec.maxq();
   const std::int64_t n_row_blocks = (rows + kRowBlock - 1) / kRowBlock;
   std::vector<double> losses(static_cast<std::size_t>(n_row_blocks), 0.0);
+  std::atomic<bool> overflow = false;
 
 #pragma omp parallel for schedule(dynamic, 1) if (n_row_blocks > 1 && !omp_in_parallel())
   for (std::int64_t rb = 0; rb < n_row_blocks; ++rb) {
@@ -145,6 +147,10 @@ GptqResult gptq_quantize(const Mat& W, const GptqHessian& hs, const QuantSpec& s
         const std::int64_t col = hs.perm[p];
         for (std::int64_t r = 0; r < nr; ++r) {
           const GroupParams gp = m.params(r0 + r, group_of[p]);
+          if (!std::isfinite(w(r, p))) {  // the compensation overflowed: reported after the sweep
+            overflow.store(true, std::memory_order_relaxed);
+            w(r, p) = 0.0f;
+          }
           const float q = quantize_code(w(r, p), gp, maxq);
           m.q[static_cast<std::size_t>((r0 + r) * n + col)] = static_cast<std::uint8_t>(q);
           const float e = (w(r, p) - dequantize_code(q, gp)) / d;
@@ -160,6 +166,10 @@ GptqResult gptq_quantize(const Mat& W, const GptqHessian& hs, const QuantSpec& s
       if (i2 < n) w.rightCols(n - i2).noalias() -= err.leftCols(count) * hs.U.block(i1, i2, count, n - i2);
     }
     losses[static_cast<std::size_t>(rb)] = loss;
+  }
+  if (overflow.load()) {
+    fail("GPTQ's error compensation overflowed float32 (weights up to {:g}); use RTN or keep the tensor with a rule",
+         W.cwiseAbs().maxCoeff());
   }
   for (double l : losses) res.obs_loss += l;
   return res;

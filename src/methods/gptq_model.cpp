@@ -36,7 +36,13 @@ double report_loss(const Mat& dW, const Mat& H) {
 void quantize_one(OutputSession& session, const LinearJob& j, const GptqOptions& o, DType dtype, PhaseTimer& timer) {
   const Mat W = j.weight;
   check_finite(W, j.desc.weight_name());
-  GptqResult res = timer.time("gptq solve", [&] { return gptq_quantize(W, j.prepared, j.plan.spec, o); });
+  GptqResult res = timer.time("gptq solve", [&] {
+    try {
+      return gptq_quantize(W, j.prepared, j.plan.spec, o);
+    } catch (const InputError& e) {
+      fail("{}: {}", j.desc.weight_name(), e.what());
+    }
+  });
   Mat deq = res.q.dequantize();
   nlohmann::json extra = timer.time("loss report", [&] {
     const Mat rtn = quantize_rtn(W, j.plan.spec).dequantize();
