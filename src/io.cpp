@@ -1,6 +1,8 @@
 #include "quant/io.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -10,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 #include <system_error>
+#include <vector>
 
 #include "quant/error.h"
 
@@ -42,6 +45,49 @@ void OutFile::write(const void* data, std::size_t n) {
   if (std::fwrite(data, 1, n, f_) != n) {
     fail<IoError>("{}: write failed: {}", path_.string(), std::strerror(errno));
   }
+}
+
+void OutFile::append_file(const fs::path& src) {
+  if (std::fflush(f_) != 0) {
+    fail<IoError>("{}: write failed: {}", path_.string(), std::strerror(errno));
+  }
+  const int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) fail<IoError>("{}: cannot open: {}", src.string(), std::strerror(errno));
+  const int out = fileno(f_);
+  // In-kernel copy (a clone where the filesystem can); plain read/write where it cannot.
+  bool kernel_copy = true;
+  std::vector<char> buf;
+  for (;;) {
+    ssize_t n = -1;
+    if (kernel_copy) {
+      n = ::copy_file_range(in, nullptr, out, nullptr, std::size_t{1} << 30, 0);
+      if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
+        kernel_copy = false;
+        continue;
+      }
+    } else {
+      if (buf.empty()) buf.resize(std::size_t{8} << 20);
+      n = ::read(in, buf.data(), buf.size());
+      for (ssize_t done = 0; n > 0 && done < n;) {
+        const ssize_t w = ::write(out, buf.data() + done, static_cast<std::size_t>(n - done));
+        if (w < 0) {
+          if (errno == EINTR) continue;
+          n = -1;
+          break;
+        }
+        done += w;
+      }
+    }
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(in);
+      fail<IoError>("{}: write failed: {}", path_.string(), std::strerror(err));
+    }
+  }
+  ::close(in);
+  std::fseek(f_, 0, SEEK_END);  // the stream's idea of its position follows the descriptor
 }
 
 void OutFile::close() {

@@ -152,6 +152,7 @@ std::pair<double, double> QuantizedMatrix::error_and_norm(const Mat& w) const {
       dequantize_row(*this, o, y.data(), contiguous);
       const float* x = w.row(o).data();
       double e = 0, n2 = 0;
+#pragma omp simd reduction(+ : e, n2)
       for (std::int64_t j = 0; j < in; ++j) {
         const double d = static_cast<double>(x[j]) - static_cast<double>(y[static_cast<std::size_t>(j)]);
         e += d * d;

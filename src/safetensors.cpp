@@ -426,10 +426,7 @@ std::vector<fs::path> SafetensorsWriter::finish() {
     OutFile out(final_path.string() + ".tmp");
     out.write(&len, 8);
     out.write(text.data(), text.size());
-    {
-      MappedFile data(s.data_path);
-      out.write(data.data(), data.size());
-    }
+    out.append_file(s.data_path);
     out.close();
     std::error_code ec;
     fs::rename(out.path(), final_path, ec);

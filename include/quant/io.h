@@ -25,6 +25,8 @@ class OutFile {
   OutFile(const OutFile&) = delete;
   OutFile& operator=(const OutFile&) = delete;
   void write(const void* data, std::size_t n);
+  // Appends the whole of `src` (copy_file_range; read/write where the kernel cannot).
+  void append_file(const fs::path& src);
   void close();  // flush + fsync-free close; throws on error
   void keep() { keep_ = true; }
   const fs::path& path() const { return path_; }

@@ -92,17 +92,20 @@ std::string gguf_linear_name(const LinearDesc& l) {
 }
 
 namespace {
-std::vector<float> rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols, bool inverse) {
-  const auto rows = static_cast<std::int64_t>(w.size()) / cols;
+// Row h·hd + 2i + t of the result is row h·hd + t·hd/2 + i of w (the inverse swaps them).
+void rope_rows(const float* w, float* r, std::int64_t rows, std::int64_t n_head, std::int64_t cols, bool inverse) {
   const std::int64_t hd = rows / n_head, half = hd / 2;
-  std::vector<float> r(w.size());
   for (std::int64_t h = 0; h < n_head; ++h)
     for (std::int64_t i = 0; i < half; ++i)
       for (std::int64_t t = 0; t < 2; ++t) {
         std::int64_t dst = h * hd + i * 2 + t, src = h * hd + t * half + i;
         if (inverse) std::swap(dst, src);
-        std::copy_n(w.begin() + src * cols, cols, r.begin() + dst * cols);
+        std::copy_n(w + src * cols, cols, r + dst * cols);
       }
+}
+std::vector<float> rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols, bool inverse) {
+  std::vector<float> r(w.size());
+  rope_rows(w.data(), r.data(), static_cast<std::int64_t>(w.size()) / cols, n_head, cols, inverse);
   return r;
 }
 }  // namespace
@@ -240,26 +243,33 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
 
   // Tensors in llama.cpp's order, each with a loader producing its float data.
   struct Item {
-    std::function<std::vector<float>()> load;
+    std::function<Mat()> load;  // row-major, [rows, row]
     std::int64_t row = 0;
     std::string hf_name;        // the source tensor
     std::int64_t rope_heads = 0;  // q/k: rows permuted over this many heads
   };
   std::vector<Item> items;
   ExportReport rep;
-  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, GgmlType type, std::function<std::vector<float>()> load,
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, GgmlType type, std::function<Mat()> load,
                  std::string hf_name = {}, std::int64_t rope_heads = 0) {
     w.add_tensor(name, shape, type);
     items.push_back({std::move(load), shape.back(), std::move(hf_name), rope_heads});
     rep.tensor_types[name] = type_info(type).name;
   };
-  auto vec = [&](const std::string& name) { return [&model, name] { return model.store().read_f32(name); }; };
+  auto vec = [&](const std::string& name) {
+    return [&model, name] {
+      const Vec v = load_vector(model, name);
+      return Mat(Eigen::Map<const Mat>(v.data(), 1, v.size()));
+    };
+  };
+  // Loaded weights are already checked finite (load_linear names the file and tensor).
   auto mat = [&](const LinearDesc& l, std::int64_t permute_heads) {
     return [&model, &l, permute_heads] {
-      const Mat m = load_linear(model, l);
-      check_finite(m, l.weight_name());
-      std::vector<float> v(m.data(), m.data() + m.size());
-      return permute_heads > 0 ? permute_rope_rows(v, permute_heads, l.in) : v;
+      Mat m = load_linear(model, l);
+      if (permute_heads <= 0) return m;
+      Mat r(m.rows(), m.cols());
+      rope_rows(m.data(), r.data(), m.rows(), permute_heads, m.cols(), false);
+      return r;
     };
   };
   const auto& L = model.layout();
@@ -268,8 +278,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   const int n_layers = static_cast<int>(c.n_layers);
   const Placement embed_place{L.tied ? Role::output : Role::token_embd, 0, n_layers};
   add("token_embd.weight", {c.vocab_size, H}, tensor_type(o.type, embed_place, H, imatrix), [&model, &L] {
-    const Mat e = load_matrix(model, L.embed);
-    return std::vector<float>(e.data(), e.data() + e.size());
+    return load_matrix(model, L.embed);
   }, L.embed);
   for (const auto& layer : L.layers) {
     const std::string b = fmt::format("blk.{}.", layer.index);
@@ -302,7 +311,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   w.write(out, [&](std::size_t i) {
     check_interrupted();
     const TensorInfo& t = w.tensors()[i];
-    const std::vector<float> x = items[i].load();
+    const Mat x = items[i].load();
     const auto it = o.importance.find(t.name);
     const float* imp = it == o.importance.end() ? nullptr : it->second.data();
     if (imp && static_cast<std::int64_t>(it->second.size()) != items[i].row) fail<Error>("importance of '{}' has the wrong size", t.name);

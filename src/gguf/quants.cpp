@@ -107,11 +107,16 @@ void symmetric_codes(const float* x, int bits, const float* imp, float sigma2, f
     for (int j = 0; j < QK; ++j) codes[j] = static_cast<std::uint8_t>(L[j]);
     return;
   }
+  // ggml keeps the first value of largest magnitude (updating on a strict increase only, so an
+  // all-zero block keeps max = +0); a vectorized maximum, then that first value.
   float amax = 0, max = 0;
-  for (int j = 0; j < QK; ++j) {
-    if (amax < std::fabs(x[j])) {
-      amax = std::fabs(x[j]);
-      max = x[j];
+  for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(x[j]));
+  if (amax > 0) {
+    for (int j = 0; j < QK; ++j) {
+      if (std::fabs(x[j]) == amax) {
+        max = x[j];
+        break;
+      }
     }
   }
   d = max / static_cast<float>(-half);

@@ -54,6 +54,28 @@ TEST(Gptq, EveryBitWidthRoundTripsEveryCode) {
   }
 }
 
+TEST(Gptq, WholeWordPackingMatchesTheBitStream) {
+  // Widths that divide 32 take a word-at-a-time path; it must equal pack_bits on each column,
+  // also for output counts that are no multiple of its 16-column tiles.
+  for (int bits : {2, 4, 8}) {
+    QuantSpec s;
+    s.bits = bits;
+    s.group_size = 32;
+    const std::int64_t out = 37, in = 96;
+    QuantizedMatrix m = QuantizedMatrix::empty(out, in, s);
+    for (std::size_t i = 0; i < m.q.size(); ++i) m.q[i] = static_cast<std::uint8_t>((i * 2654435761u >> 7) % (1u << bits));
+    const auto t = pack_gptq(m);
+    const std::int64_t rows = in * bits / 32;
+    for (std::int64_t o = 0; o < out; ++o) {
+      std::vector<std::uint32_t> codes(m.q.begin() + o * in, m.q.begin() + (o + 1) * in), words(rows);
+      pack_bits(codes.data(), codes.size(), bits, words.data());
+      for (std::int64_t k = 0; k < rows; ++k) {
+        ASSERT_EQ(static_cast<std::uint32_t>(t.qweight[static_cast<std::size_t>(k * out + o)]), words[k]) << bits << " " << o << " " << k;
+      }
+    }
+  }
+}
+
 TEST(Gptq, GoldenFourBitWords) {
   // out 8, in 32, one group. Codes q[o][j] = (j + o) % 16; zeros o + 1 (stored as o).
   QuantSpec s;
