@@ -111,6 +111,23 @@ AwqSearchResult awq_search_linear(const Mat& w, const Mat& H, const Vec& x_mean,
   });
 }
 
+AwqSearchResult awq_search_linear_tokens(const Mat& w, const std::vector<Mat>& xs, const Vec& x_mean,
+                                         const QuantSpec& spec, const AwqOptions& o) {
+  const Vec w_mean = weight_mean({&w}, spec.group_size);
+  double n = 0;
+  for (const Mat& x : xs) n += static_cast<double>(x.rows());
+  return awq_search(x_mean, w_mean, o, [&](const Vec& s) {
+    const Mat dw = w - awq_fake_quant(w, s, spec);
+    double e = 0;
+    Mat y;
+    for (const Mat& x : xs) {
+      linear_forward(x, dw, Vec(), y);
+      e += y.cast<double>().squaredNorm();
+    }
+    return 2.0 * e / n / static_cast<double>(w.rows());
+  });
+}
+
 Mat awq_clip(const Mat& w, const Mat& H, const QuantSpec& spec, const AwqOptions& o) {
   const Eigen::Index out = w.rows(), in = w.cols();
   const std::int64_t G = spec.effective_group(in);

@@ -57,21 +57,18 @@ class BlockLoss {
  public:
   BlockLoss(const ModelConfig& c, const RopeTable& rope, const LayerWeights& L, const Mapping& m,
             const std::vector<Mat>& xs, const std::map<LinearKind, QuantSpec>& specs)
-      : c_(c), rope_(rope), L_(L), m_(m), xs_(xs), specs_(specs) {
+      : c_(c), rope_(rope), L_(L), m_(m), xs_(xs), specs_(specs), cand_(L) {
     fp_.resize(xs.size());
     run_block(L_, fp_, nullptr);
   }
 
   // Mean squared output error of the block when the mapping's linears use Q(W·s)/s.
   double loss(const Vec& s) {
-    LayerWeights cand = L_;
-    for (LinearKind k : m_.scaled) {
-      const Mat& w = L_.linear(k);
-      cand.linear(k) = awq_fake_quant(w, s, specs_.at(k));
-    }
+    // One working copy of the layer for all candidates: only the scaled linears change.
+    for (LinearKind k : m_.scaled) cand_.linear(k) = awq_fake_quant(L_.linear(k), s, specs_.at(k));
     std::vector<double> errs(xs_.size());
     std::vector<Mat> dummy;
-    run_block(cand, dummy, &errs);
+    run_block(cand_, dummy, &errs);
     double total = 0, n = 0;
     for (std::size_t i = 0; i < xs_.size(); ++i) {
       total += errs[i];
@@ -98,6 +95,7 @@ class BlockLoss {
   const Mapping& m_;
   const std::vector<Mat>& xs_;
   const std::map<LinearKind, QuantSpec>& specs_;
+  LayerWeights cand_;
   std::vector<Mat> fp_;
 };
 
@@ -158,7 +156,12 @@ QuantizeReport awq_quantize_model(const Model& model, const Policy& policy, cons
       const Vec x_mean = mean_abs(feats[m.input]);
       AwqSearchResult res;
       if (m.inspect == Inspect::linear) {
-        res = awq_search_linear(lw.linear(m.scaled[0]), hess[m.input], x_mean, specs[m.scaled[0]], o);
+        // Same objective; the Hessian form costs out·in² per candidate, the token form out·in·n.
+        const Mat& w = lw.linear(m.scaled[0]);
+        std::int64_t n_tokens = 0;
+        for (const Mat& x : feats[m.input]) n_tokens += x.rows();
+        res = n_tokens < w.cols() ? awq_search_linear_tokens(w, feats[m.input], x_mean, specs[m.scaled[0]], o)
+                                  : awq_search_linear(w, hess[m.input], x_mean, specs[m.scaled[0]], o);
       } else {
         BlockLoss block(c, runner.rope(), lw, m, feats[m.input], specs);
         res = awq_search(x_mean, weight_mean(ws, specs[m.scaled[0]].group_size), o, [&](const Vec& s) { return block.loss(s); });

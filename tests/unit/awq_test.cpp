@@ -76,6 +76,25 @@ TEST(Awq, DominantActivationChannelIsProtected) {
   EXPECT_LT((awq.col(5) - w.col(5)).squaredNorm(), (rtn.col(5) - w.col(5)).squaredNorm());
 }
 
+TEST(Awq, TokenAndHessianFormsOfTheLinearObjectiveAgree) {
+  // Two samples, 48 tokens for 64 inputs: the token form is the cheaper one here.
+  Mat x1 = randn(30, 64, 11), x2 = randn(18, 64, 12);
+  x1.col(9) *= 20.0f;
+  x2.col(9) *= 20.0f;
+  const std::vector<Mat> xs = {x1, x2};
+  const Mat w = randn(16, 64, 13, 0.1f);
+  QuantSpec spec;
+  spec.bits = 3;
+  spec.group_size = 32;
+  AwqOptions o;
+  const AwqSearchResult h = awq_search_linear(w, hessian(xs), mean_abs(xs), spec, o);
+  const AwqSearchResult t = awq_search_linear_tokens(w, xs, mean_abs(xs), spec, o);
+  EXPECT_EQ(t.ratio, h.ratio);
+  EXPECT_NEAR(t.loss, h.loss, 1e-4 * h.loss);
+  EXPECT_NEAR(t.identity_loss, h.identity_loss, 1e-4 * h.identity_loss);
+  EXPECT_LT(t.loss, t.identity_loss);
+}
+
 TEST(Awq, SearchNeverWorseThanRtnAndScalesAreNormalised) {
   const Vec xm = positive(32, 3), wm = positive(32, 4);
   for (double r : {0.0, 0.35, 0.9}) {

@@ -42,6 +42,7 @@ void register_awq(CLI::App& app) {
                 "apply the scales and clipping but keep float weights (a dense checkpoint for another quantizer, as AutoAWQ's export_compatible)");
   CLI::Option* format_opt = cmd->get_option("--format");
   cmd->callback([o, c, a, no_duo, no_clip, format_opt] {
+    reuse_large_allocations();
     const QuantSpec spec = make_spec(*o);
     a->duo_scaling = !*no_duo;
     a->clip = !*no_clip;

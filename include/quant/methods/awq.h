@@ -61,6 +61,10 @@ AwqSearchResult awq_search(const Vec& x_mean, const Vec& w_mean, const AwqOption
 // ΔW = W − Q(W·diag s)·diag(s)⁻¹ and H the Hessian of its inputs.
 AwqSearchResult awq_search_linear(const Mat& w, const Mat& H, const Vec& x_mean, const QuantSpec& spec,
                                   const AwqOptions& options);
+// The same objective from the inputs themselves, (2/n)·Σ‖X ΔWᵀ‖²/out over the n tokens of `xs`
+// (H = (2/n)·XᵀX): cheaper than the Hessian form when there are fewer tokens than inputs.
+AwqSearchResult awq_search_linear_tokens(const Mat& w, const std::vector<Mat>& xs, const Vec& x_mean,
+                                         const QuantSpec& spec, const AwqOptions& options);
 // Q(W·diag s)·diag(s)⁻¹.
 Mat awq_fake_quant(const Mat& w, const Vec& s, const QuantSpec& spec);
 
