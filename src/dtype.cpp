@@ -152,36 +152,32 @@ void f16_span_to_f32(const std::byte* src, std::size_t n, float* dst) {
   }
 }
 
+void bf16_span_to_f32(const std::byte* src, std::size_t n, float* dst) {
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    dst[i] = bf16_to_f32(h);
+  }
+}
+
+// A 2-byte-element conversion in chunks over threads (per element: identical for any count).
+void in_chunks(const std::byte* src, std::size_t n, float* dst, void (*convert)(const std::byte*, std::size_t, float*)) {
+  const std::int64_t chunks = static_cast<std::int64_t>((n + kConvertChunk - 1) / kConvertChunk);
+#pragma omp parallel for schedule(static) if (chunks > 1 && !omp_in_parallel())
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::size_t i0 = static_cast<std::size_t>(c) * kConvertChunk;
+    convert(src + 2 * i0, std::min(kConvertChunk, n - i0), dst + i0);
+  }
+}
+
 }  // namespace
 
 void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst) {
   if (n == 0) return;  // an empty tensor's data may be a null pointer
   switch (dtype) {
     case DType::F32: std::memcpy(dst, src, n * 4); return;
-    case DType::F16: {
-      // Chunks over threads (the conversion is per element: identical for any thread count).
-      const std::int64_t chunks = static_cast<std::int64_t>((n + kConvertChunk - 1) / kConvertChunk);
-#pragma omp parallel for schedule(static) if (chunks > 1 && !omp_in_parallel())
-      for (std::int64_t c = 0; c < chunks; ++c) {
-        const std::size_t i0 = static_cast<std::size_t>(c) * kConvertChunk;
-        f16_span_to_f32(src + 2 * i0, std::min(kConvertChunk, n - i0), dst + i0);
-      }
-      return;
-    }
-    case DType::BF16: {
-      const std::int64_t chunks = static_cast<std::int64_t>((n + kConvertChunk - 1) / kConvertChunk);
-#pragma omp parallel for schedule(static) if (chunks > 1 && !omp_in_parallel())
-      for (std::int64_t c = 0; c < chunks; ++c) {
-        const std::size_t i0 = static_cast<std::size_t>(c) * kConvertChunk;
-        const std::size_t m = std::min(kConvertChunk, n - i0);
-        for (std::size_t i = i0; i < i0 + m; ++i) {
-          std::uint16_t h;
-          std::memcpy(&h, src + 2 * i, 2);
-          dst[i] = bf16_to_f32(h);
-        }
-      }
-      return;
-    }
+    case DType::F16: in_chunks(src, n, dst, f16_span_to_f32); return;
+    case DType::BF16: in_chunks(src, n, dst, bf16_span_to_f32); return;
     case DType::F64: widen<double>(src, n, dst); return;
     case DType::I64: widen<std::int64_t>(src, n, dst); return;
     case DType::I32: widen<std::int32_t>(src, n, dst); return;

@@ -325,14 +325,6 @@ void TensorStore::read_f32_into(std::string_view name, float* dst) const {
   if (error != 0) fail<IoError>("{}: tensor '{}': read failed: {}", file.path().string(), name, std::strerror(error));
 }
 
-void TensorStore::release(std::string_view name) const {
-  const auto b = bytes(name);
-  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto begin = reinterpret_cast<std::uintptr_t>(b.data()), end = begin + b.size();
-  const std::uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
-  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
-}
-
 const fs::path& TensorStore::file_of(std::string_view name) const {
   auto it = where_.find(std::string(name));
   if (it == where_.end()) fail("{}: tensor '{}' not found", source_.string(), name);

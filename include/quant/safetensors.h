@@ -89,10 +89,6 @@ class TensorStore {
   // chunks over threads rather than through the mapping: no page faults, nothing of the file
   // left resident, and a file truncated since it was opened is an error, not SIGBUS.
   void read_f32_into(std::string_view name, float* dst) const;
-  // Drops the tensor's mapped pages from this process's resident set (they stay in the page
-  // cache and are read again if touched): after a float copy is made, so streaming a model
-  // layer by layer never holds the whole mapping resident.
-  void release(std::string_view name) const;
   // Path of the file holding `name`.
   const fs::path& file_of(std::string_view name) const;
   // All tensor names, sorted.

@@ -50,7 +50,6 @@ void safetensors(const fs::path& scratch, const std::uint8_t* data, std::size_t 
       const std::vector<float> v = store.read_f32(name);
       if (static_cast<std::int64_t>(v.size()) != t.numel()) std::abort();
     }
-    store.release(name);
   }
 }
 
