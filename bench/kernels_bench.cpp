@@ -4,11 +4,11 @@
 
 #include <random>
 
-#include "quant/dtype.h"
+#include "quant/core/dtype.h"
 #include "quant/formats/formats.h"
-#include "quant/forward.h"
+#include "quant/model/forward.h"
 #include "quant/methods/kmeans.h"
-#include "quant/quantizer.h"
+#include "quant/core/quantizer.h"
 
 namespace {
 

@@ -7,8 +7,8 @@
 #include <random>
 #include <string>
 
-#include "quant/io.h"
-#include "quant/safetensors.h"
+#include "quant/io/io.h"
+#include "quant/io/safetensors.h"
 
 int main(int argc, char** argv) {
   using namespace quant;

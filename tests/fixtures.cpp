@@ -7,8 +7,8 @@
 #include <random>
 #include <vector>
 
-#include "quant/io.h"
-#include "quant/safetensors.h"
+#include "quant/io/io.h"
+#include "quant/io/safetensors.h"
 
 namespace quant::testing {
 

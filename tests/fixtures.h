@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <string>
 
-#include "quant/dtype.h"
+#include "quant/core/dtype.h"
 
 namespace quant::testing {
 

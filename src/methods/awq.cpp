@@ -2,12 +2,15 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
+#include <optional>
 
-#include "quant/error.h"
-#include "quant/log.h"
+#include "quant/core/error.h"
+#include "quant/core/log.h"
 #include "quant/methods/gptq.h"
-#include "quant/weights.h"
+#include "quant/model/weights.h"
 
 namespace quant {
 
@@ -158,6 +161,185 @@ Mat awq_clip(const Mat& w, const Mat& H, const QuantSpec& spec, const AwqOptions
     }
   }
   return clipped;
+}
+
+namespace {
+
+enum class Inspect { attention, mlp, linear };
+
+struct Mapping {
+  AwqMapping id;
+  std::string name;
+  CapturePoint input;
+  std::vector<LinearKind> scaled;          // columns multiplied by s
+  std::optional<LinearKind> prev_linear;   // rows divided by s; else the norm before `input`
+  Inspect inspect;
+};
+
+std::vector<Mapping> llama_mappings(const ModelConfig& c) {
+  using K = LinearKind;
+  std::vector<Mapping> m = {{AwqMapping::attn, "attn", CapturePoint::attn_in, {K::q, K::k, K::v}, std::nullopt, Inspect::attention}};
+  if (c.n_kv_heads == c.n_heads) m.push_back({AwqMapping::v_o, "v_o", CapturePoint::o_in, {K::o}, K::v, Inspect::linear});
+  m.push_back({AwqMapping::mlp, "mlp", CapturePoint::mlp_in, {K::gate, K::up}, std::nullopt, Inspect::mlp});
+  m.push_back({AwqMapping::up_down, "up_down", CapturePoint::down_in, {K::down}, K::up, Inspect::linear});
+  return m;
+}
+
+// Output of the inspected block for one sample.
+Mat block_output(const ModelConfig& c, const LayerWeights& L, const RopeTable& rope, const Mat& x, Inspect what) {
+  Mat y;
+  if (what == Inspect::attention) {
+    const Mat attn = attention_block(c, L, rope, x);
+    linear_forward(attn, L.linear(LinearKind::o), L.b[static_cast<int>(LinearKind::o)], y);
+  } else {
+    const Mat act = mlp_activation(L, x);
+    linear_forward(act, L.linear(LinearKind::down), L.b[static_cast<int>(LinearKind::down)], y);
+  }
+  return y;
+}
+
+// The block-output loss of an attention or MLP mapping, against the float block's outputs.
+class BlockLoss {
+ public:
+  BlockLoss(const ModelConfig& c, const RopeTable& rope, const LayerWeights& L, const Mapping& m,
+            const std::vector<Mat>& xs, const std::map<LinearKind, QuantSpec>& specs)
+      : c_(c), rope_(rope), L_(L), m_(m), xs_(xs), specs_(specs), cand_(L) {
+    fp_.resize(xs.size());
+    run_block(L_, fp_, nullptr);
+  }
+
+  // Mean squared output error of the block when the mapping's linears use Q(W·s)/s.
+  double loss(const Vec& s) {
+    // One working copy of the layer for all candidates: only the scaled linears change.
+    for (LinearKind k : m_.scaled) cand_.linear(k) = awq_fake_quant(L_.linear(k), s, specs_.at(k));
+    std::vector<double> errs(xs_.size());
+    std::vector<Mat> dummy;
+    run_block(cand_, dummy, &errs);
+    double total = 0, n = 0;
+    for (std::size_t i = 0; i < xs_.size(); ++i) {
+      total += errs[i];
+      n += static_cast<double>(xs_[i].rows() * fp_[i].cols());
+    }
+    return total / n;
+  }
+
+ private:
+  void run_block(const LayerWeights& L, std::vector<Mat>& outs, std::vector<double>* errs) {
+    const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(xs_.size());
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::ptrdiff_t i = 0; i < n; ++i) {
+      const auto s = static_cast<std::size_t>(i);
+      Mat y = block_output(c_, L, rope_, xs_[s], m_.inspect);
+      if (errs) (*errs)[s] = (y - fp_[s]).cast<double>().squaredNorm();
+      else outs[s] = std::move(y);
+    }
+  }
+
+  const ModelConfig& c_;
+  const RopeTable& rope_;
+  const LayerWeights& L_;
+  const Mapping& m_;
+  const std::vector<Mat>& xs_;
+  const std::map<LinearKind, QuantSpec>& specs_;
+  LayerWeights cand_;
+  std::vector<Mat> fp_;
+};
+
+// H of inputs divided per channel by s: D⁻¹ H D⁻¹.
+Mat rescale_hessian(const Mat& H, const Vec& s) {
+  const Vec inv = s.cwiseInverse();
+  return inv.asDiagonal() * H * inv.asDiagonal();
+}
+
+}  // namespace
+
+AwqMethod::AwqMethod(AwqOptions options) : options_(options) {
+  if (options_.n_grid < 1) fail<UsageError>("AWQ n_grid must be at least 1, got {}", options_.n_grid);
+  traits_.name = options_.export_compatible ? "awq-scaled" : "awq";
+  traits_.statistic = Statistic::hessian;
+  traits_.calibrated = true;
+  traits_.true_sequential = false;
+  traits_.transforms_layer = true;
+  traits_.float_output = options_.export_compatible;
+  traits_.round_to_source_dtype = false;
+}
+
+nlohmann::json AwqMethod::fingerprint() const {
+  const AwqOptions& o = options_;
+  return {{"n_grid", o.n_grid}, {"duo_scaling", o.duo_scaling}, {"clip", o.clip}, {"clip_grid", o.clip_grid},
+          {"clip_max_shrink", o.clip_max_shrink}, {"export_compatible", o.export_compatible}};
+}
+
+// Searches every mapping on the float layer, as AutoAWQ does, then folds the scales; the
+// Hessians of the scaled inputs become D⁻¹ H D⁻¹ for the clipping search.
+LayerTransform AwqMethod::transform_layer(const LayerContext& ctx, LayerWeights& lw,
+                                          std::map<CapturePoint, InputStats>& stats) const {
+  const AwqOptions& o = options_;
+  auto planned = [&](LinearKind k) { return ctx.planned[static_cast<int>(k)]; };
+  std::map<LinearKind, QuantSpec> specs;
+  for (LinearKind k : kAllLinearKinds) specs[k] = ctx.specs[static_cast<int>(k)];
+  LayerTransform out;
+  std::vector<std::pair<const Mapping*, AwqSearchResult>> found;
+  const auto mappings = llama_mappings(ctx.config);
+  for (const auto& m : mappings) {
+    const bool ok = std::all_of(m.scaled.begin(), m.scaled.end(), planned) && (!m.prev_linear || planned(*m.prev_linear));
+    if (!ok) {
+      log::debug("layer {}: mapping {} skipped (a linear is not quantized)", ctx.layer.index, m.name);
+      continue;
+    }
+    const std::vector<Mat>& xs = ctx.inputs.at(m.input);
+    std::vector<const Mat*> ws;
+    for (LinearKind k : m.scaled) ws.push_back(&lw.linear(k));
+    const Vec x_mean = mean_abs(xs);
+    AwqSearchResult res;
+    if (m.inspect == Inspect::linear) {
+      // Same objective; the Hessian form costs out·in² per candidate, the token form out·in·n.
+      const Mat& w = lw.linear(m.scaled[0]);
+      std::int64_t n_tokens = 0;
+      for (const Mat& x : xs) n_tokens += x.rows();
+      res = n_tokens < w.cols() ? awq_search_linear_tokens(w, xs, x_mean, specs[m.scaled[0]], o)
+                                : awq_search_linear(w, stats.at(m.input).hessian, x_mean, specs[m.scaled[0]], o);
+    } else {
+      BlockLoss block(ctx.config, ctx.rope, lw, m, xs, specs);
+      res = awq_search(x_mean, weight_mean(ws, specs[m.scaled[0]].group_size), o, [&](const Vec& s) { return block.loss(s); });
+    }
+    for (LinearKind k : m.scaled) {
+      out.extra[k] = {{"awq_mapping", m.name}, {"awq_ratio", res.ratio}, {"awq_loss", res.loss}, {"rtn_loss", res.identity_loss}};
+    }
+    found.emplace_back(&m, std::move(res));
+  }
+  for (const auto& [m, res] : found) {
+    fold_awq_scales(lw, m->id, res.scales);
+    InputStats& st = stats.at(m->input);
+    st.hessian = rescale_hessian(st.hessian, res.scales);
+    st.derived.reset();
+  }
+  // Norms carry 1/s (biases of scaled previous linears go out with their weights).
+  for (const auto& [m, res] : found) {
+    if (m->id == AwqMapping::attn) out.changed.emplace_back(ctx.layer.attn_norm, lw.attn_norm);
+  }
+  for (const auto& [m, res] : found) {
+    if (m->id == AwqMapping::mlp) out.changed.emplace_back(ctx.layer.mlp_norm, lw.mlp_norm);
+  }
+  return out;
+}
+
+QuantizedLinear AwqMethod::quantize(const LinearInput& in) const {
+  if (in.desc.layer < 0) {
+    return {quantize_rtn(in.weight, in.spec), Mat(), {{"note", "lm_head: RTN (AWQ scales only decoder linears)"}}};
+  }
+  const LinearKind k = in.desc.kind;
+  Mat w = in.weight;
+  nlohmann::json extra = nlohmann::json::object();
+  if (options_.clip && k != LinearKind::q && k != LinearKind::k) {
+    w = awq_clip(w, in.stats->hessian, in.spec, options_);
+    extra["clipped"] = true;
+  }
+  // Export-compatible: the scaled, clipped float weight; the next layers see it unquantized.
+  if (options_.export_compatible) return {QuantizedMatrix(), std::move(w), std::move(extra)};
+  QuantizedMatrix q = quantize_rtn(w, in.spec);
+  Mat deq = q.dequantize();
+  return {std::move(q), std::move(deq), std::move(extra)};
 }
 
 }  // namespace quant

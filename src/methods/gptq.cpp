@@ -8,8 +8,8 @@
 #include <cmath>
 #include <numeric>
 
-#include "quant/error.h"
-#include "quant/log.h"
+#include "quant/core/error.h"
+#include "quant/core/log.h"
 
 namespace quant {
 
@@ -179,6 +179,63 @@ double hessian_loss(const Mat& dW, const Mat& H) {
   Mat dWH;
   linear_forward(dW, H, Vec(), dWH);  // ΔW Hᵀ = ΔW H
   return (dWH.cast<double>().array() * dW.cast<double>().array()).sum();
+}
+
+}  // namespace quant
+
+namespace quant {
+
+namespace {
+// tr(ΔW H ΔWᵀ) for the report from at most 256 evenly spaced rows, scaled to all rows (exact
+// for up to 256 rows): the full product costs as much as the GPTQ solve on wide layers.
+double report_loss(const Mat& dW, const Mat& H) {
+  const Eigen::Index rows = dW.rows(), step = (rows + 255) / 256;
+  if (step <= 1) return hessian_loss(dW, H);
+  Mat sub((rows + step - 1) / step, dW.cols());
+  for (Eigen::Index r = 0, i = 0; r < rows; r += step, ++i) sub.row(i) = dW.row(r);
+  return hessian_loss(sub, H) * static_cast<double>(rows) / static_cast<double>(sub.rows());
+}
+}  // namespace
+
+GptqMethod::GptqMethod(GptqOptions options) : options_(options) {
+  if (!(options_.damp >= 0)) fail<UsageError>("GPTQ damp must be a non-negative number, got {}", options_.damp);
+  if (options_.block_size < 1) fail<UsageError>("GPTQ block size must be positive, got {}", options_.block_size);
+  traits_.name = "gptq";
+  traits_.statistic = Statistic::hessian;
+  traits_.calibrated = true;
+  traits_.true_sequential = options_.true_sequential;
+  traits_.act_order = options_.act_order;
+}
+
+nlohmann::json GptqMethod::config() const {
+  return {{"desc_act", options_.act_order}, {"static_groups", options_.static_groups},
+          {"true_sequential", options_.true_sequential}, {"damp_percent", options_.damp}};
+}
+
+nlohmann::json GptqMethod::fingerprint() const {
+  return {{"block_size", options_.block_size}, {"max_damp_retries", options_.max_damp_retries}};
+}
+
+QuantizedLinear GptqMethod::quantize(const LinearInput& in) const {
+  const Mat& H = in.stats->hessian;
+  if (!in.stats->derived.has_value()) in.stats->derived = prepare_hessian(H, options_, in.desc.prefix);
+  const auto& prepared = std::any_cast<const GptqHessian&>(in.stats->derived);
+  const Mat& W = in.weight;
+  GptqResult res;
+  try {
+    res = gptq_quantize(W, prepared, in.spec, options_);
+  } catch (const InputError& e) {
+    fail("{}: {}", in.desc.weight_name(), e.what());
+  }
+  Mat deq = res.q.dequantize();
+  const Mat rtn = quantize_rtn(W, in.spec).dequantize();
+  nlohmann::json extra = {{"obs_loss", res.obs_loss},
+                          {"gptq_loss", report_loss(W - deq, H)},
+                          {"rtn_loss", report_loss(W - rtn, H)},
+                          {"damp", prepared.damp},
+                          {"damp_retries", prepared.retries}};
+  log::debug("{}: H-loss gptq {:.5g} rtn {:.5g}", in.desc.prefix, extra["gptq_loss"].get<double>(), extra["rtn_loss"].get<double>());
+  return {std::move(res.q), std::move(deq), std::move(extra)};
 }
 
 }  // namespace quant

@@ -9,8 +9,8 @@
 #include <cstring>
 #include <random>
 
-#include "quant/dtype.h"
-#include "quant/error.h"
+#include "quant/core/dtype.h"
+#include "quant/core/error.h"
 
 namespace quant {
 
@@ -380,6 +380,37 @@ double weighted_error(const Mat& w, const Mat& w_hat, const std::vector<float>& 
     }
   }
   return e;
+}
+
+}  // namespace quant
+
+namespace quant {
+
+KmeansMethod::KmeansMethod(KmeansOptions options, KmeansWeighting weighting) : options_(options), weighting_(weighting) {
+  traits_.name = "kmeans";
+  traits_.codebooks = true;
+  if (weighting == KmeansWeighting::hessian) {
+    traits_.statistic = Statistic::mean_square;
+    traits_.calibrated = true;
+    traits_.true_sequential = true;
+  }
+}
+
+nlohmann::json KmeansMethod::config() const {
+  return {{"weighting", kmeans_weighting_name(weighting_)},
+          {"solver", options_.solver == KmeansSolver::exact ? "exact" : "lloyd"},
+          {"outlier_fraction", options_.outliers}};
+}
+
+nlohmann::json KmeansMethod::fingerprint() const { return {{"seed", options_.seed}}; }
+
+QuantizedLinear KmeansMethod::quantize(const LinearInput& in) const {
+  static const std::vector<float> kUnweighted;
+  const std::vector<float>& h = in.stats ? in.stats->mean_square : kUnweighted;
+  QuantizedMatrix q = kmeans_quantize(in.weight, h, in.spec, options_);
+  Mat deq = q.dequantize();
+  nlohmann::json extra = {{"weighted_error", weighted_error(in.weight, deq, h)}, {"outliers", q.n_outliers()}};
+  return {std::move(q), std::move(deq), std::move(extra)};
 }
 
 }  // namespace quant

@@ -1,22 +1,14 @@
 #include "quant/methods/rtn.h"
 
-#include "quant/weights.h"
-
 namespace quant {
 
-QuantizeReport rtn_quantize_model(const Model& model, const Policy& policy, const RunOptions& options,
-                                  const StepProgress& progress) {
-  OutputSession session(model, policy, options);
-  const std::int64_t total = session.n_to_quantize();
-  std::int64_t done = 0;
-  for (const auto& p : session.plan()) {
-    if (!p.quantize) continue;
-    const Mat w = load_linear(model, *p.desc);
-    const QuantizedMatrix q = quantize_rtn(w, p.spec);
-    session.put_quantized(*p.desc, q, w);
-    if (progress) progress(++done, total, p.desc->prefix);
-  }
-  return session.finish();
+RtnMethod::RtnMethod() {
+  traits_.name = "rtn";
+  traits_.statistic = Statistic::none;
 }
+
+nlohmann::json RtnMethod::config() const { return {{"damp_percent", 0.0}, {"true_sequential", false}}; }
+
+QuantizedLinear RtnMethod::quantize(const LinearInput& in) const { return {quantize_rtn(in.weight, in.spec), Mat(), nlohmann::json()}; }
 
 }  // namespace quant

@@ -8,12 +8,14 @@
 
 #include "commands.h"
 #include "fixtures.h"
-#include "quant/config.h"
-#include "quant/error.h"
-#include "quant/gguf/gguf.h"
-#include "quant/model.h"
-#include "quant/safetensors.h"
-#include "quant/tokenizer.h"
+#include "quant/formats/codec.h"
+#include "quant/model/config.h"
+#include "quant/core/error.h"
+#include "quant/formats/ggml_quants.h"
+#include "quant/io/gguf.h"
+#include "quant/model/model.h"
+#include "quant/io/safetensors.h"
+#include "quant/model/tokenizer.h"
 
 namespace quant::fuzz {
 
@@ -85,7 +87,7 @@ void config(const fs::path& scratch, const std::uint8_t* data, std::size_t size)
   const fs::path dir = prepared(scratch, "model", [](const fs::path& d) { testing::write_tiny_model(d, {}); });
   write_file(dir / "config.json", data, size);
   (void)ModelConfig::load(dir);
-  (void)Model::open(dir);
+  (void)formats::open_model(dir);
 }
 
 // tokenizer.json (BPE vocabularies, merges, pre-tokenizer regexes, added tokens), then
@@ -108,7 +110,7 @@ void gguf(const fs::path& scratch, const std::uint8_t* data, std::size_t size) {
   const gguf::File f = gguf::File::open(path);
   for (const auto& [key, value] : f.metadata) (void)value.to_string();
   for (const auto& t : f.tensors) {
-    if (t.numel() <= (1 << 20)) (void)f.dequantize(t.name);
+    if (t.numel() <= (1 << 20)) (void)gguf::dequantize_tensor(f, t.name);
   }
 }
 

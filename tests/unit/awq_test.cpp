@@ -1,3 +1,5 @@
+#include "quant/model/calibration.h"
+#include "quant/formats/codec.h"
 #include "quant/methods/awq.h"
 
 #include <gtest/gtest.h>
@@ -7,9 +9,9 @@
 
 #include "cli_helpers.h"
 #include "fixtures.h"
-#include "quant/io.h"
+#include "quant/io/io.h"
 #include "quant/methods/gptq.h"
-#include "quant/safetensors.h"
+#include "quant/io/safetensors.h"
 
 namespace quant {
 namespace {
@@ -37,7 +39,7 @@ TEST(Awq, FoldedScalesLeaveTheFloatLayerUnchanged) {
   spec.attention_bias = true;
   spec.tied = false;
   testing::write_tiny_model(dir.path(), spec);
-  const Model m = Model::open(dir.path());
+  const Model m = formats::open_model(dir.path());
   const LayerWeights L = load_layer(m, 0);
   const RopeTable rope = build_rope(m.config(), 40);
   const Mat h0 = randn(40, spec.hidden, 3);

@@ -6,8 +6,8 @@
 
 #include "cli_helpers.h"
 #include "fixtures.h"
-#include "quant/io.h"
-#include "quant/safetensors.h"
+#include "quant/io/io.h"
+#include "quant/io/safetensors.h"
 
 namespace quant {
 namespace {

@@ -4,7 +4,7 @@
 
 #include "cli_helpers.h"
 #include "fixtures.h"
-#include "quant/io.h"
+#include "quant/io/io.h"
 
 namespace quant {
 namespace {

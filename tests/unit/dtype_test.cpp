@@ -1,4 +1,4 @@
-#include "quant/dtype.h"
+#include "quant/core/dtype.h"
 
 #include <gtest/gtest.h>
 

@@ -2,8 +2,8 @@
 
 #include <gtest/gtest.h>
 
-#include "quant/dtype.h"
-#include "quant/error.h"
+#include "quant/core/dtype.h"
+#include "quant/core/error.h"
 
 namespace quant::formats {
 namespace {

@@ -1,6 +1,7 @@
 // The forward pass against a straightforward reference written here: naive loops in double
 // precision, following the HF Llama modeling code line by line.
-#include "quant/forward.h"
+#include "quant/formats/codec.h"
+#include "quant/model/forward.h"
 
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -9,7 +10,7 @@
 #include <random>
 
 #include "fixtures.h"
-#include "quant/weights.h"
+#include "quant/model/weights.h"
 
 namespace quant {
 namespace {
@@ -135,7 +136,7 @@ std::vector<std::int32_t> random_tokens(int n, int vocab, unsigned seed) {
 
 TEST(Forward, MatchesNaiveReferenceOnStories260K) {
   QUANT_REQUIRE_SHARED();
-  const Model m = Model::open(testing::shared_dir() / "models/stories260K");
+  const Model m = formats::open_model(testing::shared_dir() / "models/stories260K");
   expect_close(m, random_tokens(64, 512, 3));
 }
 
@@ -149,7 +150,7 @@ TEST(Forward, MatchesNaiveReferenceWithBiasesGqaAndUntiedHead) {
   spec.kv_heads = 2;
   spec.hidden = 64;
   testing::write_tiny_model(dir.path(), spec);
-  const Model m = Model::open(dir.path());
+  const Model m = formats::open_model(dir.path());
   EXPECT_TRUE(m.config().qkv_bias);
   expect_close(m, random_tokens(40, spec.vocab, 5));
 }
@@ -160,7 +161,7 @@ TEST(Forward, LlamaWithAllBiases) {
   spec.attention_bias = true;
   spec.tied = false;
   testing::write_tiny_model(dir.path(), spec);
-  expect_close(Model::open(dir.path()), random_tokens(33, spec.vocab, 9));
+  expect_close(formats::open_model(dir.path()), random_tokens(33, spec.vocab, 9));
 }
 
 TEST(Forward, BitIdenticalForAnyThreadCount) {
@@ -170,7 +171,7 @@ TEST(Forward, BitIdenticalForAnyThreadCount) {
   spec.intermediate = 320;
   spec.heads = 4;
   testing::write_tiny_model(dir.path(), spec);
-  const Model m = Model::open(dir.path());
+  const Model m = formats::open_model(dir.path());
   const auto tokens = random_tokens(100, spec.vocab, 1);
   omp_set_num_threads(1);
   const Mat a = fast_logits(m, tokens);

@@ -7,10 +7,11 @@
 
 #include "cli_helpers.h"
 #include "fixtures.h"
-#include "quant/error.h"
-#include "quant/gguf/export.h"
-#include "quant/io.h"
-#include "quant/safetensors.h"
+#include "quant/formats/ggml_quants.h"
+#include "quant/core/error.h"
+#include "quant/formats/gguf_export.h"
+#include "quant/io/io.h"
+#include "quant/io/safetensors.h"
 
 namespace quant::gguf {
 namespace {
@@ -78,8 +79,8 @@ TEST(GgufFromAwq, ScaledFloatModelComputesTheSameFunction) {
   EXPECT_FALSE(fs::exists(dir / "a.gguf.awq-scaled"));
   const File a = File::open(dir / "a.gguf"), p = File::open(dir / "p.gguf");
   EXPECT_EQ(a.find("general.name")->s, "m");
-  EXPECT_EQ(p.dequantize("blk.0.attn_norm.weight"), src.read_f32("model.layers.0.input_layernorm.weight"));
-  EXPECT_NE(a.dequantize("blk.0.attn_norm.weight"), p.dequantize("blk.0.attn_norm.weight"));
+  EXPECT_EQ(gguf::dequantize_tensor(p, "blk.0.attn_norm.weight"), src.read_f32("model.layers.0.input_layernorm.weight"));
+  EXPECT_NE(gguf::dequantize_tensor(a, "blk.0.attn_norm.weight"), gguf::dequantize_tensor(p, "blk.0.attn_norm.weight"));
   // F16 has nothing for AWQ to protect.
   r = testing::run_quant("gguf " + (dir / "m").string() + calib + " -t f16 --from-awq -o " + (dir / "f.gguf").string());
   EXPECT_NE(r.rc, 0);

@@ -8,13 +8,14 @@
 
 #include "cli_helpers.h"
 #include "fixtures.h"
-#include "quant/dtype.h"
-#include "quant/error.h"
-#include "quant/gguf/export.h"
-#include "quant/gguf/quants.h"
-#include "quant/io.h"
-#include "quant/model.h"
-#include "quant/weights.h"
+#include "quant/formats/codec.h"
+#include "quant/core/dtype.h"
+#include "quant/core/error.h"
+#include "quant/formats/gguf_export.h"
+#include "quant/formats/ggml_quants.h"
+#include "quant/io/io.h"
+#include "quant/model/model.h"
+#include "quant/model/weights.h"
 
 namespace quant::gguf {
 namespace {
@@ -216,8 +217,8 @@ TEST(GgufContainer, RoundTripAndHostileFiles) {
   EXPECT_EQ(g.find("x.list")->arr.at(1).s, "bc");
   EXPECT_EQ(g.tensor("a").ne, (std::vector<std::int64_t>{64, 3}));
   EXPECT_EQ(g.tensor("b").offset % 32, 0u);
-  EXPECT_EQ(g.dequantize("b"), bvals);
-  const auto ad = g.dequantize("a");
+  EXPECT_EQ(gguf::dequantize_tensor(g, "b"), bvals);
+  const auto ad = gguf::dequantize_tensor(g, "a");
   for (std::size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(ad[i], a[i], 0.01);
 
   const std::string good = read_text_file(p);
@@ -275,9 +276,9 @@ TEST(GgufExport, Stories260KQ8_0) {
   EXPECT_EQ(g.tensor("blk.0.attn_norm.weight").type, GgmlType::F32);
   EXPECT_EQ(g.tensors.size(), 2u + 5u * 9u);
   // q rows permuted to llama.cpp's pairing; v unchanged.
-  const Model m = Model::open(model_dir);
+  const Model m = formats::open_model(model_dir);
   const Mat q = load_linear(m, m.layout().layers[0].linear(LinearKind::q));
-  const auto gq = g.dequantize("blk.0.attn_q.weight");
+  const auto gq = gguf::dequantize_tensor(g, "blk.0.attn_q.weight");
   const std::int64_t hd = m.config().head_dim;
   for (std::int64_t i = 0; i < hd / 2; ++i) {
     for (std::int64_t c = 0; c < 64; ++c) {
@@ -285,10 +286,10 @@ TEST(GgufExport, Stories260KQ8_0) {
     }
   }
   const Mat v = load_linear(m, m.layout().layers[0].linear(LinearKind::v));
-  const auto gv = g.dequantize("blk.0.attn_v.weight");
+  const auto gv = gguf::dequantize_tensor(g, "blk.0.attn_v.weight");
   for (std::int64_t c = 0; c < 64; ++c) EXPECT_NEAR(gv[static_cast<std::size_t>(64 + c)], v(1, c), 0.01);
   // The dense twin holds exactly the GGUF's values, in HF's row order.
-  const Model d = Model::open(dense);
+  const Model d = formats::open_model(dense);
   const Mat dq = load_linear(d, d.layout().layers[0].linear(LinearKind::q));
   const Mat dv = load_linear(d, d.layout().layers[0].linear(LinearKind::v));
   for (std::int64_t i = 0; i < hd / 2; ++i) {

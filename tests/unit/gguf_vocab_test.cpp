@@ -5,8 +5,8 @@
 
 #include "cli_helpers.h"
 #include "fixtures.h"
-#include "quant/gguf/gguf.h"
-#include "quant/io.h"
+#include "quant/io/gguf.h"
+#include "quant/io/io.h"
 
 namespace quant::gguf {
 namespace {

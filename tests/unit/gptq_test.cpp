@@ -1,3 +1,4 @@
+#include "quant/model/calibration.h"
 #include "quant/methods/gptq.h"
 
 #include <gtest/gtest.h>
@@ -6,7 +7,7 @@
 
 #include <random>
 
-#include "quant/error.h"
+#include "quant/core/error.h"
 
 namespace quant {
 namespace {

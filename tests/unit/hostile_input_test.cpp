@@ -10,10 +10,10 @@
 
 #include "fixtures.h"
 #include "fuzz/targets.h"
-#include "quant/error.h"
-#include "quant/gguf/gguf.h"
-#include "quant/io.h"
-#include "quant/tokenizer.h"
+#include "quant/core/error.h"
+#include "quant/io/gguf.h"
+#include "quant/io/io.h"
+#include "quant/model/tokenizer.h"
 
 namespace quant {
 namespace {

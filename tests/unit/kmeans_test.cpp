@@ -7,7 +7,7 @@
 #include <random>
 #include <set>
 
-#include "quant/dtype.h"
+#include "quant/core/dtype.h"
 #include "quant/formats/formats.h"
 #include "quant/methods/kmeans.h"
 

@@ -1,12 +1,12 @@
-#include "quant/quantizer.h"
+#include "quant/core/quantizer.h"
 
 #include <gtest/gtest.h>
 
 #include <random>
 
-#include "quant/dtype.h"
-#include "quant/error.h"
-#include "quant/policy.h"
+#include "quant/core/dtype.h"
+#include "quant/core/error.h"
+#include "quant/pipeline/policy.h"
 
 namespace quant {
 namespace {

@@ -1,4 +1,4 @@
-#include "quant/safetensors.h"
+#include "quant/io/safetensors.h"
 
 #include <gtest/gtest.h>
 
@@ -7,7 +7,7 @@
 #include <numeric>
 
 #include "fixtures.h"
-#include "quant/error.h"
+#include "quant/core/error.h"
 
 namespace quant {
 namespace {

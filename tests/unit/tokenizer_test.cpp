@@ -1,4 +1,4 @@
-#include "quant/tokenizer.h"
+#include "quant/model/tokenizer.h"
 
 #include <gtest/gtest.h>
 #include <sentencepiece_processor.h>
@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "fixtures.h"
-#include "quant/error.h"
-#include "quant/io.h"
+#include "quant/core/error.h"
+#include "quant/io/io.h"
 
 namespace quant {
 namespace {

@@ -1,29 +1,12 @@
 // quant awq MODEL: activation-aware weight quantization.
 #include "commands.h"
-#include "progress.h"
-#include "quant/error.h"
-#include "quant/log.h"
+#include "quant/formats/codec.h"
+#include "quant/core/error.h"
+#include "quant/core/log.h"
 #include "quant/methods/awq.h"
 #include "quantize_common.h"
 
 namespace quant::cli {
-
-namespace {
-
-// Linears of the model the format cannot hold under the policy.
-std::vector<std::string> unfit(const Model& model, const Policy& policy, formats::Format f) {
-  std::vector<std::string> names;
-  auto check = [&](const LinearDesc& l) {
-    const Decision d = policy.decide(l.prefix);
-    if (d.quantize && !formats::unsupported_reason(f, l.out, l.in, d.spec).empty()) names.push_back(l.prefix);
-  };
-  for (const auto& layer : model.layout().layers)
-    for (const auto& l : layer.linears) check(l);
-  if (!model.layout().tied) check(model.layout().lm_head);
-  return names;
-}
-
-}  // namespace
 
 void register_awq(CLI::App& app) {
   auto o = std::make_shared<QuantizeCliOptions>();
@@ -46,40 +29,32 @@ void register_awq(CLI::App& app) {
     const QuantSpec spec = make_spec(*o);
     a->duo_scaling = !*no_duo;
     a->clip = !*no_clip;
-    const Model model = Model::open(o->model);
+    const Model model = formats::open_model(o->model);
     const auto samples = load_calib(model, *c);
     const Policy policy = make_policy(*o, spec, model, samples);
     RunOptions run = make_run_options(*o, "awq", spec);
+    const AwqMethod method(*a);
     if (a->export_compatible) {
       if (format_opt->count() > 0 && run.format != formats::Format::dense) fail<UsageError>("--export-compatible writes float weights: use --format dense or no --format");
       run.format = formats::Format::dense;
-    } else if (format_opt->count() == 0) {
+    }
+    Plan plan;
+    if (a->export_compatible || format_opt->count() > 0) {
+      plan = make_plan(model, policy, method.traits(), run.format, run.skip_unsupported);
+    } else {
       // What a user running `quant awq --bits 4 model/` wants: AutoAWQ's layout when it can hold
       // the model, else GPTQ's; linears neither can hold stay in the source dtype, named.
-      // Candidates in order of preference; the one that can hold the most linears wins.
       std::vector<formats::Format> candidates = {formats::Format::gptq};
       if (spec.bits == 4) candidates.insert(candidates.begin(), formats::Format::awq);
-      std::vector<std::string> left = unfit(model, policy, candidates.front());
-      run.format = candidates.front();
-      for (formats::Format f : candidates) {
-        auto u = unfit(model, policy, f);
-        if (u.size() < left.size()) {
-          left = std::move(u);
-          run.format = f;
-        }
-      }
-      if (!left.empty()) {
+      plan = make_plan_best_format(model, policy, method.traits(), candidates);
+      run.format = plan.format;
+      if (const auto left = plan.unsupported(); !left.empty()) {
         log::warn("{} linears cannot be stored in the {} layout (e.g. {}) and stay unquantized; --format dense quantizes all",
-                  left.size(), formats::format_name(run.format), left.front());
+                  left.size(), formats::format_name(plan.format), left.front()->desc->prefix);
         run.skip_unsupported = true;
       }
     }
-    if (dry_run(*o, model, policy, run)) return;
-    LazyProgress bar("awq");
-    const QuantizeReport r = awq_quantize_model(model, policy, run, *a, samples,
-                                                bar.callback());
-    bar.finish();
-    print_report(r, o->json);
+    plan_and_run(*o, model, plan, method, run, samples);
   });
 }
 

@@ -7,12 +7,13 @@
 
 #include "commands.h"
 #include "progress.h"
-#include "quant/error.h"
-#include "quant/eval.h"
-#include "quant/hash.h"
-#include "quant/io.h"
-#include "quant/log.h"
-#include "quant/tokenizer.h"
+#include "quant/formats/codec.h"
+#include "quant/core/error.h"
+#include "quant/pipeline/eval.h"
+#include "quant/io/hash.h"
+#include "quant/io/io.h"
+#include "quant/core/log.h"
+#include "quant/model/tokenizer.h"
 
 namespace quant::cli {
 namespace {
@@ -35,9 +36,9 @@ struct EvalCliOptions {
 void run_eval(const EvalCliOptions& o) {
   if (o.text.empty() == o.tokens.empty()) fail<UsageError>("pass exactly one of --text FILE or --tokens FILE");
   if (o.max_ppl_increase >= 0 && o.base.empty()) fail<UsageError>("--max-ppl-increase needs --base MODEL");
-  const Model model = Model::open(o.model);
+  const Model model = formats::open_model(o.model);
   std::optional<Model> base;
-  if (!o.base.empty()) base.emplace(Model::open(o.base));
+  if (!o.base.empty()) base.emplace(formats::open_model(o.base));
 
   std::unique_ptr<Tokenizer> tok;
   if (!o.tokenizer.empty()) tok = Tokenizer::load_file(o.tokenizer);

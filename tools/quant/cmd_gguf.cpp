@@ -3,9 +3,11 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "quant/error.h"
-#include "quant/gguf/export.h"
-#include "quant/log.h"
+#include "quant/core/error.h"
+#include "quant/formats/codec.h"
+#include "quant/formats/gguf_export.h"
+#include "quant/pipeline/gguf_job.h"
+#include "quant/core/log.h"
 #include "quantize_common.h"
 
 namespace quant::cli {
@@ -35,7 +37,7 @@ void register_gguf(CLI::App& app) {
     e.type = gguf::parse_file_type(o->type);
     e.force = o->force;
     e.dense_out = o->dense_out;
-    Model model = Model::open(o->model);
+    Model model = formats::open_model(o->model);
     fs::path out = o->out;
     if (out.empty()) {
       fs::path m = o->model;
@@ -57,13 +59,13 @@ void register_gguf(CLI::App& app) {
       cleanup.p = scaled;
       e.name = model.dir().filename().empty() ? model.dir().parent_path().filename().string() : model.dir().filename().string();
       gguf::write_awq_scaled(model, e.type, scaled, load_calib(model, *c), true);
-      model = Model::open(scaled);
+      model = formats::open_model(scaled);
     }
     if (!o->imatrix.empty()) {
       if (!c->text.empty() || !c->tokens.empty()) fail<UsageError>("--imatrix and --calib/--calib-tokens are alternatives; give one");
       e.importance = gguf::read_imatrix(o->imatrix);
     } else if (!c->text.empty() || !c->tokens.empty()) e.importance = gguf::collect_importance(model, load_calib(model, *c));
-    const gguf::ExportReport r = gguf::export_gguf(model, out, e);
+    const gguf::ExportReport r = gguf::export_gguf_job(model, out, e);
     log::info("gguf → {} ({}): {:.1f} MB in {:.1f}s{}", r.output.string(), e.type.name, static_cast<double>(r.bytes) / 1e6, r.seconds,
               e.importance.empty() ? "" : ", importance-weighted");
     if (o->json) {

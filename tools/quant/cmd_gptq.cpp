@@ -1,10 +1,11 @@
 // quant gptq MODEL: calibrated, layer-sequential GPTQ.
 #include "commands.h"
 #include "progress.h"
+#include "quant/formats/codec.h"
 #include "quant/methods/gptq.h"
 #include "quantize_common.h"
 
-#include "quant/error.h"
+#include "quant/core/error.h"
 
 namespace quant::cli {
 
@@ -28,16 +29,13 @@ void register_gptq(CLI::App& app) {
     spec.mse = *mse;
     if (g->damp < 0) fail<UsageError>("--damp must be non-negative, got {}", g->damp);
     g->true_sequential = !*no_true_seq;
-    const Model model = Model::open(o->model);
+    const Model model = formats::open_model(o->model);
     const auto samples = load_calib(model, *c);
     const Policy policy = make_policy(*o, spec, model, samples);
     const RunOptions run = make_run_options(*o, "gptq", spec);
-    if (dry_run(*o, model, policy, run)) return;
-    LazyProgress bar("gptq");
-    const QuantizeReport r = gptq_quantize_model(model, policy, run, *g, samples,
-                                                 bar.callback());
-    bar.finish();
-    print_report(r, o->json);
+    const GptqMethod method(*g);
+    const Plan plan = make_plan(model, policy, method.traits(), run.format, run.skip_unsupported);
+    plan_and_run(*o, model, plan, method, run, samples);
   });
 }
 

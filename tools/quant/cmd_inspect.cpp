@@ -7,8 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "quant/gguf/gguf.h"
-#include "quant/model.h"
+#include "quant/formats/codec.h"
+#include "quant/io/gguf.h"
+#include "quant/model/model.h"
 
 namespace quant::cli {
 namespace {
@@ -49,7 +50,7 @@ void run_inspect(const InspectOptions& o) {
     inspect_gguf(o);
     return;
   }
-  const Model model = Model::open(o.path);
+  const Model model = formats::open_model(o.path);
   const auto& c = model.config();
   const auto& store = model.store();
   nlohmann::ordered_json j;
@@ -81,7 +82,7 @@ void run_inspect(const InspectOptions& o) {
   j["total_bytes"] = total_bytes;
   j["n_files"] = store.files().size();
   if (!c.quantization_config.is_null()) j["quantization_config"] = c.quantization_config;
-  j["unused_tensors"] = model.unused_tensors();
+  j["unused_tensors"] = model.unused_tensors(formats::all_linear_suffixes());
   j["tensors"] = tensors;
 
   if (o.json) {
@@ -101,7 +102,7 @@ void run_inspect(const InspectOptions& o) {
   for (const auto& [d, n] : dtype_counts) fmt::print(" {}={}", d, n);
   fmt::print("\n");
   if (!c.quantization_config.is_null()) fmt::print("quantization {}\n", c.quantization_config.dump());
-  for (const auto& u : model.unused_tensors()) fmt::print("unused      {}\n", u);
+  for (const auto& u : model.unused_tensors(formats::all_linear_suffixes())) fmt::print("unused      {}\n", u);
   fmt::print("\n{:<56} {:<5} {:<14} {:>12}\n", "tensor", "dtype", "shape", "bytes");
   for (const auto& t : tensors) {
     fmt::print("{:<56} {:<5} {:<14} {:>12}\n", t["name"].get<std::string>(),

@@ -1,7 +1,8 @@
 // quant kmeans MODEL: non-uniform quantization with per-row (or per-group) k-means codebooks.
 #include "commands.h"
 #include "progress.h"
-#include "quant/error.h"
+#include "quant/formats/codec.h"
+#include "quant/core/error.h"
 #include "quant/methods/kmeans.h"
 #include "quantize_common.h"
 
@@ -32,15 +33,13 @@ void register_kmeans(CLI::App& app) {
     const KmeansWeighting w = weighting->empty() ? (have_calib ? KmeansWeighting::hessian : KmeansWeighting::none)
                                                  : parse_kmeans_weighting(*weighting);
     if (w == KmeansWeighting::none && have_calib) fail<UsageError>("--weighting none ignores calibration data; drop --calib or the --weighting");
-    const Model model = Model::open(o->model);
+    const Model model = formats::open_model(o->model);
     const auto samples = w == KmeansWeighting::hessian ? load_calib(model, *c) : std::vector<std::vector<std::int32_t>>{};
     const Policy policy = make_policy(*o, spec, model, samples);
     const RunOptions run = make_run_options(*o, "kmeans", spec);
-    if (dry_run(*o, model, policy, run)) return;
-    LazyProgress bar("kmeans");
-    const QuantizeReport r = kmeans_quantize_model(model, policy, run, *k, samples, bar.callback());
-    bar.finish();
-    print_report(r, o->json);
+    const KmeansMethod method(*k, w);
+    const Plan plan = make_plan(model, policy, method.traits(), run.format, run.skip_unsupported);
+    plan_and_run(*o, model, plan, method, run, samples);
   });
 }
 

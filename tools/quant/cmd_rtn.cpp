@@ -1,7 +1,8 @@
 // quant rtn MODEL: round-to-nearest quantization (no calibration).
 #include "commands.h"
 #include "progress.h"
-#include "quant/error.h"
+#include "quant/formats/codec.h"
+#include "quant/core/error.h"
 #include "quant/methods/rtn.h"
 #include "quantize_common.h"
 
@@ -20,17 +21,14 @@ void register_rtn(CLI::App& app) {
     reuse_large_allocations();
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;
-    const Model model = Model::open(o->model);
+    const Model model = formats::open_model(o->model);
     const bool calib = !c->text.empty() || !c->tokens.empty();
     if (calib && o->target_bpw <= 0) fail<UsageError>("--calib is used only with --target-bpw; RTN needs no calibration");
     const Policy policy = make_policy(*o, spec, model, calib ? load_calib(model, *c) : std::vector<std::vector<std::int32_t>>{});
-    RunOptions run = make_run_options(*o, "rtn", spec);
-    if (dry_run(*o, model, policy, run)) return;
-    run.method_config = {{"damp_percent", 0.0}, {"true_sequential", false}};
-    LazyProgress bar("rtn");
-    const QuantizeReport r = rtn_quantize_model(model, policy, run, bar.callback());
-    bar.finish();
-    print_report(r, o->json);
+    const RunOptions run = make_run_options(*o, "rtn", spec);
+    const RtnMethod method;
+    const Plan plan = make_plan(model, policy, method.traits(), run.format, run.skip_unsupported);
+    plan_and_run(*o, model, plan, method, run, {});
   });
 }
 

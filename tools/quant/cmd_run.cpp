@@ -9,10 +9,10 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "quant/error.h"
-#include "quant/io.h"
-#include "quant/log.h"
-#include "quant/policy.h"
+#include "quant/core/error.h"
+#include "quant/io/io.h"
+#include "quant/core/log.h"
+#include "quant/pipeline/policy.h"
 
 namespace quant::cli {
 

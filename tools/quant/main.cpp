@@ -6,9 +6,9 @@
 #include <exception>
 
 #include "commands.h"
-#include "quant/error.h"
-#include "quant/io.h"
-#include "quant/log.h"
+#include "quant/core/error.h"
+#include "quant/io/io.h"
+#include "quant/core/log.h"
 
 int main(int argc, char** argv) {
   using namespace quant;

@@ -10,9 +10,10 @@
 #include <set>
 
 #include "commands.h"
-#include "quant/allocate.h"
-#include "quant/error.h"
-#include "quant/log.h"
+#include "progress.h"
+#include "quant/pipeline/allocate.h"
+#include "quant/core/error.h"
+#include "quant/core/log.h"
 
 namespace quant::cli {
 
@@ -137,41 +138,35 @@ Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const
   return Policy::standard(defaults, o.quantize_lm_head, std::move(all));
 }
 
-bool dry_run(const QuantizeCliOptions& o, const Model& model, const Policy& policy, const RunOptions& run) {
+bool dry_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const RunOptions& run) {
   if (!o.dry_run) return false;
   json linears = json::array();
   std::uint64_t bytes = 0;
   std::set<std::string> planned;
-  auto add = [&](const LinearDesc& l) {
-    const Decision d = policy.decide(l.prefix);
-    std::string why = d.quantize ? formats::unsupported_reason(run.format, l.out, l.in, d.spec) : d.reason;
-    const bool q = d.quantize && why.empty();
-    if (d.quantize && !why.empty() && !run.skip_unsupported) fail<UsageError>("{}: {}", l.prefix, why);
-    json e = {{"name", l.prefix}, {"shape", {l.out, l.in}}, {"quantize", q}};
-    if (q) {
-      const std::int64_t g = d.spec.effective_group(l.in);
-      const double bpw = d.spec.bits + static_cast<double>((l.in + g - 1) / g) * (16.0 + (d.spec.sym ? 0.0 : d.spec.bits)) / static_cast<double>(l.in);
-      e["bits"] = d.spec.bits;
-      e["group_size"] = d.spec.group_size;
-      e["sym"] = d.spec.sym;
+  for (const LinearPlan& p : plan.linears) {
+    const LinearDesc& l = *p.desc;
+    json e = {{"name", l.prefix}, {"shape", {l.out, l.in}}, {"quantize", p.quantize}};
+    if (p.quantize) {
+      const std::int64_t g = p.spec.effective_group(l.in);
+      const double bpw = p.spec.bits + static_cast<double>((l.in + g - 1) / g) * (16.0 + (p.spec.sym ? 0.0 : p.spec.bits)) / static_cast<double>(l.in);
+      e["bits"] = p.spec.bits;
+      e["group_size"] = p.spec.group_size;
+      e["sym"] = p.spec.sym;
       e["bpw"] = bpw;
       bytes += static_cast<std::uint64_t>(bpw * static_cast<double>(l.out * l.in) / 8.0);
       planned.insert(l.weight_name());
     } else {
-      e["reason"] = why.empty() ? d.reason : why;
+      e["reason"] = p.unsupported.empty() ? p.reason : p.unsupported;
     }
     linears.push_back(e);
-  };
-  for (const auto& layer : model.layout().layers)
-    for (const auto& l : layer.linears) add(l);
-  if (!model.layout().tied) add(model.layout().lm_head);
+  }
   for (const auto& name : model.store().names()) {
     if (!planned.count(name)) bytes += model.store().get(name).nbytes;
   }
-  const json plan = {{"model", model.dir().string()}, {"output", run.out.string()}, {"format", formats::format_name(run.format)},
-                     {"method", run.method}, {"estimated_bytes", bytes}, {"linears", linears}};
+  const json out = {{"model", model.dir().string()}, {"output", run.out.string()}, {"format", formats::format_name(plan.format)},
+                    {"method", run.method}, {"estimated_bytes", bytes}, {"linears", linears}};
   if (o.json) {
-    std::cout << plan.dump(2) << "\n";
+    std::cout << out.dump(2) << "\n";
   } else {
     for (const auto& e : linears) {
       if (e["quantize"]) {
@@ -181,10 +176,19 @@ bool dry_run(const QuantizeCliOptions& o, const Model& model, const Policy& poli
         std::cout << fmt::format("{:<48} {:>6}x{:<6} kept ({})\n", e["name"].get<std::string>(), l_out(e), l_in(e), e["reason"].get<std::string>());
       }
     }
-    std::cout << fmt::format("{} → {} ({}): about {:.1f} MB\n", run.method, run.out.string(), formats::format_name(run.format),
+    std::cout << fmt::format("{} → {} ({}): about {:.1f} MB\n", run.method, run.out.string(), formats::format_name(plan.format),
                              static_cast<double>(bytes) / 1e6);
   }
   return true;
+}
+
+void plan_and_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const Method& method, const RunOptions& run,
+                  const std::vector<std::vector<std::int32_t>>& samples) {
+  if (dry_run(o, model, plan, run)) return;
+  LazyProgress bar(run.method);
+  const QuantizeReport r = quantize_model(model, plan, method, run, samples, bar.callback());
+  bar.finish();
+  print_report(r, o.json);
 }
 
 RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& method, const QuantSpec& defaults) {

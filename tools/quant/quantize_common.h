@@ -6,9 +6,11 @@
 #include <string>
 #include <vector>
 
-#include "quant/calibration.h"
-#include "quant/pipeline.h"
-#include "quant/policy.h"
+#include "quant/model/calibration.h"
+#include "quant/pipeline/layer_loop.h"
+#include "quant/pipeline/plan.h"
+#include "quant/pipeline/policy.h"
+#include "quant/pipeline/session.h"
 
 namespace quant::cli {
 
@@ -56,7 +58,11 @@ Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const
                    const std::vector<std::vector<std::int32_t>>& samples = {});
 // With --dry-run: prints the plan (each linear's decision, bits, group, estimated output size)
 // on stdout and returns true; the command then stops before writing anything.
-bool dry_run(const QuantizeCliOptions& o, const Model& model, const Policy& policy, const RunOptions& run);
+bool dry_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const RunOptions& run);
+// Plans (refusing what the format cannot hold), prints the plan with --dry-run, else quantizes
+// with a progress bar and prints the summary: the common tail of every quantizing command.
+void plan_and_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const Method& method, const RunOptions& run,
+                  const std::vector<std::vector<std::int32_t>>& samples);
 RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& method, const QuantSpec& defaults);
 QuantSpec make_spec(const QuantizeCliOptions& o);
 

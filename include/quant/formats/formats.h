@@ -1,21 +1,15 @@
-// The checkpoint formats quant writes, and the packing of quantized matrices into their
-// tensors. Byte layouts are documented in docs/formats.md.
+// Packing of quantized matrices into the tensors of the checkpoint formats (pure functions over
+// QuantizedMatrix; the codecs in codec.h write and read them). Byte layouts: docs/formats.md.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "quant/quantizer.h"
+#include "quant/core/quantizer.h"
+#include "quant/formats/codec.h"
 
 namespace quant::formats {
-
-enum class Format { gptq, awq, dense, lut };
-Format parse_format(const std::string& name);  // throws UsageError
-std::string format_name(Format f);
-
-// Empty when `format` can store an [out, in] matrix quantized with `spec`, else why not.
-std::string unsupported_reason(Format format, std::int64_t out, std::int64_t in, const QuantSpec& spec);
 
 // Packs `n` codes of `bits` bits into a little-endian bit stream of 32-bit words, LSB first:
 // code i occupies stream bits [i·bits, (i+1)·bits); codes may straddle words (3, 5, 6 bits).

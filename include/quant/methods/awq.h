@@ -8,8 +8,7 @@
 #include <functional>
 #include <vector>
 
-#include "quant/calibration.h"
-#include "quant/pipeline.h"
+#include "quant/methods/method.h"
 
 namespace quant {
 
@@ -68,9 +67,26 @@ AwqSearchResult awq_search_linear_tokens(const Mat& w, const std::vector<Mat>& x
 // Q(W·diag s)·diag(s)⁻¹.
 Mat awq_fake_quant(const Mat& w, const Vec& s, const QuantSpec& spec);
 
-QuantizeReport awq_quantize_model(const Model& model, const Policy& policy, const RunOptions& run,
-                                  const AwqOptions& options,
-                                  const std::vector<std::vector<std::int32_t>>& samples,
-                                  const StepProgress& progress = {});
+// AWQ as a Method, with AutoAWQ's Llama mappings (LlamaAWQForCausalLM.get_layers_for_scaling):
+//   input_layernorm → [q, k, v]           inspect the attention block output (after o_proj)
+//   v_proj → [o_proj]                     only when v and o have the same shape (no GQA)
+//   post_attention_layernorm → [gate, up] inspect the MLP output
+//   up_proj → [down_proj]                 inspect down_proj's output
+// transform_layer searches every mapping on the float layer and folds the scales; quantize
+// clips (not q/k) and rounds. lm_head, when planned, is plain RTN (AWQ scales decoder linears).
+// With export_compatible nothing is quantized: the scaled, clipped float weights are the output.
+class AwqMethod : public Method {
+ public:
+  explicit AwqMethod(AwqOptions options);  // throws UsageError when n_grid < 1
+  const MethodTraits& traits() const override { return traits_; }
+  nlohmann::json fingerprint() const override;
+  LayerTransform transform_layer(const LayerContext& context, LayerWeights& layer,
+                                 std::map<CapturePoint, InputStats>& stats) const override;
+  QuantizedLinear quantize(const LinearInput& input) const override;
+
+ private:
+  AwqOptions options_;
+  MethodTraits traits_;
+};
 
 }  // namespace quant

@@ -7,9 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "quant/calibration.h"
-#include "quant/pipeline.h"
-#include "quant/quantizer.h"
+#include "quant/core/quantizer.h"
+#include "quant/methods/method.h"
 
 namespace quant {
 
@@ -46,14 +45,20 @@ GptqResult gptq_quantize(const Mat& W, const GptqHessian& H, const QuantSpec& sp
 // minimises, comparable across methods under the same H.
 double hessian_loss(const Mat& dW, const Mat& H);
 
-struct GptqRunOptions {
-  GptqOptions gptq;
-};
+// GPTQ as a Method: statistic H per capture point (its damped Cholesky factor computed once per
+// point and shared by the linears reading it), report figures obs_loss, gptq_loss and rtn_loss
+// (tr(ΔW H ΔWᵀ) from at most 256 sampled rows), damp and damp_retries.
+class GptqMethod : public Method {
+ public:
+  explicit GptqMethod(GptqOptions options);  // throws UsageError for a negative or NaN damp
+  const MethodTraits& traits() const override { return traits_; }
+  nlohmann::json config() const override;
+  nlohmann::json fingerprint() const override;
+  QuantizedLinear quantize(const LinearInput& input) const override;
 
-// Layer-sequential GPTQ over the model with the given calibration samples.
-QuantizeReport gptq_quantize_model(const Model& model, const Policy& policy, const RunOptions& run,
-                                   const GptqOptions& options,
-                                   const std::vector<std::vector<std::int32_t>>& samples,
-                                   const StepProgress& progress = {});
+ private:
+  GptqOptions options_;
+  MethodTraits traits_;
+};
 
 }  // namespace quant

@@ -14,9 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "quant/calibration.h"
-#include "quant/pipeline.h"
-#include "quant/quantizer.h"
+#include "quant/core/quantizer.h"
+#include "quant/methods/method.h"
 
 namespace quant {
 
@@ -56,12 +55,21 @@ QuantizedMatrix kmeans_quantize(const Mat& w, const std::vector<float>& importan
 // Σ_j h_j Σ_o (w − ŵ)²: the weighted objective (h = 1 when `importance` is empty).
 double weighted_error(const Mat& w, const Mat& w_hat, const std::vector<float>& importance);
 
-// Quantizes the model. With samples (weighting hessian), h comes from each linear's inputs,
-// layer by layer with the previous layers already quantized; without, every linear is
-// quantized straight from the checkpoint.
-QuantizeReport kmeans_quantize_model(const Model& model, const Policy& policy, const RunOptions& run,
-                                     const KmeansOptions& options,
-                                     const std::vector<std::vector<std::int32_t>>& samples,
-                                     const StepProgress& progress = {});
+// k-means as a Method. Weighting hessian: h_j = mean x_j² of each linear's calibration inputs
+// (Statistic::mean_square, layer by layer with the previous layers quantized); none: every
+// linear straight from the checkpoint, h = 1.
+class KmeansMethod : public Method {
+ public:
+  KmeansMethod(KmeansOptions options, KmeansWeighting weighting);
+  const MethodTraits& traits() const override { return traits_; }
+  nlohmann::json config() const override;
+  nlohmann::json fingerprint() const override;
+  QuantizedLinear quantize(const LinearInput& input) const override;
+
+ private:
+  KmeansOptions options_;
+  KmeansWeighting weighting_;
+  MethodTraits traits_;
+};
 
 }  // namespace quant

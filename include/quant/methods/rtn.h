@@ -1,12 +1,21 @@
-// RTN: round-to-nearest with min/max ranges (optionally MSE-searched clipping), one linear at
-// a time from the memory-mapped checkpoint. No calibration.
+// RTN: round-to-nearest with min/max ranges (optionally MSE-searched clipping, QuantSpec::mse),
+// one linear at a time straight from the checkpoint. No calibration.
 #pragma once
 
-#include "quant/pipeline.h"
+#include "quant/methods/method.h"
 
 namespace quant {
 
-QuantizeReport rtn_quantize_model(const Model& model, const Policy& policy, const RunOptions& options,
-                                  const StepProgress& progress = {});
+class RtnMethod : public Method {
+ public:
+  RtnMethod();
+  const MethodTraits& traits() const override { return traits_; }
+  // GPTQ-format loaders read these keys; RTN is GPTQ without error compensation.
+  nlohmann::json config() const override;
+  QuantizedLinear quantize(const LinearInput& input) const override;
+
+ private:
+  MethodTraits traits_;
+};
 
 }  // namespace quant

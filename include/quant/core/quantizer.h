@@ -1,0 +1,104 @@
+// Uniform affine quantization of weight matrices — the core every method shares.
+//
+// A weight w in group g of output row o is stored as an integer code q in [0, maxq],
+// maxq = 2^bits − 1, and reconstructed as ŵ = scale[o,g] · (q − zero[o,g]) (GPTQ/AWQ
+// convention). Scales are rounded to fp16 when computed, so the dense ("fake quant") output
+// and the packed formats reconstruct exactly the same weights.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "quant/core/tensor.h"
+
+namespace quant {
+
+struct QuantSpec {
+  int bits = 4;                  // 2..8
+  std::int64_t group_size = 128; // inputs per group along `in`; -1 = one group per output row
+  bool sym = false;              // symmetric: zero fixed at (maxq + 1) / 2
+  bool mse = false;              // search a shrink factor of the range minimising squared error
+  int maxq() const { return (1 << bits) - 1; }
+  // Group size for a row of `in` inputs (in, for per-channel).
+  std::int64_t effective_group(std::int64_t in) const { return group_size < 0 ? in : group_size; }
+  std::string label() const;  // "w4g128", "w3g-1"
+  void validate() const;      // throws UsageError
+};
+
+// Quantization parameters of one group.
+struct GroupParams {
+  float scale = 1.0f;  // fp16-representable
+  float zero = 0.0f;   // integer-valued, in [0, maxq]
+};
+
+// Min/max parameters as the GPTQ reference quantizer computes them: the range always includes
+// 0; an all-zero range becomes [−1, 1]; symmetric uses max(|min|, max). Asymmetric zeros are
+// kept ≥ 1 (the range is widened by one step when the ideal zero would be 0) so that the GPTQ v1
+// encoding, which stores zero − 1, never underflows; this only touches groups that have no
+// negative weight.
+GroupParams minmax_params(float xmin, float xmax, int bits, bool sym);
+
+// Params for the given values: min/max, or with `mse` the best of a grid of shrink factors
+// p = 1, 0.99, …, 0.20 applied to the range (the GPTQ repository's --mse search with the L2
+// norm), never worse than p = 1 in squared error. `weights` (optional, per element) weight the
+// error of the search.
+GroupParams find_params(const float* x, std::int64_t n, const QuantSpec& spec,
+                        const float* weights = nullptr);
+
+inline float quantize_code(float w, const GroupParams& p, int maxq) {
+  const float q = std::nearbyint(w / p.scale) + p.zero;
+  return q < 0.0f ? 0.0f : (q > static_cast<float>(maxq) ? static_cast<float>(maxq) : q);
+}
+inline float dequantize_code(float q, const GroupParams& p) { return p.scale * (q - p.zero); }
+
+// A quantized [out, in] matrix.
+struct QuantizedMatrix {
+  int bits = 4;
+  bool sym = false;
+  std::int64_t out = 0;
+  std::int64_t in = 0;
+  std::int64_t group_size = 0;         // actual inputs per group (in, for per-channel)
+  std::int64_t n_groups = 0;
+  std::vector<std::uint8_t> q;         // codes [out, in], original column order
+  std::vector<float> scales;           // [out, n_groups]
+  std::vector<float> zeros;            // [out, n_groups], integer-valued
+  std::vector<std::int32_t> g_idx;     // [in]: group of each input column
+  // Non-uniform (k-means) quantization: ŵ = lut[o, g, q], [out, n_groups, 2^bits]
+  // fp16-representable centroids; scales/zeros unused. Empty for affine quantization.
+  std::vector<float> lut;
+  // Sparse outliers (CSR over rows, columns ascending): their exact values replace the
+  // reconstruction at those positions. Empty rowptr: none.
+  std::vector<std::int32_t> outlier_rowptr;  // [out + 1]
+  std::vector<std::int32_t> outlier_cols;    // [nnz]
+  std::vector<float> outlier_vals;           // [nnz]
+
+  bool non_uniform() const { return !lut.empty(); }
+  std::int64_t n_outliers() const { return static_cast<std::int64_t>(outlier_cols.size()); }
+  int n_centroids() const { return 1 << bits; }
+
+  GroupParams params(std::int64_t o, std::int64_t g) const {
+    const auto k = static_cast<std::size_t>(o * n_groups + g);
+    return {scales[k], zeros[k]};
+  }
+  Mat dequantize() const;
+  // ‖w − dequantize()‖² and ‖w‖² without materializing the dequantized matrix (rows over
+  // threads, per-row double sums added in order: identical for any thread count).
+  std::pair<double, double> error_and_norm(const Mat& w) const;
+  // Storage bits per weight: codes, plus per-group scale (fp16) and zero (bits) or codebook
+  // (2^bits fp16), plus outliers (int32 column, value of `outlier_value_bits`, int32 row pointers).
+  double bits_per_weight(int outlier_value_bits = 16) const;
+  // True when g_idx[j] == j / group_size for every column (no act-order permutation).
+  bool trivial_g_idx() const;
+  // Allocates codes and parameters for the given shape and spec, with g_idx = j / group.
+  static QuantizedMatrix empty(std::int64_t out, std::int64_t in, const QuantSpec& spec);
+};
+
+// Round-to-nearest quantization of w [out, in] (parallel over rows).
+QuantizedMatrix quantize_rtn(const Mat& w, const QuantSpec& spec);
+
+// Squared reconstruction error Σ (w − ŵ)², and relative error ‖w − ŵ‖ / ‖w‖.
+double squared_error(const Mat& w, const Mat& w_hat);
+
+}  // namespace quant

@@ -1,0 +1,86 @@
+// One codec per checkpoint format, registered in one table (like ggml's type traits): its name,
+// which specs and methods it can hold and why not, the tensors a linear becomes, how they are
+// written and read back, and its quantization_config block. Adding a format is one source file
+// in src/formats/ plus one row in codecs(). Byte layouts: docs/formats.md.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "quant/core/quantizer.h"
+#include "quant/io/safetensors.h"
+#include "quant/model/model.h"
+
+namespace quant::formats {
+
+enum class Format { gptq, awq, dense, lut };
+
+// What a method produces, as far as a format cares (filled from the method's traits).
+struct MethodOutput {
+  std::string method;          // for messages and the config's meta
+  bool codebooks = false;      // non-uniform codes with per-row codebooks
+  bool act_order = false;      // columns permuted: needs a stored g_idx
+  bool float_weights = false;  // transformed float weights, nothing quantized
+};
+
+// One quantized linear to write.
+struct LinearToWrite {
+  const LinearDesc& desc;
+  const QuantizedMatrix& m;
+  DType weight_dtype;           // the source checkpoint's dtype of this weight
+  std::span<const float> bias;  // empty: the linear has no bias
+};
+
+// What quantization_config is built from.
+struct ConfigInput {
+  QuantSpec base;                          // the common spec
+  bool lm_head = false;                    // lm_head is quantized
+  nlohmann::json dynamic = nlohmann::json::object();  // GPTQModel-style per-module overrides
+  std::vector<std::string> not_converted;  // decoder linears kept in the source dtype
+  std::string method;
+  nlohmann::json method_config = nlohmann::json::object();
+};
+
+struct Codec {
+  Format format;
+  const char* name;
+  const char* quant_method;  // quantization_config.quant_method that marks it; nullptr: none (dense)
+  std::vector<std::string> suffixes;  // the tensors a linear `P` becomes: P + suffix
+  // Empty when an [out, in] matrix quantized with `spec` fits, else why not.
+  std::string (*unsupported)(std::int64_t out, std::int64_t in, const QuantSpec& spec);
+  // Empty when the format can hold what the method produces, else why not.
+  std::string (*refuses)(const MethodOutput& output);
+  // A warning for a spec the format holds but common loaders do not (null: none).
+  std::string (*advice)(const QuantSpec& spec);
+  // Writes the linear's tensors (and its bias); throws InputError naming the tensor when a
+  // value cannot be represented (e.g. a scale beyond float16).
+  void (*write)(SafetensorsWriter& writer, const LinearToWrite& linear);
+  // Reads a linear stored in this format back to float [out, in] (before dtype rounding); null
+  // for dense (read as a plain weight).
+  Mat (*read)(const Model& model, const LinearDesc& linear);
+  // quantization_config; null for dense (which has none).
+  nlohmann::json (*config)(const ConfigInput& input);
+};
+
+const std::vector<Codec>& codecs();
+const Codec& codec(Format format);
+Format parse_format(const std::string& name);  // throws UsageError listing the formats
+std::string format_name(Format format);
+// The codec whose quant_method a checkpoint's quantization_config names, or null.
+const Codec* codec_for_config(const nlohmann::json& quantization_config);
+// Every tensor suffix a linear can have in any format (and ".weight", ".bias").
+std::vector<std::string> all_linear_suffixes();
+
+// Empty when `format` can store an [out, in] matrix quantized with `spec`, else why not.
+std::string unsupported_reason(Format format, std::int64_t out, std::int64_t in, const QuantSpec& spec);
+
+// Dequantizes a packed linear ([out, in] float, rounded to the model's torch_dtype as kernels
+// compute) from the model's checkpoint, by the codec its quantization_config names.
+Mat decode_packed_linear(const Model& model, const LinearDesc& linear);
+// Model::open with the packed-format reader attached, so packed checkpoints load as float.
+Model open_model(const fs::path& dir);
+
+}  // namespace quant::formats

@@ -1,0 +1,97 @@
+// The Llama-family forward pass on CPU in float32 (Eigen), prompt-processing style: a whole
+// window of tokens at once, as matrix products. It runs layer by layer so that quantizers can
+// capture the inputs of each linear layer of one decoder layer at a time.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "quant/model/model.h"
+#include "quant/core/tensor.h"
+
+namespace quant {
+
+// Float weights of one decoder layer.
+struct LayerWeights {
+  std::array<Mat, 7> w;  // [out, in], indexed by LinearKind
+  std::array<Vec, 7> b;  // bias, empty when absent
+  Vec attn_norm;
+  Vec mlp_norm;
+  Mat& linear(LinearKind k) { return w[static_cast<int>(k)]; }
+  const Mat& linear(LinearKind k) const { return w[static_cast<int>(k)]; }
+  std::size_t bytes() const;
+};
+
+LayerWeights load_layer(const Model& model, int layer);
+
+// Embedding, final norm and output head.
+struct HeadWeights {
+  Mat embed;    // [vocab, hidden]
+  Vec final_norm;
+  Mat lm_head;  // [vocab, hidden]; empty when tied to embed
+  const Mat& head() const { return lm_head.size() ? lm_head : embed; }
+};
+HeadWeights load_head(const Model& model);
+
+// Where linear inputs can be observed. Linears sharing an input share a point:
+// attn_in -> q,k,v; o_in -> o; mlp_in -> gate,up; down_in -> down.
+enum class CapturePoint { attn_in, o_in, mlp_in, down_in };
+CapturePoint capture_point(LinearKind kind);
+
+// Called with the input activations x [tokens, in] of a capture point.
+using LinearInputHook = std::function<void(CapturePoint point, const Mat& x)>;
+
+// cos/sin tables for rotary embeddings, [positions, head_dim/2], HF rotate_half convention,
+// with rope_scaling (linear, llama3) applied to the inverse frequencies.
+struct RopeTable {
+  Mat cos;
+  Mat sin;
+};
+RopeTable build_rope(const ModelConfig& config, std::int64_t n_positions);
+
+// y = x Wᵀ (+ b). Parallel over fixed-size blocks of output rows, so results are bit-identical
+// for any thread count.
+void linear_forward(const Mat& x, const Mat& w, const Vec& b, Mat& y);
+
+// Runs one decoder layer in place on the hidden states h [tokens, hidden] of one sequence at
+// positions 0..tokens-1. `hook`, when set, sees each capture point's input.
+void decoder_layer_forward(const ModelConfig& config, const LayerWeights& layer,
+                           const RopeTable& rope, Mat& h, const LinearInputHook* hook = nullptr);
+
+// The stages of decoder_layer_forward, for calibration that runs a layer piece by piece:
+// attention output before o_proj for the normed input x; SwiGLU activation (down_proj's
+// input) for the normed x; h += x Wᵀ (+ b) of one linear.
+Mat attention_block(const ModelConfig& config, const LayerWeights& layer, const RopeTable& rope, const Mat& x);
+Mat mlp_activation(const LayerWeights& layer, const Mat& x);
+void add_linear(const Mat& x, const LayerWeights& layer, LinearKind kind, Mat& h);
+
+// Runs a layer over several sequences; parallel across sequences (no hooks here).
+void decoder_layer_forward_batch(const ModelConfig& config, const LayerWeights& layer,
+                                 const RopeTable& rope, std::vector<Mat>& hs);
+
+// Embedding lookup: [tokens, hidden]. Token ids are checked against the vocabulary.
+Mat embed_tokens(const HeadWeights& head, std::span<const std::int32_t> tokens);
+
+// Final RMSNorm + output head: logits [tokens, vocab].
+Mat final_logits(const ModelConfig& config, const HeadWeights& head, const Mat& h);
+
+// RMSNorm of each row: x / sqrt(mean(x²) + eps) * weight.
+void rms_norm(const Mat& x, const Vec& weight, double eps, Mat& out);
+
+// Keeps dequantized layers in memory while their total stays under a budget, else reloads.
+class LayerCache {
+ public:
+  LayerCache(const Model& model, std::size_t budget_bytes = std::size_t{4} << 30);
+  const LayerWeights& get(int layer);
+
+ private:
+  const Model& model_;
+  bool keep_all_;
+  std::vector<std::unique_ptr<LayerWeights>> layers_;
+};
+
+}  // namespace quant

@@ -1,0 +1,90 @@
+// A Llama-family checkpoint directory: config, tensors and the typed layout that maps
+// HuggingFace tensor names to decoder layers and their linear layers.
+#pragma once
+
+#include <array>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "quant/core/tensor.h"
+#include "quant/model/config.h"
+#include "quant/io/safetensors.h"
+
+namespace quant {
+
+enum class LinearKind { q, k, v, o, gate, up, down };
+inline constexpr std::array<LinearKind, 7> kAllLinearKinds = {
+    LinearKind::q, LinearKind::k, LinearKind::v, LinearKind::o,
+    LinearKind::gate, LinearKind::up, LinearKind::down};
+std::string_view linear_kind_name(LinearKind kind);  // "q_proj", ...
+
+struct LinearDesc {
+  std::string prefix;  // e.g. "model.layers.3.self_attn.q_proj"
+  LinearKind kind = LinearKind::q;
+  int layer = -1;      // -1 for lm_head
+  std::int64_t out = 0;
+  std::int64_t in = 0;
+  bool bias = false;
+  std::string weight_name() const { return prefix + ".weight"; }
+  std::string bias_name() const { return prefix + ".bias"; }
+};
+
+struct LayerDesc {
+  int index = 0;
+  std::array<LinearDesc, 7> linears;  // in kAllLinearKinds order
+  std::string attn_norm;              // input_layernorm.weight
+  std::string mlp_norm;               // post_attention_layernorm.weight
+  const LinearDesc& linear(LinearKind k) const { return linears[static_cast<int>(k)]; }
+};
+
+struct ModelLayout {
+  std::string embed = "model.embed_tokens.weight";
+  std::string final_norm = "model.norm.weight";
+  LinearDesc lm_head;  // prefix "lm_head"; with tied embeddings it reads embed
+  bool tied = false;
+  std::vector<LayerDesc> layers;
+};
+
+ModelLayout build_layout(const ModelConfig& config);
+
+// How a linear's weight is stored in a checkpoint.
+enum class LinearStorage { dense, packed };
+
+class Model;
+// Reads a linear stored packed (quantized) as float [out, in]. The formats layer provides one
+// (formats::decode_packed_linear); the model layer knows no format.
+using PackedLinearReader = Mat (*)(const Model& model, const LinearDesc& linear);
+
+class Model {
+ public:
+  // Opens and validates a model directory: every tensor the config implies exists with the
+  // right shape (quantized linears are checked by their format when loaded). Packed linears
+  // load through `packed_reader` (formats::open_model passes the codecs' reader).
+  static Model open(const fs::path& dir, PackedLinearReader packed_reader = nullptr);
+
+  const fs::path& dir() const { return dir_; }
+  const ModelConfig& config() const { return config_; }
+  const TensorStore& store() const { return store_; }
+  const ModelLayout& layout() const { return layout_; }
+  LinearStorage storage(const LinearDesc& linear) const;
+  // Logical parameter count (a packed linear counts out × in).
+  std::int64_t n_params() const;
+  // Tensors in the checkpoint that the layout does not use (e.g. rotary inv_freq buffers), given
+  // every suffix a linear's tensors can have (formats::all_linear_suffixes()).
+  std::vector<std::string> unused_tensors(const std::vector<std::string>& linear_suffixes) const;
+  // Every linear the layout has, in order: each decoder layer's (kAllLinearKinds order), then
+  // lm_head when it is not tied to the embedding.
+  std::vector<const LinearDesc*> linears() const;
+  PackedLinearReader packed_reader() const { return packed_reader_; }
+
+ private:
+  fs::path dir_;
+  ModelConfig config_;
+  TensorStore store_;
+  ModelLayout layout_;
+  PackedLinearReader packed_reader_ = nullptr;
+};
+
+}  // namespace quant

@@ -1,0 +1,57 @@
+// Perplexity and KL-divergence evaluation of a model on a token stream.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "quant/model/model.h"
+
+namespace quant {
+
+enum class EvalProtocol {
+  // GPTQ/AWQ papers: non-overlapping windows of ctx tokens over the whole stream (BOS once at
+  // its start, if the tokenizer adds one); every token after the first of each window is
+  // scored; the tail shorter than a window is dropped.
+  gptq,
+  // llama.cpp perplexity: windows of ctx tokens whose first token is replaced by BOS; only
+  // the second half of each window is scored (tokens ctx/2+1 .. ctx-1).
+  llamacpp,
+};
+
+struct EvalOptions {
+  EvalProtocol protocol = EvalProtocol::gptq;
+  std::int64_t ctx = 0;          // 0: min(2048, model context) for gptq, 512 for llamacpp
+  std::int64_t max_windows = 0;  // 0: all
+  std::int32_t bos_id = -1;      // llamacpp protocol: BOS placed at each window's start
+  std::size_t windows_per_batch = 0;  // 0: automatic
+};
+
+struct EvalResult {
+  double ppl = 0;
+  double nll = 0;  // mean negative log-likelihood per scored token (nats)
+  std::int64_t tokens_scored = 0;
+  std::int64_t windows = 0;
+  std::int64_t ctx = 0;
+  double seconds = 0;
+  double tokens_per_second = 0;  // tokens processed (windows × ctx) per second
+  // Against a base model (when given):
+  bool has_base = false;
+  double base_ppl = 0;
+  double kl_mean = 0;  // mean KL(base ‖ model) per scored token, nats
+  double kl_p99 = 0;
+  double top1_agreement = 0;  // fraction of scored positions whose argmax matches
+};
+
+using ProgressFn = std::function<void(std::int64_t done, std::int64_t total)>;
+
+// Evaluates `model` (and optionally `base` on the same windows). Throws InputError when the
+// token stream is shorter than one window or ctx exceeds a model's context.
+EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
+                    const EvalOptions& options, const Model* base = nullptr,
+                    const ProgressFn& progress = {});
+
+std::string protocol_name(EvalProtocol p);
+
+}  // namespace quant

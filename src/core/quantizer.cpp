@@ -1,0 +1,215 @@
+#include "quant/core/quantizer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "quant/core/dtype.h"
+#include "quant/core/error.h"
+
+namespace quant {
+
+namespace {
+float to_fp16(float x) { return f16_to_f32(f32_to_f16(x)); }
+}  // namespace
+
+std::string QuantSpec::label() const {
+  return fmt::format("w{}g{}", bits, group_size < 0 ? std::string("-1") : std::to_string(group_size));
+}
+
+void QuantSpec::validate() const {
+  if (bits < 2 || bits > 8) fail<UsageError>("bits must be between 2 and 8, got {}", bits);
+  if (group_size == 0 || group_size < -1) fail<UsageError>("group size must be positive or -1 (per output channel), got {}", group_size);
+}
+
+GroupParams minmax_params(float xmin, float xmax, int bits, bool sym) {
+  const int maxq = (1 << bits) - 1;
+  xmin = std::min(xmin, 0.0f);
+  xmax = std::max(xmax, 0.0f);
+  if (sym) {
+    xmax = std::max(std::abs(xmin), xmax);
+    if (xmin < 0) xmin = -xmax;
+  }
+  if (xmin == 0.0f && xmax == 0.0f) {
+    xmin = -1.0f;
+    xmax = 1.0f;
+  }
+  GroupParams p;
+  if (sym) {
+    // Symmetric: the full range [−xmax, xmax] spans maxq steps around the midpoint zero.
+    p.scale = to_fp16((xmax - xmin) / static_cast<float>(maxq));
+    if (xmin == 0.0f) p.scale = to_fp16(2.0f * xmax / static_cast<float>(maxq));
+    p.zero = static_cast<float>((maxq + 1) / 2);
+  } else {
+    p.scale = to_fp16((xmax - xmin) / static_cast<float>(maxq));
+    p.zero = std::nearbyint(-xmin / p.scale);
+    if (p.zero < 1.0f) {  // keep zero ≥ 1 (see header); widen the range by one step
+      p.zero = 1.0f;
+      p.scale = to_fp16(xmax / static_cast<float>(maxq - 1));
+    }
+    p.zero = std::min(p.zero, static_cast<float>(maxq));
+  }
+  if (!(p.scale > 0.0f)) p.scale = to_fp16(std::max(std::abs(xmin), std::abs(xmax)) / static_cast<float>(maxq));
+  if (!(p.scale > 0.0f)) p.scale = 6.103515625e-05f;  // tiny ranges: smallest normal fp16
+  return p;
+}
+
+GroupParams find_params(const float* x, std::int64_t n, const QuantSpec& spec, const float* weights) {
+  // Vectorized reductions (weights were checked finite on loading); the range includes 0.
+  const Eigen::Map<const Eigen::ArrayXf> xs(x, static_cast<Eigen::Index>(n));
+  const float xmin = n > 0 ? std::min(0.0f, xs.minCoeff()) : 0.0f;
+  const float xmax = n > 0 ? std::max(0.0f, xs.maxCoeff()) : 0.0f;
+  GroupParams best = minmax_params(xmin, xmax, spec.bits, spec.sym);
+  if (!spec.mse) return best;
+  const int maxq = spec.maxq();
+  auto err_of = [&](const GroupParams& p) {
+    double e = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double d = dequantize_code(quantize_code(x[i], p, maxq), p) - x[i];
+      e += (weights ? weights[i] : 1.0) * d * d;
+    }
+    return e;
+  };
+  double best_err = err_of(best);
+  constexpr int kGrid = 100;
+  constexpr double kMaxShrink = 0.8;
+  for (int i = 1; i < static_cast<int>(kMaxShrink * kGrid); ++i) {
+    const float shrink = 1.0f - static_cast<float>(i) / kGrid;
+    const GroupParams p = minmax_params(shrink * xmin, shrink * xmax, spec.bits, spec.sym);
+    const double e = err_of(p);
+    if (e < best_err) {
+      best_err = e;
+      best = p;
+    }
+  }
+  return best;
+}
+
+QuantizedMatrix QuantizedMatrix::empty(std::int64_t out, std::int64_t in, const QuantSpec& spec) {
+  QuantizedMatrix m;
+  m.bits = spec.bits;
+  m.sym = spec.sym;
+  m.out = out;
+  m.in = in;
+  m.group_size = spec.effective_group(in);
+  m.n_groups = (in + m.group_size - 1) / m.group_size;
+  m.q.assign(static_cast<std::size_t>(out * in), 0);
+  m.scales.assign(static_cast<std::size_t>(out * m.n_groups), 1.0f);
+  m.zeros.assign(static_cast<std::size_t>(out * m.n_groups), 0.0f);
+  m.g_idx.resize(static_cast<std::size_t>(in));
+  for (std::int64_t j = 0; j < in; ++j) m.g_idx[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(j / m.group_size);
+  return m;
+}
+
+namespace {
+
+// Row `o` of m.dequantize() into `y`; `contiguous`: column j is in group j / group_size.
+void dequantize_row(const QuantizedMatrix& m, std::int64_t o, float* y, bool contiguous) {
+  const std::int64_t in = m.in, n_groups = m.n_groups, group_size = m.group_size;
+  const auto& g_idx = m.g_idx;
+  const auto& lut = m.lut;
+  const auto& outlier_rowptr = m.outlier_rowptr;
+  const std::uint8_t* codes = m.q.data() + static_cast<std::size_t>(o * in);
+  if (m.non_uniform()) {
+    const std::int64_t K = m.n_centroids();
+    for (std::int64_t j = 0; j < in; ++j) {
+      const std::int64_t g = g_idx[static_cast<std::size_t>(j)];
+      y[j] = lut[static_cast<std::size_t>((o * n_groups + g) * K + codes[j])];
+    }
+  } else if (contiguous) {
+    for (std::int64_t g = 0; g < n_groups; ++g) {
+      const GroupParams p = m.params(o, g);
+      const std::int64_t j0 = g * group_size, j1 = std::min(in, j0 + group_size);
+      for (std::int64_t j = j0; j < j1; ++j) y[j] = dequantize_code(codes[j], p);
+    }
+  } else {
+    for (std::int64_t j = 0; j < in; ++j) y[j] = dequantize_code(codes[j], m.params(o, g_idx[static_cast<std::size_t>(j)]));
+  }
+  if (!outlier_rowptr.empty()) {
+    for (std::int32_t i = outlier_rowptr[static_cast<std::size_t>(o)]; i < outlier_rowptr[static_cast<std::size_t>(o) + 1]; ++i) {
+      y[m.outlier_cols[static_cast<std::size_t>(i)]] = m.outlier_vals[static_cast<std::size_t>(i)];
+    }
+  }
+}
+
+}  // namespace
+
+Mat QuantizedMatrix::dequantize() const {
+  Mat w(out, in);
+  const bool contiguous = !non_uniform() && trivial_g_idx();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t o = 0; o < out; ++o) dequantize_row(*this, o, w.row(o).data(), contiguous);
+  return w;
+}
+
+std::pair<double, double> QuantizedMatrix::error_and_norm(const Mat& w) const {
+  const bool contiguous = !non_uniform() && trivial_g_idx();
+  std::vector<double> err(static_cast<std::size_t>(out)), norm(static_cast<std::size_t>(out));
+#pragma omp parallel
+  {
+    std::vector<float> y(static_cast<std::size_t>(in));
+#pragma omp for schedule(static)
+    for (std::int64_t o = 0; o < out; ++o) {
+      dequantize_row(*this, o, y.data(), contiguous);
+      const float* x = w.row(o).data();
+      double e = 0, n2 = 0;
+#pragma omp simd reduction(+ : e, n2)
+      for (std::int64_t j = 0; j < in; ++j) {
+        const double d = static_cast<double>(x[j]) - static_cast<double>(y[static_cast<std::size_t>(j)]);
+        e += d * d;
+        n2 += static_cast<double>(x[j]) * static_cast<double>(x[j]);
+      }
+      err[static_cast<std::size_t>(o)] = e;
+      norm[static_cast<std::size_t>(o)] = n2;
+    }
+  }
+  double e = 0, n2 = 0;
+  for (std::int64_t o = 0; o < out; ++o) e += err[static_cast<std::size_t>(o)], n2 += norm[static_cast<std::size_t>(o)];
+  return {e, n2};
+}
+
+double QuantizedMatrix::bits_per_weight(int outlier_value_bits) const {
+  const double n = static_cast<double>(out * in);
+  double side = 0;
+  if (non_uniform()) side = static_cast<double>(out * n_groups * n_centroids()) * 16.0;
+  else side = static_cast<double>(out * n_groups) * (16.0 + (sym ? 0.0 : bits));
+  if (!outlier_rowptr.empty()) {
+    side += static_cast<double>(n_outliers()) * (32.0 + outlier_value_bits) + static_cast<double>(out + 1) * 32.0;
+  }
+  return bits + side / n;
+}
+
+bool QuantizedMatrix::trivial_g_idx() const {
+  for (std::int64_t j = 0; j < in; ++j) {
+    if (g_idx[static_cast<std::size_t>(j)] != j / group_size) return false;
+  }
+  return true;
+}
+
+QuantizedMatrix quantize_rtn(const Mat& w, const QuantSpec& spec) {
+  spec.validate();
+  QuantizedMatrix m = QuantizedMatrix::empty(w.rows(), w.cols(), spec);
+  const int maxq = spec.maxq();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t o = 0; o < m.out; ++o) {
+    const float* row = w.row(o).data();
+    for (std::int64_t g = 0; g < m.n_groups; ++g) {
+      const std::int64_t j0 = g * m.group_size, j1 = std::min(m.in, j0 + m.group_size);
+      const GroupParams p = find_params(row + j0, j1 - j0, spec);
+      m.scales[static_cast<std::size_t>(o * m.n_groups + g)] = p.scale;
+      m.zeros[static_cast<std::size_t>(o * m.n_groups + g)] = p.zero;
+      std::uint8_t* codes = m.q.data() + static_cast<std::size_t>(o * m.in);
+      for (std::int64_t j = j0; j < j1; ++j) {
+        // quantize_code, written so that it vectorizes (same operations, same results).
+        const float q = std::nearbyint(row[j] / p.scale) + p.zero;
+        codes[j] = static_cast<std::uint8_t>(static_cast<int>(std::clamp(q, 0.0f, static_cast<float>(maxq))));
+      }
+    }
+  }
+  return m;
+}
+
+double squared_error(const Mat& w, const Mat& w_hat) {
+  return (w.cast<double>() - w_hat.cast<double>()).squaredNorm();
+}
+
+}  // namespace quant

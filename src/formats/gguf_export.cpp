@@ -1,0 +1,282 @@
+#include "quant/formats/gguf_export.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <functional>
+
+#include "quant/core/error.h"
+#include "quant/io/io.h"
+#include "quant/formats/ggml_quants.h"
+#include "quant/core/log.h"
+#include "quant/model/weights.h"
+#include "gguf_vocab.h"
+
+namespace quant::gguf {
+
+namespace {
+
+const FileType kFileTypes[] = {
+    {"f32", 0, GgmlType::F32}, {"f16", 1, GgmlType::F16}, {"q4_0", 2, GgmlType::Q4_0},
+    {"q4_1", 3, GgmlType::Q4_1}, {"q8_0", 7, GgmlType::Q8_0}, {"q5_0", 8, GgmlType::Q5_0},
+    {"q5_1", 9, GgmlType::Q5_1}, {"q4_k_s", 14, GgmlType::Q4_K}, {"q4_k_m", 15, GgmlType::Q4_K},
+    {"q5_k_s", 16, GgmlType::Q5_K}, {"q5_k_m", 17, GgmlType::Q5_K}, {"q6_k", 18, GgmlType::Q6_K},
+};
+
+bool is_quantized(GgmlType t) { return t != GgmlType::F32 && t != GgmlType::F16; }
+
+// What a tensor is, for llama.cpp's per-tensor type rules.
+enum class Role { token_embd, output, attn_v, ffn_down, other };
+struct Placement {
+  Role role = Role::other;
+  int layer = 0;
+  int n_layers = 1;
+};
+
+// llama.cpp's use_more_bits: the first and last eighth of the layers and every third between.
+bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+// llama.cpp's llama_tensor_get_type for these file types (llama architecture, no experts): the
+// output matrix (or token_embd when tied) goes to Q6_K, or Q8_0 when its rows are not whole
+// 256-blocks; the _M mixes give attn_v and ffn_down Q6_K on use_more_bits layers; Q4_K_S gives
+// the first four attn_v and the first eighth of ffn_down Q5_K; Q4_0/Q5_0 with an imatrix keep
+// the first eighth of ffn_down in Q4_1/Q5_1. Rows that are not whole blocks fall back
+// (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), and to F16 when the fallback does not fit either
+// (llama.cpp refuses legacy types there; quant keeps F16 and says so).
+GgmlType tensor_type(const FileType& ft, const Placement& p, std::int64_t row, bool imatrix) {
+  GgmlType t = ft.base;
+  const std::string& n = ft.name;
+  if (!is_quantized(t)) return t;
+  if (p.role == Role::output) {
+    t = row % 256 != 0 ? GgmlType::Q8_0 : (t == GgmlType::Q8_0 ? t : GgmlType::Q6_K);
+  } else if (p.role == Role::attn_v) {
+    if ((n == "q4_k_m" || n == "q5_k_m") && use_more_bits(p.layer, p.n_layers)) t = GgmlType::Q6_K;
+    else if (n == "q4_k_s" && p.layer < 4) t = GgmlType::Q5_K;
+  } else if (p.role == Role::ffn_down) {
+    if ((n == "q4_k_m" || n == "q5_k_m") && use_more_bits(p.layer, p.n_layers)) t = GgmlType::Q6_K;
+    else if (n == "q4_k_s" && p.layer < p.n_layers / 8) t = GgmlType::Q5_K;
+    else if ((n == "q4_0" || n == "q5_0") && imatrix && p.layer < p.n_layers / 8) t = n == "q4_0" ? GgmlType::Q4_1 : GgmlType::Q5_1;
+  }
+  if (row % type_info(t).block != 0) {
+    const GgmlType wanted = t;
+    if (t == GgmlType::Q4_K) t = GgmlType::Q5_0;
+    else if (t == GgmlType::Q5_K) t = GgmlType::Q5_1;
+    else if (t == GgmlType::Q6_K) t = GgmlType::Q8_0;
+    if (row % type_info(t).block != 0) t = GgmlType::F16;
+    log::debug("rows of {} are not whole {} blocks: {} instead", row, type_info(wanted).name, type_info(t).name);
+  }
+  return t;
+}
+
+}  // namespace
+
+FileType parse_file_type(const std::string& name) {
+  std::string low;
+  for (char c : name) low += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::string names;
+  for (const auto& f : kFileTypes) {
+    if (f.name == low) return f;
+    names += (names.empty() ? "" : ", ") + f.name;
+  }
+  fail<UsageError>("unknown GGUF type '{}' (supported: {})", name, names);
+}
+
+std::string gguf_linear_name(const LinearDesc& l) {
+  if (l.layer < 0) return "output.weight";
+  static const char* kNames[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+  return fmt::format("blk.{}.{}.weight", l.layer, kNames[static_cast<int>(l.kind)]);
+}
+
+namespace {
+// Row h·hd + 2i + t of the result is row h·hd + t·hd/2 + i of w (the inverse swaps them).
+void rope_rows(const float* w, float* r, std::int64_t rows, std::int64_t n_head, std::int64_t cols, bool inverse) {
+  const std::int64_t hd = rows / n_head, half = hd / 2;
+  for (std::int64_t h = 0; h < n_head; ++h)
+    for (std::int64_t i = 0; i < half; ++i)
+      for (std::int64_t t = 0; t < 2; ++t) {
+        std::int64_t dst = h * hd + i * 2 + t, src = h * hd + t * half + i;
+        if (inverse) std::swap(dst, src);
+        std::copy_n(w + src * cols, cols, r + dst * cols);
+      }
+}
+std::vector<float> rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols, bool inverse) {
+  std::vector<float> r(w.size());
+  rope_rows(w.data(), r.data(), static_cast<std::int64_t>(w.size()) / cols, n_head, cols, inverse);
+  return r;
+}
+}  // namespace
+
+std::vector<float> permute_rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols) {
+  return rope_rows(w, n_head, cols, false);
+}
+std::vector<float> unpermute_rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols) {
+  return rope_rows(w, n_head, cols, true);
+}
+
+std::map<std::string, std::vector<float>> read_imatrix(const fs::path& path) {
+  const File f = File::open(path);
+  const Value* kind = f.find("general.type");
+  if (!kind || kind->s != "imatrix") fail("{}: not an imatrix file (general.type is not \"imatrix\")", path.string());
+  std::map<std::string, std::vector<float>> imp;
+  const std::string suffix = ".in_sum2";
+  for (const TensorInfo& t : f.tensors) {
+    if (t.name.size() <= suffix.size() || t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+    const std::string name = t.name.substr(0, t.name.size() - suffix.size());
+    const TensorInfo& c = f.tensor(name + ".counts");
+    if (t.type != GgmlType::F32 || c.type != GgmlType::F32 || t.ne.size() != 1 || c.numel() != 1) {
+      fail("{}: tensor '{}': expected a 1-D F32 in_sum2 and one F32 count (experts are not supported)", path.string(), name);
+    }
+    float count;
+    std::memcpy(&count, f.data(c), 4);
+    if (!(count > 0)) fail("{}: tensor '{}' has count {}", path.string(), name, count);
+    std::vector<float> v(static_cast<std::size_t>(t.numel()));
+    std::memcpy(v.data(), f.data(t), v.size() * 4);
+    for (float& x : v) {
+      if (!std::isfinite(x) || x < 0) fail("{}: tensor '{}' has a negative or non-finite sum of squares", path.string(), name);
+      x /= count;
+    }
+    imp[name] = std::move(v);
+  }
+  if (imp.empty()) fail("{}: the imatrix holds no tensors", path.string());
+  return imp;
+}
+
+QuantSpec awq_spec_for(const FileType& type) {
+  QuantSpec s;
+  s.group_size = 32;
+  switch (type.base) {
+    case GgmlType::F32: case GgmlType::F16:
+      fail<UsageError>("--from-awq needs a quantized GGUF type, not {}", type.name);
+    case GgmlType::Q4_0: s.bits = 4; s.sym = true; break;
+    case GgmlType::Q4_1: case GgmlType::Q4_K: s.bits = 4; break;
+    case GgmlType::Q5_0: s.bits = 5; s.sym = true; break;
+    case GgmlType::Q5_1: case GgmlType::Q5_K: s.bits = 5; break;
+    case GgmlType::Q6_K: s.bits = 6; s.sym = true; s.group_size = 16; break;
+    case GgmlType::Q8_0: s.bits = 8; s.sym = true; break;
+  }
+  return s;
+}
+
+ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  const ModelConfig& c = model.config();
+  if (c.model_type != "llama" && c.model_type != "mistral") {
+    fail("{}: GGUF export supports llama-architecture models (model_type '{}')", model.dir().string(), c.model_type);
+  }
+  if (fs::exists(out) && !o.force) fail<UsageError>("{} exists; pass --force to replace it", out.string());
+  for (const auto& layer : model.layout().layers) {
+    for (const auto& l : layer.linears) {
+      if (l.bias) fail("{}: '{}' has a bias, which llama.cpp's llama architecture does not load", model.dir().string(), l.prefix);
+      if (model.storage(l) == LinearStorage::packed) {
+        log::warn("{}: '{}' is stored quantized; it is dequantized and re-quantized for GGUF", model.dir().string(), l.prefix);
+      }
+    }
+  }
+  Writer w;
+  w.set("general.architecture", Value::str("llama"));
+  std::string name = o.name;
+  if (name.empty()) name = model.dir().filename().string().empty() ? model.dir().parent_path().filename().string() : model.dir().filename().string();
+  w.set("general.name", Value::str(name));
+  w.set("general.file_type", Value::u32(o.type.ftype));
+  w.set("general.quantization_version", Value::u32(2));
+  w.set("general.alignment", Value::u32(32));
+  w.set("llama.context_length", Value::u32(static_cast<std::uint32_t>(c.max_position_embeddings)));
+  w.set("llama.embedding_length", Value::u32(static_cast<std::uint32_t>(c.hidden_size)));
+  w.set("llama.block_count", Value::u32(static_cast<std::uint32_t>(c.n_layers)));
+  w.set("llama.feed_forward_length", Value::u32(static_cast<std::uint32_t>(c.intermediate_size)));
+  w.set("llama.rope.dimension_count", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+  w.set("llama.rope.freq_base", Value::f32(static_cast<float>(c.rope_theta)));
+  w.set("llama.attention.head_count", Value::u32(static_cast<std::uint32_t>(c.n_heads)));
+  w.set("llama.attention.head_count_kv", Value::u32(static_cast<std::uint32_t>(c.n_kv_heads)));
+  w.set("llama.attention.layer_norm_rms_epsilon", Value::f32(static_cast<float>(c.rms_norm_eps)));
+  w.set("llama.vocab_size", Value::u32(static_cast<std::uint32_t>(c.vocab_size)));
+  if (c.head_dim * c.n_heads != c.hidden_size) {
+    w.set("llama.attention.key_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+    w.set("llama.attention.value_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+  }
+  add_tokenizer(model, w);
+
+  // Tensors in llama.cpp's order, each with a loader producing its float data.
+  struct Item {
+    std::function<Mat()> load;  // row-major, [rows, row]
+    std::int64_t row = 0;
+    std::string hf_name;        // the source tensor
+    std::int64_t rope_heads = 0;  // q/k: rows permuted over this many heads
+  };
+  std::vector<Item> items;
+  ExportReport rep;
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, GgmlType type, std::function<Mat()> load,
+                 std::string hf_name = {}, std::int64_t rope_heads = 0) {
+    w.add_tensor(name, shape, type);
+    items.push_back({std::move(load), shape.back(), std::move(hf_name), rope_heads});
+    rep.tensor_types[name] = type_info(type).name;
+  };
+  auto vec = [&](const std::string& name) {
+    return [&model, name] {
+      const Vec v = load_vector(model, name);
+      return Mat(Eigen::Map<const Mat>(v.data(), 1, v.size()));
+    };
+  };
+  // Loaded weights are already checked finite (load_linear names the file and tensor).
+  auto mat = [&](const LinearDesc& l, std::int64_t permute_heads) {
+    return [&model, &l, permute_heads] {
+      Mat m = load_linear(model, l);
+      if (permute_heads <= 0) return m;
+      Mat r(m.rows(), m.cols());
+      rope_rows(m.data(), r.data(), m.rows(), permute_heads, m.cols(), false);
+      return r;
+    };
+  };
+  const auto& L = model.layout();
+  const std::int64_t H = c.hidden_size;
+  const bool imatrix = !o.importance.empty();
+  const int n_layers = static_cast<int>(c.n_layers);
+  const Placement embed_place{L.tied ? Role::output : Role::token_embd, 0, n_layers};
+  add("token_embd.weight", {c.vocab_size, H}, tensor_type(o.type, embed_place, H, imatrix), [&model, &L] {
+    return load_matrix(model, L.embed);
+  }, L.embed);
+  for (const auto& layer : L.layers) {
+    const std::string b = fmt::format("blk.{}.", layer.index);
+    add(b + "attn_norm.weight", {H}, GgmlType::F32, vec(layer.attn_norm));
+    for (LinearKind k : kAllLinearKinds) {
+      const LinearDesc& l = layer.linear(k);
+      const std::int64_t heads = k == LinearKind::q ? c.n_heads : k == LinearKind::k ? c.n_kv_heads : 0;
+      const Role role = k == LinearKind::v ? Role::attn_v : k == LinearKind::down ? Role::ffn_down : Role::other;
+      add(gguf_linear_name(l), {l.out, l.in}, tensor_type(o.type, {role, layer.index, n_layers}, l.in, imatrix), mat(l, heads),
+          l.weight_name(), heads);
+      if (k == LinearKind::o) add(b + "ffn_norm.weight", {H}, GgmlType::F32, vec(layer.mlp_norm));
+    }
+  }
+  add("output_norm.weight", {H}, GgmlType::F32, vec(L.final_norm));
+  if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, tensor_type(o.type, {Role::output, 0, n_layers}, H, imatrix), mat(L.lm_head, 0),
+                    L.lm_head.weight_name());
+
+  const fs::path tmp_parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  if (!fs::is_directory(tmp_parent)) fail<UsageError>("{}: no such directory", tmp_parent.string());
+  w.write(out, [&](std::size_t i) {
+    check_interrupted();
+    const TensorInfo& t = w.tensors()[i];
+    const Mat x = items[i].load();
+    const auto it = o.importance.find(t.name);
+    const float* imp = it == o.importance.end() ? nullptr : it->second.data();
+    if (imp && static_cast<std::int64_t>(it->second.size()) != items[i].row) fail<Error>("importance of '{}' has the wrong size", t.name);
+    log::debug("{} {} {}", t.name, type_info(t.type).name, imp ? "(weighted)" : "");
+    std::vector<std::uint8_t> q = quantize_matrix(t.type, x.data(), t.numel() / items[i].row, items[i].row, imp);
+    if (o.dequantized && !items[i].hf_name.empty()) {
+      std::vector<float> y(static_cast<std::size_t>(t.numel()));
+      const std::uint64_t rb = data_bytes(t.type, items[i].row);
+      for (std::int64_t r = 0; r < t.numel() / items[i].row; ++r) {
+        dequantize_row(t.type, q.data() + static_cast<std::uint64_t>(r) * rb, items[i].row, y.data() + r * items[i].row);
+      }
+      if (items[i].rope_heads > 0) y = unpermute_rope_rows(y, items[i].rope_heads, items[i].row);
+      o.dequantized(items[i].hf_name, y, {t.numel() / items[i].row, items[i].row});
+    }
+    return q;
+  });
+  rep.output = out;
+  rep.bytes = fs::file_size(out);
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return rep;
+}
+
+}  // namespace quant::gguf

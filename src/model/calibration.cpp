@@ -1,0 +1,205 @@
+#include "quant/model/calibration.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <random>
+
+#include "quant/core/error.h"
+#include "quant/io/io.h"
+#include "quant/core/log.h"
+#include "quant/model/weights.h"
+
+namespace quant {
+
+std::vector<std::vector<std::int32_t>> load_calibration(const Model& model, const CalibOptions& o,
+                                                        const Tokenizer* tokenizer) {
+  if (o.nsamples <= 0) fail<UsageError>("--nsamples must be positive, got {}", o.nsamples);
+  if (o.seqlen < 2) fail<UsageError>("--seqlen must be at least 2, got {}", o.seqlen);
+  const std::int64_t seqlen = std::min(o.seqlen, model.config().max_position_embeddings);
+  if (seqlen < o.seqlen) log::info("calibration windows capped at the model context ({} tokens)", seqlen);
+  std::vector<std::int32_t> ids;
+  std::string source;
+  if (!o.tokens.empty()) {
+    ids = read_token_ids(o.tokens);
+    source = o.tokens.string();
+  } else {
+    if (!tokenizer) fail<UsageError>("calibration text needs a tokenizer");
+    const std::string text = read_text_file(o.text);
+    if (text.empty()) fail("{}: the calibration text is empty", o.text.string());
+    ids = tokenizer->encode(text);
+    source = o.text.string();
+  }
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= model.config().vocab_size) {
+      fail("{}: token id {} at position {} is outside the vocabulary (size {})", source, ids[i], i, model.config().vocab_size);
+    }
+  }
+  if (static_cast<std::int64_t>(ids.size()) < seqlen) {
+    fail("{}: {} tokens, shorter than one calibration window of {} (lower --seqlen)", source, ids.size(), seqlen);
+  }
+  std::mt19937_64 rng(o.seed);
+  std::uniform_int_distribution<std::int64_t> start(0, static_cast<std::int64_t>(ids.size()) - seqlen);
+  std::vector<std::vector<std::int32_t>> samples;
+  for (std::int64_t s = 0; s < o.nsamples; ++s) {
+    const std::int64_t b = start(rng);
+    samples.emplace_back(ids.begin() + b, ids.begin() + b + seqlen);
+    if (o.bos_first && tokenizer && tokenizer->bos_id() >= 0) samples.back()[0] = tokenizer->bos_id();
+  }
+  log::info("calibration: {} windows of {} tokens from {} ({} tokens)", o.nsamples, seqlen, source, ids.size());
+  return samples;
+}
+
+LayerRunner::LayerRunner(const Model& model, const std::vector<std::vector<std::int32_t>>& samples) : model_(model) {
+  if (samples.empty()) fail<Error>("LayerRunner: no calibration samples");
+  std::size_t longest = 0;
+  for (const auto& s : samples) longest = std::max(longest, s.size());
+  rope_ = build_rope(model.config(), static_cast<std::int64_t>(longest));
+  HeadWeights head;
+  head.embed = load_matrix(model, model.layout().embed);
+  for (const auto& s : samples) hidden_.push_back(embed_tokens(head, s));
+}
+
+void LayerRunner::set_hidden(std::vector<Mat> hidden, int layer) {
+  if (hidden.size() != hidden_.size()) fail<Error>("LayerRunner: {} hidden states for {} samples", hidden.size(), hidden_.size());
+  hidden_ = std::move(hidden);
+  layer_ = layer;
+  stage_ = -1;
+  act_.clear();
+  h_mid_.clear();
+}
+
+void LayerRunner::check_finite(const std::vector<Mat>& xs, int stage, bool layer_input) const {
+  constexpr float kLimit = 1e18f;  // sqrt(FLT_MAX / 10^5): a norm's sum of squares still fits
+  bool ok = true;
+  for (const Mat& x : xs) ok = ok && (x.array().abs() <= kLimit).all();  // false for NaN too
+  if (ok) return;
+  using K = LinearKind;
+  static const std::vector<std::vector<K>> readers = {{K::q, K::k, K::v}, {K::o}, {K::gate, K::up}, {K::down}};
+  std::string names;
+  const auto& layers = model_.layout().layers;
+  if (layer_ < static_cast<int>(layers.size())) {
+    for (K k : readers[static_cast<std::size_t>(stage)]) names += (names.empty() ? "" : ", ") + layers[static_cast<std::size_t>(layer_)].linear(k).prefix;
+  }
+  if (layer_input) {
+    fail("layer {}: the hidden states entering the layer (inputs of {}) are not finite or beyond ±1e18: the weights of "
+         "the layers before overflow float32", layer_, names);
+  }
+  fail("layer {}: calibration activations into {} are not finite or beyond ±1e18: the layer's weights before them "
+       "overflow float32", layer_, names);
+}
+
+void LayerRunner::compute(int stage, const LayerWeights& L) {
+  check_interrupted();
+  if (stage == 0) check_finite(hidden_, 0, true);
+  const auto& c = model_.config();
+  const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(hidden_.size());
+  if (stage == 2) h_mid_.resize(hidden_.size());
+  std::vector<Mat> next(hidden_.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    const auto s = static_cast<std::size_t>(i);
+    switch (stage) {
+      case 0: rms_norm(hidden_[s], L.attn_norm, c.rms_norm_eps, next[s]); break;
+      case 1: next[s] = attention_block(c, L, rope_, act_[s]); break;
+      case 2:
+        h_mid_[s] = hidden_[s];
+        add_linear(act_[s], L, LinearKind::o, h_mid_[s]);
+        rms_norm(h_mid_[s], L.mlp_norm, c.rms_norm_eps, next[s]);
+        break;
+      case 3: next[s] = mlp_activation(L, act_[s]); break;
+      default: break;
+    }
+  }
+  check_finite(next, stage, false);
+  act_ = std::move(next);
+  stage_ = stage;
+}
+
+const std::vector<Mat>& LayerRunner::stage(CapturePoint p, const LayerWeights& layer) {
+  const int want = static_cast<int>(p);
+  if (want < stage_) fail<Error>("LayerRunner: stage {} requested after stage {}", want, stage_);
+  while (stage_ < want) compute(stage_ + 1, layer);
+  return act_;
+}
+
+void LayerRunner::finish(const LayerWeights& layer) {
+  stage(CapturePoint::down_in, layer);
+  const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(hidden_.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    const auto s = static_cast<std::size_t>(i);
+    hidden_[s] = std::move(h_mid_[s]);
+    add_linear(act_[s], layer, LinearKind::down, hidden_[s]);
+  }
+  act_.clear();
+  h_mid_.clear();
+  stage_ = -1;
+  ++layer_;
+}
+
+void LayerRunner::advance(const LayerWeights& layer) {
+  act_.clear();
+  h_mid_.clear();
+  stage_ = -1;
+  if (layer_ < static_cast<int>(model_.layout().layers.size())) check_finite(hidden_, 0, true);
+  decoder_layer_forward_batch(model_.config(), layer, rope_, hidden_);
+  ++layer_;
+}
+
+std::int64_t LayerRunner::n_tokens() const {
+  std::int64_t n = 0;
+  for (const auto& h : hidden_) n += h.rows();
+  return n;
+}
+
+void accumulate_gram(Mat& H, const Mat& x) {
+  constexpr Eigen::Index kBlock = 128;
+  const Eigen::Index n = x.cols();
+  const Eigen::Index n_blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(dynamic, 1) if (n_blocks > 1 && !omp_in_parallel())
+  for (Eigen::Index b = 0; b < n_blocks; ++b) {
+    const Eigen::Index c0 = b * kBlock, cn = std::min(kBlock, n - c0);
+    // Rows c0.. of the column block: the block's part on and below the diagonal.
+    H.block(c0, c0, n - c0, cn).noalias() += x.rightCols(n - c0).transpose() * x.middleCols(c0, cn);
+  }
+}
+
+void mirror_lower(Mat& H) {
+  const Eigen::Index n = H.rows();
+  for (Eigen::Index i = 0; i < n; ++i)
+    for (Eigen::Index j = i + 1; j < n; ++j) H(i, j) = H(j, i);
+}
+
+Mat hessian(const std::vector<Mat>& xs) {
+  if (xs.empty()) fail<Error>("hessian: no activations");
+  Mat H = Mat::Zero(xs[0].cols(), xs[0].cols());
+  std::int64_t n = 0;
+  for (const Mat& x : xs) {
+    accumulate_gram(H, x);
+    n += x.rows();
+  }
+  mirror_lower(H);
+  H *= 2.0f / static_cast<float>(n);
+  return H;
+}
+
+std::vector<float> mean_square_inputs(const std::vector<Mat>& xs) {
+  const Eigen::Index in = xs.empty() ? 0 : xs[0].cols();
+  std::vector<double> acc(static_cast<std::size_t>(in), 0.0);
+  std::int64_t n = 0;
+  for (const Mat& x : xs) {
+#pragma omp parallel for schedule(static)
+    for (Eigen::Index j = 0; j < in; ++j) {
+      double s = 0;
+      for (Eigen::Index t = 0; t < x.rows(); ++t) s += static_cast<double>(x(t, j)) * x(t, j);
+      acc[static_cast<std::size_t>(j)] += s;
+    }
+    n += x.rows();
+  }
+  std::vector<float> h(acc.size());
+  for (std::size_t j = 0; j < acc.size(); ++j) h[j] = static_cast<float>(acc[j] / static_cast<double>(std::max<std::int64_t>(n, 1)));
+  return h;
+}
+
+}  // namespace quant

@@ -1,0 +1,143 @@
+#include "quant/model/model.h"
+
+#include <set>
+
+#include "quant/core/error.h"
+
+namespace quant {
+
+std::string_view linear_kind_name(LinearKind kind) {
+  switch (kind) {
+    case LinearKind::q: return "q_proj";
+    case LinearKind::k: return "k_proj";
+    case LinearKind::v: return "v_proj";
+    case LinearKind::o: return "o_proj";
+    case LinearKind::gate: return "gate_proj";
+    case LinearKind::up: return "up_proj";
+    case LinearKind::down: return "down_proj";
+  }
+  return "?";
+}
+
+ModelLayout build_layout(const ModelConfig& c) {
+  ModelLayout L;
+  L.tied = c.tie_word_embeddings;
+  L.lm_head = {"lm_head", LinearKind::o, -1, c.vocab_size, c.hidden_size, false};
+  const std::int64_t q_out = c.n_heads * c.head_dim;
+  const std::int64_t kv_out = c.n_kv_heads * c.head_dim;
+  for (int i = 0; i < c.n_layers; ++i) {
+    LayerDesc d;
+    d.index = i;
+    const std::string p = fmt::format("model.layers.{}.", i);
+    auto lin = [&](LinearKind k, const char* block, std::int64_t out, std::int64_t in, bool bias) {
+      d.linears[static_cast<int>(k)] =
+          LinearDesc{p + block + std::string(linear_kind_name(k)), k, i, out, in, bias};
+    };
+    lin(LinearKind::q, "self_attn.", q_out, c.hidden_size, c.qkv_bias);
+    lin(LinearKind::k, "self_attn.", kv_out, c.hidden_size, c.qkv_bias);
+    lin(LinearKind::v, "self_attn.", kv_out, c.hidden_size, c.qkv_bias);
+    lin(LinearKind::o, "self_attn.", c.hidden_size, q_out, c.o_bias);
+    lin(LinearKind::gate, "mlp.", c.intermediate_size, c.hidden_size, c.mlp_bias);
+    lin(LinearKind::up, "mlp.", c.intermediate_size, c.hidden_size, c.mlp_bias);
+    lin(LinearKind::down, "mlp.", c.hidden_size, c.intermediate_size, c.mlp_bias);
+    d.attn_norm = p + "input_layernorm.weight";
+    d.mlp_norm = p + "post_attention_layernorm.weight";
+    L.layers.push_back(std::move(d));
+  }
+  return L;
+}
+
+namespace {
+
+void expect_shape(const TensorStore& store, const std::string& name,
+                  std::vector<std::int64_t> shape, const fs::path& dir) {
+  const TensorInfo* t = store.find(name);
+  if (!t) fail("{}: tensor '{}' is missing (the config implies it)", dir.string(), name);
+  if (t->shape != shape) {
+    fail("{}: tensor '{}' has shape {} but config.json implies {}", store.file_of(name).string(),
+         name, fmt::join(t->shape, "x"), fmt::join(shape, "x"));
+  }
+  if (!is_float(t->dtype)) {
+    fail("{}: tensor '{}' has dtype {}; weights must be F32, F16, BF16 or F64",
+         store.file_of(name).string(), name, dtype_name(t->dtype));
+  }
+}
+
+}  // namespace
+
+Model Model::open(const fs::path& dir, PackedLinearReader packed_reader) {
+  Model m;
+  m.dir_ = dir;
+  m.packed_reader_ = packed_reader;
+  m.config_ = ModelConfig::load(dir);
+  m.store_ = TensorStore::open(dir);
+  m.layout_ = build_layout(m.config_);
+  const auto& c = m.config_;
+  expect_shape(m.store_, m.layout_.embed, {c.vocab_size, c.hidden_size}, dir);
+  expect_shape(m.store_, m.layout_.final_norm, {c.hidden_size}, dir);
+  auto check_linear = [&](const LinearDesc& l) {
+    if (m.storage(l) == LinearStorage::dense) {
+      expect_shape(m.store_, l.weight_name(), {l.out, l.in}, dir);
+    }
+    if (l.bias) expect_shape(m.store_, l.bias_name(), {l.out}, dir);
+  };
+  if (!m.layout_.tied) {
+    if (!m.store_.contains("lm_head.weight") && !m.store_.contains("lm_head.qweight")) {
+      fail("{}: tensor 'lm_head.weight' is missing and tie_word_embeddings is false", dir.string());
+    }
+    check_linear(m.layout_.lm_head);
+  }
+  for (const auto& layer : m.layout_.layers) {
+    expect_shape(m.store_, layer.attn_norm, {c.hidden_size}, dir);
+    expect_shape(m.store_, layer.mlp_norm, {c.hidden_size}, dir);
+    for (const auto& l : layer.linears) check_linear(l);
+  }
+  return m;
+}
+
+LinearStorage Model::storage(const LinearDesc& l) const {
+  if (store_.contains(l.weight_name())) return LinearStorage::dense;
+  if (store_.contains(l.prefix + ".qweight")) return LinearStorage::packed;
+  fail("{}: tensor '{}' is missing (the config implies it)", dir_.string(), l.weight_name());
+}
+
+std::int64_t Model::n_params() const {
+  const auto& c = config_;
+  std::int64_t n = c.vocab_size * c.hidden_size + c.hidden_size;
+  auto lin = [](const LinearDesc& l) { return l.out * l.in + (l.bias ? l.out : 0); };
+  if (!layout_.tied) n += lin(layout_.lm_head);
+  for (const auto& layer : layout_.layers) {
+    n += 2 * c.hidden_size;
+    for (const auto& l : layer.linears) n += lin(l);
+  }
+  return n;
+}
+
+std::vector<const LinearDesc*> Model::linears() const {
+  std::vector<const LinearDesc*> out;
+  for (const auto& layer : layout_.layers) {
+    for (const auto& l : layer.linears) out.push_back(&l);
+  }
+  if (!layout_.tied) out.push_back(&layout_.lm_head);
+  return out;
+}
+
+std::vector<std::string> Model::unused_tensors(const std::vector<std::string>& linear_suffixes) const {
+  std::set<std::string> used = {layout_.embed, layout_.final_norm};
+  auto add_linear = [&](const LinearDesc& l) {
+    for (const auto& suffix : linear_suffixes) used.insert(l.prefix + suffix);
+  };
+  if (!layout_.tied) add_linear(layout_.lm_head);
+  for (const auto& layer : layout_.layers) {
+    used.insert(layer.attn_norm);
+    used.insert(layer.mlp_norm);
+    for (const auto& l : layer.linears) add_linear(l);
+  }
+  std::vector<std::string> out;
+  for (const auto& name : store_.names()) {
+    if (!used.count(name)) out.push_back(name);
+  }
+  return out;
+}
+
+}  // namespace quant

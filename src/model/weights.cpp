@@ -1,0 +1,82 @@
+#include "quant/model/weights.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "quant/core/error.h"
+
+namespace quant {
+
+namespace {
+// Index of the first NaN/±inf in p[0..n), or n. Scans 4096-value blocks with a branch-free test
+// (exponent bits all ones) that vectorizes, then finds the exact index in the bad block.
+std::size_t first_non_finite(const float* p, std::size_t n) {
+  constexpr std::size_t kBlock = 4096;
+  for (std::size_t b = 0; b < n; b += kBlock) {
+    const std::size_t e = std::min(n, b + kBlock);
+    unsigned bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (std::size_t i = b; i < e; ++i) {
+      std::uint32_t u;
+      std::memcpy(&u, p + i, 4);
+      bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    if (bad) {
+      for (std::size_t i = b; i < e; ++i) {
+        if (!std::isfinite(p[i])) return i;
+      }
+    }
+  }
+  return n;
+}
+
+void check_finite_span(const float* p, std::size_t n, const Model& model, const std::string& name) {
+  if (const std::size_t i = first_non_finite(p, n); i < n) {
+    fail("{}: tensor '{}' contains a non-finite value ({}) at flat index {}",
+         model.store().file_of(name).string(), name, p[i], i);
+  }
+}
+}  // namespace
+
+Mat load_matrix(const Model& model, const std::string& name) {
+  const TensorInfo& t = model.store().get(name);
+  if (t.shape.size() != 2) fail("{}: tensor '{}' must be 2-D", model.store().file_of(name).string(), name);
+  Mat m(t.shape[0], t.shape[1]);
+  model.store().read_f32_into(name, m.data());
+  check_finite_span(m.data(), static_cast<std::size_t>(m.size()), model, name);
+  return m;
+}
+
+Vec load_vector(const Model& model, const std::string& name) {
+  const TensorInfo& t = model.store().get(name);
+  Vec v(t.numel());
+  model.store().read_f32_into(name, v.data());
+  check_finite_span(v.data(), static_cast<std::size_t>(v.size()), model, name);
+  return v;
+}
+
+Mat load_linear(const Model& model, const LinearDesc& linear) {
+  if (model.storage(linear) == LinearStorage::packed) {
+    if (!model.packed_reader()) {
+      fail("{}: '{}' is stored packed (quantized) and this model was opened without a format reader", model.dir().string(), linear.prefix);
+    }
+    return model.packed_reader()(model, linear);
+  }
+  return load_matrix(model, linear.weight_name());
+}
+
+void check_finite(const Mat& m, const std::string& what) {
+  const auto n = static_cast<std::size_t>(m.size());
+  if (const std::size_t i = first_non_finite(m.data(), n); i < n) {
+    fail("{}: non-finite value ({}) at flat index {}", what, m.data()[i], i);
+  }
+}
+
+void round_to_dtype(Mat& w, DType dtype) {
+  if (dtype == DType::F16) w = w.unaryExpr([](float x) { return f16_to_f32(f32_to_f16(x)); });
+  if (dtype == DType::BF16) w = w.unaryExpr([](float x) { return bf16_to_f32(f32_to_bf16(x)); });
+}
+
+}  // namespace quant

@@ -1,0 +1,171 @@
+#include "quant/pipeline/eval.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "quant/core/error.h"
+#include "quant/io/io.h"
+#include "quant/model/forward.h"
+
+namespace quant {
+
+std::string protocol_name(EvalProtocol p) { return p == EvalProtocol::gptq ? "gptq" : "llamacpp"; }
+
+namespace {
+
+struct Window {
+  std::vector<std::int32_t> tokens;
+  std::int64_t first_scored = 0;  // logits at positions [first_scored, ctx-2] are scored
+};
+
+struct WindowStats {
+  double nll = 0;
+  double kl = 0;
+  std::int64_t top1 = 0;
+  std::vector<double> kl_tokens;
+};
+
+// Runs the decoder stack over a batch of windows; returns the final hidden states.
+std::vector<Mat> run_layers(const Model& model, const HeadWeights& head, LayerCache& cache,
+                            const RopeTable& rope, const std::vector<Window>& windows,
+                            std::size_t begin, std::size_t end) {
+  std::vector<Mat> hs;
+  for (std::size_t w = begin; w < end; ++w) hs.push_back(embed_tokens(head, windows[w].tokens));
+  for (int l = 0; l < model.config().n_layers; ++l) {
+    decoder_layer_forward_batch(model.config(), cache.get(l), rope, hs);
+  }
+  return hs;
+}
+
+// Row-wise log-softmax of one logits row, in double.
+void log_softmax(const float* row, Eigen::Index n, std::vector<double>& out) {
+  out.resize(static_cast<std::size_t>(n));
+  double mx = -INFINITY;
+  for (Eigen::Index i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(row[i]));
+  double sum = 0;
+  for (Eigen::Index i = 0; i < n; ++i) sum += std::exp(row[i] - mx);
+  const double lse = mx + std::log(sum);
+  for (Eigen::Index i = 0; i < n; ++i) out[static_cast<std::size_t>(i)] = row[i] - lse;
+}
+
+}  // namespace
+
+EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
+                    const EvalOptions& opt, const Model* base, const ProgressFn& progress) {
+  const auto& c = model.config();
+  std::int64_t ctx = opt.ctx;
+  if (ctx == 0) ctx = std::min<std::int64_t>(opt.protocol == EvalProtocol::gptq ? 2048 : 512, c.max_position_embeddings);
+  if (ctx < 2) fail<UsageError>("--ctx must be at least 2, got {}", ctx);
+  for (const Model* m : {&model, base}) {
+    if (m && ctx > m->config().max_position_embeddings) {
+      fail<UsageError>("window of {} tokens is larger than the context of {} ({} tokens)", ctx,
+                       m->dir().string(), m->config().max_position_embeddings);
+    }
+  }
+  if (base && base->config().vocab_size != c.vocab_size) {
+    fail("{}: vocabulary size {} differs from the base model's {}", model.dir().string(), c.vocab_size,
+         base->config().vocab_size);
+  }
+  if (tokens.empty()) fail("the evaluation text is empty (0 tokens)");
+  std::int64_t n_windows = static_cast<std::int64_t>(tokens.size()) / ctx;
+  if (n_windows == 0) {
+    fail("the evaluation text has {} tokens, shorter than one window of {} (lower --ctx)", tokens.size(), ctx);
+  }
+  if (opt.max_windows > 0) n_windows = std::min(n_windows, opt.max_windows);
+
+  std::vector<Window> windows(static_cast<std::size_t>(n_windows));
+  for (std::int64_t w = 0; w < n_windows; ++w) {
+    auto& win = windows[static_cast<std::size_t>(w)];
+    win.tokens.assign(tokens.begin() + w * ctx, tokens.begin() + (w + 1) * ctx);
+    if (opt.protocol == EvalProtocol::llamacpp) {
+      if (opt.bos_id >= 0) win.tokens[0] = opt.bos_id;
+      win.first_scored = ctx / 2;
+    }
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const HeadWeights head = load_head(model);
+  std::optional<HeadWeights> base_head;
+  if (base) base_head = load_head(*base);
+  LayerCache cache(model);
+  std::optional<LayerCache> base_cache;
+  if (base) base_cache.emplace(*base);
+  const RopeTable rope = build_rope(c, ctx);
+  std::optional<RopeTable> base_rope;
+  if (base) base_rope = build_rope(base->config(), ctx);
+
+  std::size_t batch = opt.windows_per_batch;
+  if (batch == 0) {
+    const std::size_t per_window = static_cast<std::size_t>(ctx * c.hidden_size) * sizeof(float) * (base ? 2 : 1);
+    batch = std::clamp<std::size_t>((std::size_t{512} << 20) / per_window, 1, 64);
+  }
+  std::vector<WindowStats> stats(windows.size());
+  std::vector<double> base_nll(windows.size(), 0.0);
+  for (std::size_t b0 = 0; b0 < windows.size(); b0 += batch) {
+    check_interrupted();
+    const std::size_t b1 = std::min(windows.size(), b0 + batch);
+    std::vector<Mat> hs = run_layers(model, head, cache, rope, windows, b0, b1);
+    std::vector<Mat> hb;
+    if (base) hb = run_layers(*base, *base_head, *base_cache, *base_rope, windows, b0, b1);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::size_t w = b0; w < b1; ++w) {
+      const Window& win = windows[w];
+      const Mat logits = final_logits(c, head, hs[w - b0]);
+      Mat blogits;
+      if (base) blogits = final_logits(base->config(), *base_head, hb[w - b0]);
+      WindowStats& st = stats[w];
+      std::vector<double> lp, blp;
+      for (std::int64_t p = win.first_scored; p + 1 < ctx; ++p) {
+        const std::int32_t target = win.tokens[static_cast<std::size_t>(p + 1)];
+        log_softmax(logits.row(p).data(), logits.cols(), lp);
+        st.nll -= lp[static_cast<std::size_t>(target)];
+        if (!base) continue;
+        log_softmax(blogits.row(p).data(), blogits.cols(), blp);
+        base_nll[w] -= blp[static_cast<std::size_t>(target)];
+        double kl = 0;
+        for (std::size_t i = 0; i < lp.size(); ++i) kl += std::exp(blp[i]) * (blp[i] - lp[i]);
+        st.kl += kl;
+        st.kl_tokens.push_back(kl);
+        const auto am = std::max_element(lp.begin(), lp.end()) - lp.begin();
+        const auto bm = std::max_element(blp.begin(), blp.end()) - blp.begin();
+        st.top1 += am == bm;
+      }
+    }
+    if (progress) progress(static_cast<std::int64_t>(b1), n_windows);
+  }
+
+  EvalResult r;
+  r.ctx = ctx;
+  r.windows = n_windows;
+  r.tokens_scored = n_windows * (ctx - 1 - windows[0].first_scored);
+  double nll = 0, kl = 0, bnll = 0;
+  std::int64_t top1 = 0;
+  std::vector<double> kls;
+  for (std::size_t w = 0; w < stats.size(); ++w) {
+    nll += stats[w].nll;
+    kl += stats[w].kl;
+    bnll += base_nll[w];
+    top1 += stats[w].top1;
+    kls.insert(kls.end(), stats[w].kl_tokens.begin(), stats[w].kl_tokens.end());
+  }
+  const double n = static_cast<double>(r.tokens_scored);
+  r.nll = nll / n;
+  r.ppl = std::exp(r.nll);
+  if (base) {
+    r.has_base = true;
+    r.base_ppl = std::exp(bnll / n);
+    r.kl_mean = kl / n;
+    r.top1_agreement = static_cast<double>(top1) / n;
+    const std::size_t k = std::min(kls.size() - 1, static_cast<std::size_t>(std::ceil(0.99 * static_cast<double>(kls.size()))) - 1);
+    std::nth_element(kls.begin(), kls.begin() + static_cast<std::ptrdiff_t>(k), kls.end());
+    r.kl_p99 = kls[k];
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.tokens_per_second = static_cast<double>(n_windows * ctx) * (base ? 2 : 1) / r.seconds;
+  return r;
+}
+
+}  // namespace quant

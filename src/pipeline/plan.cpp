@@ -1,0 +1,114 @@
+#include "quant/pipeline/plan.h"
+
+#include "quant/core/error.h"
+#include "quant/core/log.h"
+
+namespace quant {
+
+std::string LinearPlan::note() const {
+  if (!unsupported.empty()) return "kept in source dtype: " + unsupported;
+  return reason == "defaults" ? "" : reason;
+}
+
+const LinearPlan& Plan::at(const LinearDesc& linear) const {
+  const auto it = index_.find(linear.prefix);
+  if (it == index_.end()) fail<Error>("no plan for linear '{}'", linear.prefix);
+  return linears[it->second];
+}
+
+std::int64_t Plan::n_to_quantize() const {
+  std::int64_t n = 0;
+  for (const auto& p : linears) n += p.quantize;
+  return n;
+}
+
+void Plan::add(LinearPlan p) {
+  index_.emplace(p.desc->prefix, linears.size());
+  linears.push_back(std::move(p));
+}
+
+std::vector<const LinearPlan*> Plan::unsupported() const {
+  std::vector<const LinearPlan*> out;
+  for (const auto& p : linears) {
+    if (!p.unsupported.empty()) out.push_back(&p);
+  }
+  return out;
+}
+
+namespace {
+
+formats::MethodOutput output_of(const MethodTraits& m) {
+  formats::MethodOutput o;
+  o.method = m.name;
+  o.codebooks = m.codebooks;
+  o.act_order = m.act_order;
+  o.float_weights = m.float_output;
+  return o;
+}
+
+// Plans without refusing unsupported linears.
+Plan plan_linears(const Model& model, const Policy& policy, const MethodTraits& method, formats::Format format, bool warn = true) {
+  const formats::Codec& codec = formats::codec(format);
+  Plan plan;
+  plan.format = format;
+  plan.output = output_of(method);
+  if (const std::string why = codec.refuses(plan.output); !why.empty()) fail<UsageError>("{}", why);
+  if (warn && model.layout().tied && policy.decide("lm_head").quantize) log::warn("lm_head is tied to the embedding and stays unquantized");
+  for (const LinearDesc* l : model.linears()) {
+    LinearPlan p;
+    p.desc = l;
+    const Decision d = policy.decide(l->prefix);
+    p.quantize = d.quantize;
+    p.spec = d.spec;
+    p.reason = d.reason;
+    if (p.quantize) {
+      p.spec.validate();
+      if (model.storage(*l) == LinearStorage::packed) {
+        fail("{}: '{}' is already quantized; quantize the original checkpoint", model.dir().string(), l->prefix);
+      }
+      p.unsupported = codec.unsupported(l->out, l->in, p.spec);
+      if (!p.unsupported.empty()) p.quantize = false;
+      if (warn && p.quantize && codec.advice) {
+        if (const std::string advice = codec.advice(p.spec); !advice.empty()) log::warn("{}: {}", l->prefix, advice);
+      }
+    }
+    plan.add(std::move(p));
+  }
+  return plan;
+}
+
+}  // namespace
+
+Plan make_plan(const Model& model, const Policy& policy, const MethodTraits& method, formats::Format format,
+               bool skip_unsupported) {
+  Plan plan = plan_linears(model, policy, method, format);
+  const auto left = plan.unsupported();
+  if (!left.empty() && !skip_unsupported) {
+    auto what = [](const LinearPlan* p) { return fmt::format("tensor '{}': {}", p->desc->weight_name(), p->unsupported); };
+    std::string more;
+    if (left.size() > 1) {
+      more = fmt::format(" (and {} more tensors the {} format cannot hold, e.g. {})", left.size() - 1, formats::format_name(format),
+                         what(left.back()));
+    }
+    fail("{}: {}{}; pass --skip-unsupported to keep such tensors unquantized, or use --format dense",
+         model.store().file_of(plan.linears.front().desc->weight_name()).string(), what(left.front()), more);
+  }
+  return plan;
+}
+
+Plan make_plan_best_format(const Model& model, const Policy& policy, const MethodTraits& method,
+                           const std::vector<formats::Format>& candidates) {
+  if (candidates.empty()) fail<Error>("make_plan_best_format: no candidate formats");
+  formats::Format best = candidates.front();
+  std::size_t fewest = plan_linears(model, policy, method, best, false).unsupported().size();
+  for (std::size_t i = 1; i < candidates.size(); ++i) {
+    const std::size_t n = plan_linears(model, policy, method, candidates[i], false).unsupported().size();
+    if (n < fewest) {
+      fewest = n;
+      best = candidates[i];
+    }
+  }
+  return plan_linears(model, policy, method, best);
+}
+
+}  // namespace quant

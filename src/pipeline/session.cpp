@@ -1,0 +1,198 @@
+#include "quant/pipeline/session.h"
+
+#include <sys/resource.h>
+
+#include <cmath>
+
+#include "quant/core/error.h"
+#include "quant/io/io.h"
+#include "quant/core/log.h"
+
+namespace quant {
+
+using nlohmann::json;
+
+namespace {
+
+bool copyable_side_file(const fs::path& p) {
+  const std::string name = p.filename().string();
+  if (name == "config.json" || name == "quantize_config.json" || name == "quant_summary.json" ||
+      name.find(".safetensors") != std::string::npos) {
+    return false;
+  }
+  const std::string ext = p.extension().string();
+  return ext == ".json" || ext == ".model" || ext == ".txt" || ext == ".tiktoken" || ext == ".jinja";
+}
+
+}  // namespace
+
+json QuantizeReport::to_json() const {
+  json t = json::array();
+  for (const auto& r : tensors) {
+    json j = {{"name", r.name}, {"quantized", r.quantized}, {"params", r.n_params}};
+    if (r.quantized) {
+      j["bits"] = r.spec.bits;
+      j["group_size"] = r.spec.group_size;
+      j["sym"] = r.spec.sym;
+      j["bpw"] = r.bpw;
+      j["sq_error"] = r.sq_error;
+      j["rel_error"] = r.rel_error;
+    }
+    if (!r.note.empty()) j["note"] = r.note;
+    if (!r.extra.is_null() && !r.extra.empty()) j["extra"] = r.extra;
+    t.push_back(j);
+  }
+  return {{"method", method}, {"format", format}, {"output", output.string()}, {"seconds", seconds}, {"peak_rss_bytes", peak_rss_bytes},
+          {"bytes_in", bytes_in}, {"bytes_out", bytes_out}, {"bpw_quantized", bpw_quantized},
+          {"bpw_linears", bpw_linears}, {"n_quantized", n_quantized}, {"n_kept", n_kept}, {"tensors", t}};
+}
+
+OutputSession::OutputSession(const Model& source, const Plan& plan, RunOptions options)
+    : source_(source), options_(std::move(options)), plan_(plan), start_(std::chrono::steady_clock::now()) {
+  options_.format = plan_.format;
+  staged_ = std::make_unique<StagedDir>(options_.out, options_.force);
+  WriterOptions wo;
+  wo.max_shard_bytes = options_.max_shard_bytes;
+  std::map<std::string, std::string> meta = {{"format", "pt"}, {"quantizer", "quant 0.1.0"},
+                                             {"method", options_.method}};
+  writer_ = std::make_unique<SafetensorsWriter>(staged_->path(), wo, meta);
+}
+
+OutputSession::~OutputSession() = default;
+
+void OutputSession::put_source(const std::string& name) {
+  if (written_.count(name)) return;
+  const TensorInfo& t = source_.store().get(name);
+  writer_->add(name, t.dtype, t.shape, source_.store().bytes(name));
+  written_.insert(name);
+}
+
+void OutputSession::put_float(const std::string& name, const float* data, std::vector<std::int64_t> shape) {
+  const TensorInfo& t = source_.store().get(name);
+  std::int64_t n = 1;
+  for (auto d : shape) n *= d;
+  writer_->add_f32(name, is_float(t.dtype) ? t.dtype : DType::F32, std::move(shape),
+                   std::span<const float>(data, static_cast<std::size_t>(n)));
+  written_.insert(name);
+}
+
+void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m, const Mat& original, json extra,
+                                  const Vec* bias) {
+  check_interrupted();
+  const LinearPlan& plan = plan_for(l);
+  if (!plan.quantize) fail<Error>("linear '{}' is not planned for quantization", l.prefix);
+  TensorReport r;
+  r.name = l.prefix;
+  r.quantized = true;
+  r.note = plan.note();
+  r.spec = plan.spec;
+  r.n_params = l.out * l.in;
+  const auto [sq_error, norm2] = m.error_and_norm(original);
+  r.sq_error = sq_error;
+  r.rel_error = norm2 > 0 ? std::sqrt(r.sq_error / norm2) : 0.0;
+  const DType weight_dtype = source_.store().get(l.weight_name()).dtype;
+  const DType outlier_dtype = is_float(weight_dtype) ? weight_dtype : DType::F32;
+  r.bpw = m.bits_per_weight(8 * static_cast<int>(dtype_size(outlier_dtype)));
+  r.extra = std::move(extra);
+  reports_.push_back(std::move(r));
+
+  std::vector<float> b;
+  if (l.bias) b = bias ? std::vector<float>(bias->data(), bias->data() + bias->size()) : source_.store().read_f32(l.bias_name());
+  formats::codec(plan_.format).write(*writer_, {l, m, weight_dtype, b});
+  written_.insert(l.weight_name());
+  if (l.bias) written_.insert(l.bias_name());
+}
+
+json OutputSession::quantization_config() const {
+  formats::ConfigInput in;
+  for (const auto& p : plan_.linears) {
+    if (p.quantize) {
+      in.base = p.spec;
+      break;
+    }
+  }
+  for (const auto& p : plan_.linears) {
+    const std::string key = fmt::format("^{}$", regex_escape(p.desc->prefix));
+    if (p.desc->layer < 0) in.lm_head = p.quantize;
+    if (!p.quantize) {
+      if (p.desc->layer >= 0) {
+        in.dynamic["-:" + key] = json::object();
+        in.not_converted.push_back(p.desc->prefix);
+      }
+      continue;
+    }
+    if (p.spec.bits != in.base.bits || p.spec.group_size != in.base.group_size || p.spec.sym != in.base.sym) {
+      in.dynamic["+:" + key] = {{"bits", p.spec.bits}, {"group_size", p.spec.group_size}, {"sym", p.spec.sym}};
+    }
+  }
+  in.method = options_.method;
+  in.method_config = options_.method_config;
+  return formats::codec(plan_.format).config(in);
+}
+
+QuantizeReport OutputSession::finish() {
+  writer_->on_add = nullptr;  // the rest is not journaled: a resumed run rewrites it
+  pending_.clear();
+  for (const auto& name : source_.store().names()) put_source(name);
+  writer_->finish();
+  const fs::path dir = staged_->path();
+  json config = source_.config().raw;
+  if (formats::codec(plan_.format).config) {
+    const json qc = quantization_config();
+    config["quantization_config"] = qc;
+    write_file_atomic(dir / "quantize_config.json", qc.dump(2) + "\n");
+  } else {
+    config.erase("quantization_config");
+  }
+  write_file_atomic(dir / "config.json", config.dump(2) + "\n");
+  for (const auto& e : fs::directory_iterator(source_.dir())) {
+    if (e.is_regular_file() && copyable_side_file(e.path())) {
+      write_file_atomic(dir / e.path().filename(), read_text_file(e.path()));
+    }
+  }
+
+  QuantizeReport rep;
+  rep.method = options_.method;
+  rep.format = formats::format_name(plan_.format);
+  rep.output = staged_->final_path();
+  rep.tensors = reports_;
+  double bits_q = 0, params_q = 0, bits_all = 0, params_all = 0;
+  for (const auto& p : plan_.linears) {
+    if (p.desc->layer < 0) continue;
+    const double n = static_cast<double>(p.desc->out * p.desc->in);
+    params_all += n;
+    if (!p.quantize) {
+      bits_all += n * 8.0 * static_cast<double>(dtype_size(source_.store().get(p.desc->weight_name()).dtype));
+      TensorReport r;
+      r.name = p.desc->prefix;
+      r.note = p.note();
+      r.n_params = p.desc->out * p.desc->in;
+      rep.tensors.push_back(r);
+      ++rep.n_kept;
+    }
+  }
+  for (const auto& r : reports_) {
+    ++rep.n_quantized;
+    bits_q += r.bpw * static_cast<double>(r.n_params);
+    params_q += static_cast<double>(r.n_params);
+    if (r.name != "lm_head") bits_all += r.bpw * static_cast<double>(r.n_params);
+  }
+  rep.bpw_quantized = params_q > 0 ? bits_q / params_q : 0;
+  rep.bpw_linears = params_all > 0 ? bits_all / params_all : 0;
+  for (const auto& f : source_.store().files()) rep.bytes_in += fs::file_size(f.path());
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file()) rep.bytes_out += e.file_size();
+  }
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  rusage ru{};
+  if (getrusage(RUSAGE_SELF, &ru) == 0) rep.peak_rss_bytes = static_cast<std::uint64_t>(ru.ru_maxrss) * 1024;
+  write_file_atomic(dir / "quant_summary.json", rep.to_json().dump(2) + "\n");
+  staged_->commit();
+  if (!resume_dir_.empty()) {
+    std::error_code ec;
+    fs::remove_all(resume_dir_, ec);
+  }
+  return rep;
+}
+
+}  // namespace quant
