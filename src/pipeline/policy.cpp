@@ -7,7 +7,7 @@ namespace quant {
 Rule Rule::parse(const std::string& text) {
   const auto eq = text.rfind('=');
   if (eq == std::string::npos || eq == 0) {
-    fail<UsageError>("rule '{}': expected REGEX=skip or REGEX=bits:N,group:N,sym:BOOL,method:NAME", text);
+    fail<UsageError>("rule '{}': expected REGEX=skip or REGEX=bits:N,group:N,sym:BOOL", text);
   }
   Rule r;
   r.pattern = text.substr(0, eq);
@@ -34,8 +34,12 @@ Rule Rule::parse(const std::string& text) {
       else if (key == "sym") {
         if (value != "true" && value != "false") throw std::invalid_argument(value);
         r.sym = value == "true";
-      } else if (key == "method") r.method = value;
-      else fail<UsageError>("rule '{}': unknown key '{}' (bits, group, sym, method)", text, key);
+      } else if (key == "method") {
+        fail<UsageError>("rule '{}': 'method:' is not supported per tensor (one method quantizes a whole run); "
+                         "use one recipe job per method instead", text);
+      } else {
+        fail<UsageError>("rule '{}': unknown key '{}' (bits, group, sym)", text, key);
+      }
     } catch (const std::logic_error&) {
       fail<UsageError>("rule '{}': bad value '{}' for '{}'", text, value, key);
     }
@@ -54,7 +58,6 @@ std::string Rule::to_string() const {
   if (bits) { s += sep + "bits:" + std::to_string(*bits); sep = ","; }
   if (group_size) { s += sep + "group:" + std::to_string(*group_size); sep = ","; }
   if (sym) { s += sep + "sym:" + (*sym ? "true" : "false"); sep = ","; }
-  if (method) { s += sep + "method:" + *method; }
   return s;
 }
 
@@ -75,10 +78,9 @@ Decision Policy::decide(const std::string& name) const {
     if (r.bits) d.spec.bits = *r.bits;
     if (r.group_size) d.spec.group_size = *r.group_size;
     if (r.sym) d.spec.sym = *r.sym;
-    if (r.method) d.method = *r.method;
     return d;
   }
-  return Decision{true, defaults_, "", "defaults"};
+  return Decision{true, defaults_, "defaults"};
 }
 
 }  // namespace quant

@@ -131,6 +131,12 @@ json OutputSession::quantization_config() const {
 }
 
 QuantizeReport OutputSession::finish() {
+  for (const auto& p : plan_.linears) {
+    if (p.quantize && !written_.count(p.desc->weight_name())) {
+      fail<Error>("'{}' is planned for quantization but was never written; not publishing {}", p.desc->prefix,
+                  staged_->final_path().string());
+    }
+  }
   writer_->on_add = nullptr;  // the rest is not journaled: a resumed run rewrites it
   pending_.clear();
   for (const auto& name : source_.store().names()) put_source(name);

@@ -1,4 +1,5 @@
 #include "targets.h"
+#include "exit_codes.h"
 
 #include <cstdlib>
 #include <exception>
@@ -136,7 +137,7 @@ std::string run_one(Target target, const fs::path& scratch, const std::uint8_t* 
   try {
     target(scratch, data, size);
   } catch (const quant::Error& e) {
-    if (e.exit_code() == kExitInternal) return std::string("internal error: ") + e.what();
+    if (cli::exit_code(e) == cli::kExitInternal) return std::string("internal error: ") + e.what();
   } catch (const std::exception& e) {
     return std::string("unexpected exception: ") + e.what();
   }

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "exit_codes.h"
 #include "progress.h"
 #include "quant/formats/codec.h"
 #include "quant/core/error.h"

@@ -3,16 +3,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
+#include <algorithm>
 #include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "exit_codes.h"
 #include "quant/core/error.h"
 #include "quant/io/io.h"
 #include "quant/core/log.h"
 #include "quant/pipeline/policy.h"
+#include "quant/pipeline/recipe.h"
 
 namespace quant::cli {
 
@@ -21,10 +23,9 @@ namespace {
 using nlohmann::json;
 
 struct Job {
-  std::string name, method;
+  RecipeJob recipe;
   std::vector<std::string> args;       // after the subcommand name
   std::vector<std::string> eval_args;  // `eval` arguments after the model; empty: no eval
-  std::string output;
 };
 
 const std::map<std::string, void (*)(CLI::App&)>& methods() {
@@ -83,50 +84,25 @@ void check_values(CLI::App& app, const std::string& command, const std::vector<s
   }
 }
 
+// The subcommand arguments of every job, each option checked by the subcommand's own parser.
 std::vector<Job> load_recipe(const fs::path& path) {
-  json r;
-  try {
-    r = json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    fail<InputError>("{}: not valid JSON: {}", path.string(), e.what());
-  }
-  if (!r.is_object() || !r.contains("jobs") || !r["jobs"].is_array() || r["jobs"].empty()) {
-    fail<InputError>("{}: a recipe is an object with a non-empty \"jobs\" array", path.string());
-  }
-  const json defaults = r.value("defaults", json::object());
-  if (!defaults.is_object()) fail<InputError>("{}: \"defaults\" must be an object", path.string());
-  for (const auto& [k, v] : r.items()) {
-    if (k != "jobs" && k != "defaults") fail<InputError>("{}: unknown top-level field '{}' (jobs, defaults)", path.string(), k);
-  }
+  std::vector<std::string> names;
+  for (const auto& [name, reg] : methods()) names.push_back(name);
+  std::sort(names.begin(), names.end(), [](const std::string& x, const std::string& y) {
+    static const std::vector<std::string> order = {"rtn", "gptq", "awq", "kmeans", "gguf"};
+    return std::find(order.begin(), order.end(), x) < std::find(order.begin(), order.end(), y);
+  });
   const fs::path base = path.parent_path();
-  auto resolve = [&](const std::string& s) { return fs::path(s).is_absolute() || s.empty() ? s : (base / s).string(); };
   std::vector<Job> jobs;
-  std::set<std::string> names, outputs;
-  for (std::size_t i = 0; i < r["jobs"].size(); ++i) {
-    const json& raw = r["jobs"][i];
-    if (!raw.is_object()) fail<InputError>("{}: jobs[{}] must be an object", path.string(), i);
-    json spec = defaults;
-    for (const auto& [k, v] : raw.items()) spec[k] = v;
+  for (RecipeJob& rj : parse_recipe(path, names)) {
     Job job;
-    job.name = spec.value("name", fmt::format("job{}", i + 1));
-    const std::string where = fmt::format("{}: job '{}' (jobs[{}])", path.string(), job.name, i);
-    if (!names.insert(job.name).second) fail<InputError>("{}: the name is used by an earlier job", where);
-    if (!spec.contains("method") || !spec["method"].is_string()) fail<InputError>("{}: needs \"method\" (rtn, gptq, awq, kmeans, gguf)", where);
-    job.method = spec["method"].get<std::string>();
-    const auto m = methods().find(job.method);
-    if (m == methods().end()) fail<InputError>("{}: field 'method': unknown method '{}' (rtn, gptq, awq, kmeans, gguf)", where, job.method);
-    if (!spec.contains("model") || !spec["model"].is_string()) fail<InputError>("{}: needs \"model\" (a model directory)", where);
-    const std::string model = resolve(spec["model"].get<std::string>());
-    if (!fs::is_regular_file(fs::path(model) / "config.json")) fail<InputError>("{}: field 'model': {} has no config.json", where, model);
-    if (!spec.contains("output") || !spec["output"].is_string()) fail<InputError>("{}: needs \"output\"", where);
-    job.output = resolve(spec["output"].get<std::string>());
-    if (!outputs.insert(job.output).second) fail<InputError>("{}: field 'output': {} is written by an earlier job", where, job.output);
+    job.recipe = rj;
+    const std::string& where = rj.where;
     CLI::App app;
-    m->second(app);
-    CLI::App* sub = app.get_subcommand(job.method);
-    job.args = {model, "-o", job.output, "--json"};
-    for (const auto& [k, v] : spec.items()) {
-      if (k == "name" || k == "method" || k == "model" || k == "output" || k == "eval") continue;
+    methods().at(rj.method)(app);
+    CLI::App* sub = app.get_subcommand(rj.method);
+    job.args = {rj.model, "-o", rj.output, "--json"};
+    for (const auto& [k, v] : rj.options.items()) {
       if (k == "rules") {
         if (!v.is_array()) fail<InputError>("{}: field 'rules' must be a list of \"REGEX=...\" strings", where);
         for (std::size_t j = 0; j < v.size(); ++j) {
@@ -143,16 +119,13 @@ std::vector<Job> load_recipe(const fs::path& path) {
       }
       add_field(sub, fmt::format("{}: field", where), k, v, base, job.args);
     }
-    check_values(app, job.method, job.args, where);
-    if (spec.contains("eval") && !spec["eval"].is_null()) {  // null: no eval (overrides defaults)
-      const json& ev = spec["eval"];
-      if (!ev.is_object()) fail<InputError>("{}: field 'eval' must be an object (text or tokens, ctx, ...)", where);
-      if (job.method == "gguf") fail<InputError>("{}: field 'eval': quant eval reads checkpoint directories, not GGUF files", where);
+    check_values(app, rj.method, job.args, where);
+    if (!rj.eval.is_null()) {
       CLI::App eapp;
       register_eval(eapp);
       CLI::App* esub = eapp.get_subcommand("eval");
-      job.eval_args = {job.output, "--json"};
-      for (const auto& [k, v] : ev.items()) add_field(esub, fmt::format("{}: field eval", where), k, v, base, job.eval_args);
+      job.eval_args = {rj.output, "--json"};
+      for (const auto& [k, v] : rj.eval.items()) add_field(esub, fmt::format("{}: field eval", where), k, v, base, job.eval_args);
       check_values(eapp, "eval", job.eval_args, where + ": eval");
     }
     jobs.push_back(std::move(job));
@@ -226,71 +199,43 @@ void register_run(CLI::App& app) {
   cmd->callback([o] {
     const std::vector<Job> jobs = load_recipe(o->recipe);
     log::info("{}: {} job(s) validated", o->recipe, jobs.size());
-    json report = json::array();
-    bool failed = false;
-    for (const Job& job : jobs) {
-      json entry = {{"name", job.name}, {"method", job.method}, {"output", job.output}};
-      if (failed && !o->keep_going) {
-        entry["status"] = "skipped";
-        report.push_back(entry);
-        continue;
-      }
-      log::info("job '{}': quant {} …", job.name, job.method);
-      const auto start = std::chrono::steady_clock::now();
-      std::vector<std::string> args = global_args();
-      args.push_back(job.method);
-      args.insert(args.end(), job.args.begin(), job.args.end());
-      if (o->dry_run) args.push_back("--dry-run");
+    std::vector<RecipeJob> recipe;
+    std::map<std::string, const Job*> by_name;
+    for (const Job& j : jobs) {
+      recipe.push_back(j.recipe);
+      by_name[j.recipe.name] = &j;
+    }
+    auto child = [](std::vector<std::string> args) {
       Child c = run_self(args);
-      check_interrupted();  // the job got the signal too; stop the batch
-      entry["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      entry["exit_code"] = c.rc;
-      if (c.rc != 0) {
-        entry["status"] = "failed";
-        failed = true;
-        log::warn("job '{}' failed (exit {})", job.name, c.rc);
-        report.push_back(entry);
-        continue;
-      }
+      JobOutcome out;
+      out.exit_code = c.rc;
+      out.regressed = c.rc == kExitRegression;
       try {
-        const json r = json::parse(c.out);
-        if (r.contains("bpw_quantized")) entry["bpw"] = r["bpw_quantized"];
-        if (r.contains("estimated_bytes")) entry["estimated_bytes"] = r["estimated_bytes"];
-        if (r.contains("bytes_out")) entry["bytes"] = r["bytes_out"];
-        if (r.contains("bytes")) entry["bytes"] = r["bytes"];
+        out.summary = json::parse(c.out);
       } catch (const json::exception&) {
       }
-      entry["status"] = o->dry_run ? "planned" : "ok";
-      if (!job.eval_args.empty() && !o->dry_run) {
-        std::vector<std::string> ea = global_args();
-        ea.push_back("eval");
-        ea.insert(ea.end(), job.eval_args.begin(), job.eval_args.end());
-        Child e = run_self(ea);
-        try {
-          const json r = json::parse(e.out);
-          entry["ppl"] = r["ppl"];
-        } catch (const json::exception&) {
-        }
-        if (e.rc != 0) {
-          entry["status"] = e.rc == kExitRegression ? "regressed" : "eval failed";
-          entry["exit_code"] = e.rc;
-          failed = true;
-        }
-      }
-      report.push_back(entry);
-    }
+      return out;
+    };
+    auto quantize = [&](const RecipeJob& rj) {
+      const Job& j = *by_name.at(rj.name);
+      std::vector<std::string> args = global_args();
+      args.push_back(rj.method);
+      args.insert(args.end(), j.args.begin(), j.args.end());
+      if (o->dry_run) args.push_back("--dry-run");
+      return child(args);
+    };
+    auto evaluate = [&](const RecipeJob& rj) {
+      const Job& j = *by_name.at(rj.name);
+      std::vector<std::string> args = global_args();
+      args.push_back("eval");
+      args.insert(args.end(), j.eval_args.begin(), j.eval_args.end());
+      return child(args);
+    };
+    bool failed = false;
+    const json report = run_batch(recipe, {o->keep_going, o->dry_run}, quantize, evaluate, failed);
     if (!o->report.empty()) write_file_atomic(o->report, report.dump(2) + "\n");
-    if (o->json) {
-      std::cout << report.dump(2) << "\n";
-    } else {
-      std::cout << fmt::format("{:<24} {:<7} {:<10} {:>7} {:>10} {:>8}  {}\n", "job", "method", "status", "bpw", "ppl", "seconds", "output");
-      for (const auto& e : report) {
-        std::cout << fmt::format("{:<24} {:<7} {:<10} {:>7} {:>10} {:>8}  {}\n", e["name"].get<std::string>(), e["method"].get<std::string>(),
-                                 e["status"].get<std::string>(), e.contains("bpw") ? fmt::format("{:.3f}", e["bpw"].get<double>()) : "-",
-                                 e.contains("ppl") ? fmt::format("{:.4f}", e["ppl"].get<double>()) : "-",
-                                 e.contains("seconds") ? fmt::format("{:.1f}", e["seconds"].get<double>()) : "-", e["output"].get<std::string>());
-      }
-    }
+    if (o->json) std::cout << report.dump(2) << "\n";
+    else std::cout << report_table(report);
     if (failed) throw JobsFailed("one or more jobs failed");
   });
 }

@@ -6,6 +6,7 @@
 #include <exception>
 
 #include "commands.h"
+#include "exit_codes.h"
 #include "quant/core/error.h"
 #include "quant/io/io.h"
 #include "quant/core/log.h"
@@ -46,16 +47,16 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int rc = app.exit(e);
-    return rc == 0 ? 0 : kExitUsage;
+    return rc == 0 ? 0 : cli::kExitUsage;
   } catch (const Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
-    return e.exit_code();
+    return cli::exit_code(e);
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "error: out of memory\n");
-    return kExitInternal;
+    return cli::kExitInternal;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: internal: %s\n", e.what());
-    return kExitInternal;
+    return cli::kExitInternal;
   }
-  return kExitOk;
+  return cli::kExitOk;
 }

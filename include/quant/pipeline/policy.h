@@ -2,7 +2,7 @@
 // (e.g. "model.layers.3.mlp.down_proj", "lm_head"); the first rule whose regex matches
 // (std::regex_search, ECMAScript) decides. No rule matching: the defaults apply.
 //
-// Rule text (CLI --rule, recipes):  REGEX=skip  or  REGEX=bits:3,group:64,sym:true,method:rtn
+// Rule text (CLI --rule, recipes):  REGEX=skip  or  REGEX=bits:3,group:64,sym:true
 #pragma once
 
 #include <optional>
@@ -22,7 +22,6 @@ struct Rule {
   std::optional<int> bits;
   std::optional<std::int64_t> group_size;
   std::optional<bool> sym;
-  std::optional<std::string> method;
 
   static Rule parse(const std::string& text);  // throws UsageError naming the rule
   std::string to_string() const;
@@ -31,7 +30,6 @@ struct Rule {
 struct Decision {
   bool quantize = false;
   QuantSpec spec;
-  std::string method;  // empty: the job's method
   std::string reason;  // which rule decided, for reports
 };
 
