@@ -17,6 +17,18 @@ namespace quant::formats {
 std::vector<std::int32_t> pack_code_columns(const QuantizedMatrix& m);
 std::vector<std::uint8_t> unpack_code_columns(const std::vector<std::int32_t>& qweight, std::int64_t out, std::int64_t in, int bits);
 
+// An unpacked matrix's shape: `n_groups` groups of ceil(in / n_groups) inputs; codes, g_idx and
+// parameters are left to the format's unpacker.
+inline QuantizedMatrix unpacked_shape(std::int64_t out, std::int64_t in, int bits, std::int64_t n_groups) {
+  QuantizedMatrix m;
+  m.bits = bits;
+  m.out = out;
+  m.in = in;
+  m.n_groups = n_groups;
+  m.group_size = (in + n_groups - 1) / n_groups;
+  return m;
+}
+
 // A tensor of the checkpoint read as T, refused unless it has exactly `dtype` and `shape`.
 template <typename T>
 std::vector<T> read_exact(const Model& model, const std::string& name, DType dtype,

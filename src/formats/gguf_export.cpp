@@ -157,13 +157,14 @@ QuantSpec awq_spec_for(const FileType& type) {
   return s;
 }
 
-ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOptions& o) {
-  const auto start = std::chrono::steady_clock::now();
+namespace {
+
+// llama.cpp's llama architecture loads no linear bias; packed inputs are re-quantized.
+void check_exportable(const Model& model) {
   const ModelConfig& c = model.config();
   if (c.model_type != "llama" && c.model_type != "mistral") {
     fail("{}: GGUF export supports llama-architecture models (model_type '{}')", model.dir().string(), c.model_type);
   }
-  if (fs::exists(out) && !o.force) fail<UsageError>("{} exists; pass --force to replace it", out.string());
   for (const auto& layer : model.layout().layers) {
     for (const auto& l : layer.linears) {
       if (l.bias) fail("{}: '{}' has a bias, which llama.cpp's llama architecture does not load", model.dir().string(), l.prefix);
@@ -172,7 +173,11 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
       }
     }
   }
-  Writer w;
+}
+
+// general.* and llama.* metadata, as llama.cpp's converter writes them.
+void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
+  const ModelConfig& c = model.config();
   w.set("general.architecture", Value::str("llama"));
   std::string name = o.name;
   if (name.empty()) name = model.dir().filename().string().empty() ? model.dir().parent_path().filename().string() : model.dir().filename().string();
@@ -195,6 +200,17 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     w.set("llama.attention.value_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
   }
   add_tokenizer(model, w);
+}
+
+}  // namespace
+
+ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  const ModelConfig& c = model.config();
+  check_exportable(model);
+  if (fs::exists(out) && !o.force) fail<UsageError>("{} exists; pass --force to replace it", out.string());
+  Writer w;
+  set_metadata(model, o, w);
 
   // Tensors in llama.cpp's order, each with a loader producing its float data.
   struct Item {

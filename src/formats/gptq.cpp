@@ -30,12 +30,7 @@ GptqTensors pack_gptq(const QuantizedMatrix& m) {
 QuantizedMatrix unpack_gptq(const GptqTensors& t, std::int64_t out, std::int64_t in, int bits) {
   const std::int64_t zcols = out * bits / 32;
   const std::int64_t n_groups = static_cast<std::int64_t>(t.scales.size()) / out;
-  QuantizedMatrix m;
-  m.bits = bits;
-  m.out = out;
-  m.in = in;
-  m.n_groups = n_groups;
-  m.group_size = (in + n_groups - 1) / n_groups;
+  QuantizedMatrix m = unpacked_shape(out, in, bits, n_groups);
   m.g_idx = t.g_idx;
   m.scales.resize(static_cast<std::size_t>(out * n_groups));
   m.zeros.resize(static_cast<std::size_t>(out * n_groups));

@@ -19,12 +19,7 @@ LutTensors pack_lut(const QuantizedMatrix& m) {
 }
 
 QuantizedMatrix unpack_lut(const LutTensors& t, std::int64_t out, std::int64_t in, int bits, std::int64_t n_groups) {
-  QuantizedMatrix m;
-  m.bits = bits;
-  m.out = out;
-  m.in = in;
-  m.n_groups = n_groups;
-  m.group_size = (in + n_groups - 1) / n_groups;
+  QuantizedMatrix m = unpacked_shape(out, in, bits, n_groups);
   m.g_idx.resize(static_cast<std::size_t>(in));
   for (std::int64_t j = 0; j < in; ++j) m.g_idx[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(j / m.group_size);
   m.q = unpack_code_columns(t.qweight, out, in, bits);

@@ -213,3 +213,15 @@ TEST(Session, PublishesPackedAndKeptLinearsWithTheirConfig) {
 
 }  // namespace
 }  // namespace quant
+
+namespace quant {
+namespace {
+
+TEST(Rules, PerTensorMethodKeyIsRefused) {
+  EXPECT_THROW(Rule::parse("down_proj=method:rtn"), UsageError);
+  EXPECT_THROW(Rule::parse("down_proj=bits:3,method:gptq"), UsageError);
+  EXPECT_EQ(Rule::parse("down_proj=bits:3,sym:true").to_string(), "down_proj=bits:3,sym:true");
+}
+
+}  // namespace
+}  // namespace quant
