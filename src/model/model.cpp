@@ -104,12 +104,8 @@ LinearStorage Model::storage(const LinearDesc& l) const {
 std::int64_t Model::n_params() const {
   const auto& c = config_;
   std::int64_t n = c.vocab_size * c.hidden_size + c.hidden_size;
-  auto lin = [](const LinearDesc& l) { return l.out * l.in + (l.bias ? l.out : 0); };
-  if (!layout_.tied) n += lin(layout_.lm_head);
-  for (const auto& layer : layout_.layers) {
-    n += 2 * c.hidden_size;
-    for (const auto& l : layer.linears) n += lin(l);
-  }
+  n += 2 * c.hidden_size * static_cast<std::int64_t>(layout_.layers.size());  // the two norms of each layer
+  for (const LinearDesc* l : linears()) n += l->out * l->in + (l->bias ? l->out : 0);
   return n;
 }
 
@@ -124,14 +120,12 @@ std::vector<const LinearDesc*> Model::linears() const {
 
 std::vector<std::string> Model::unused_tensors(const std::vector<std::string>& linear_suffixes) const {
   std::set<std::string> used = {layout_.embed, layout_.final_norm};
-  auto add_linear = [&](const LinearDesc& l) {
-    for (const auto& suffix : linear_suffixes) used.insert(l.prefix + suffix);
-  };
-  if (!layout_.tied) add_linear(layout_.lm_head);
+  for (const LinearDesc* l : linears()) {
+    for (const auto& suffix : linear_suffixes) used.insert(l->prefix + suffix);
+  }
   for (const auto& layer : layout_.layers) {
     used.insert(layer.attn_norm);
     used.insert(layer.mlp_norm);
-    for (const auto& l : layer.linears) add_linear(l);
   }
   std::vector<std::string> out;
   for (const auto& name : store_.names()) {

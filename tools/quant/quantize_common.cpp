@@ -128,8 +128,9 @@ Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const
   std::string kind = o.sensitivity;
   if (kind == "auto") {
     double params = 0;
-    for (const auto& layer : model.layout().layers)
-      for (const auto& l : layer.linears) params += static_cast<double>(l.out * l.in);
+    for (const LinearDesc* l : model.linears()) {
+      if (l->layer >= 0) params += static_cast<double>(l->out * l->in);
+    }
     kind = !samples.empty() && params < 2e8 ? "kl" : "hessian";
     log::info("--target-bpw: sensitivity {}", kind);
   }
