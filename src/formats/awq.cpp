@@ -1,3 +1,5 @@
+#include <map>
+
 #include "codec_detail.h"
 #include "quant/core/dtype.h"
 #include "quant/formats/formats.h"
@@ -110,14 +112,41 @@ nlohmann::json awq_config(const ConfigInput& in) {
   nlohmann::json q = {{"quant_method", "awq"}, {"bits", in.base.bits}, {"group_size", in.base.group_size},
                       {"zero_point", true}, {"version", "gemm"}, {"meta", meta}};
   merge_into(q, in.method_config);
-  q["modules_to_not_convert"] = in.not_converted.empty() ? nlohmann::json(nullptr) : nlohmann::json(in.not_converted);
+  q["modules_to_not_convert"] = in.not_converted_blocks.empty() ? nlohmann::json(nullptr) : nlohmann::json(in.not_converted_blocks);
   return q;
+}
+
+// AutoAWQ (awq/models/base.py) quantizes decoder blocks only and matches modules_to_not_convert
+// with `key in name` against block-relative names (awq/utils/module.py
+// exclude_layers_to_not_quantize); vLLM (quantization/awq.py is_layer_skipped_awq) tests the
+// same keys as substrings of each layer's prefix. A kept linear is expressible only when it is
+// kept in every layer.
+std::string awq_check_plan(const std::vector<PlannedLinear>& linears) {
+  std::map<std::string, std::pair<int, int>> kept_of;  // block-relative name → (kept, total)
+  for (const PlannedLinear& p : linears) {
+    if (p.desc->layer < 0) {
+      if (p.quantize) return "lm_head cannot be quantized in the awq format (AutoAWQ quantizes decoder layers only); drop --quantize-lm-head or use --format gptq";
+      continue;
+    }
+    auto& [kept, total] = kept_of[block_relative_name(*p.desc)];
+    kept += !p.quantize;
+    ++total;
+  }
+  for (const auto& [name, counts] : kept_of) {
+    if (counts.first > 0 && counts.first < counts.second) {
+      return fmt::format("'{}' is kept in {} of {} layers: AutoAWQ's modules_to_not_convert names modules inside every decoder "
+                         "block and cannot keep one layer's alone; keep it in all layers, or use --format gptq (per-module `dynamic`)",
+                         name, counts.first, counts.second);
+    }
+  }
+  return {};
 }
 
 }  // namespace
 
 Codec awq_codec() {
-  return {Format::awq, "awq", "awq", {".qweight", ".qzeros", ".scales"}, awq_unsupported, awq_refuses, nullptr, awq_write, awq_read, awq_config};
+  return {Format::awq, "awq", "awq", {".qweight", ".qzeros", ".scales"}, {4}, true, false,
+          awq_unsupported, awq_refuses, awq_write, awq_read, awq_config, awq_check_plan};
 }
 
 }  // namespace quant::formats

@@ -1,5 +1,6 @@
 // The codec table and what is shared by the codecs.
 #include <cmath>
+#include <map>
 
 #include "codec_detail.h"
 #include "quant/core/dtype.h"
@@ -39,6 +40,7 @@ const Codec* codec_for_config(const nlohmann::json& qc) {
   for (const Codec& c : codecs()) {
     if (c.quant_method && method == c.quant_method) return &c;
   }
+  if (method == "squeezellm") return &codec(Format::lut);  // the lut label of quant before 0.2
   return nullptr;
 }
 
@@ -68,6 +70,51 @@ void check_f16_range(std::span<const float> v, const char* what, const LinearDes
 
 void merge_into(nlohmann::json& q, const nlohmann::json& extra) {
   for (auto it = extra.begin(); it != extra.end(); ++it) q[it.key()] = it.value();
+}
+
+bool same_spec(const QuantSpec& a, const QuantSpec& b) {
+  return a.bits == b.bits && a.group_size == b.group_size && a.sym == b.sym;
+}
+
+namespace {
+std::string describe(const PlannedLinear& p) {
+  return p.quantize ? fmt::format("{}-bit, group {}, {}", p.spec.bits, p.spec.group_size, p.spec.sym ? "sym" : "asym") : "kept unquantized";
+}
+}  // namespace
+
+std::string plan_refusal(const Codec& codec, const std::vector<PlannedLinear>& linears) {
+  if (codec.fused_share_spec) {
+    // vllm/model_executor/models/llama.py packed_modules_mapping fuses q/k/v and gate/up;
+    // quantization/utils/gptq_utils.py override_config resolves one config per fused prefix,
+    // and a fused layer with some shards quantized and some not is an error.
+    std::map<std::string, const PlannedLinear*> first;
+    for (const PlannedLinear& p : linears) {
+      const std::string fused = fused_prefix(*p.desc);
+      if (fused == p.desc->prefix) continue;
+      const auto [it, fresh] = first.emplace(fused, &p);
+      if (fresh) continue;
+      const PlannedLinear& a = *it->second;
+      if (a.quantize != p.quantize || (p.quantize && !same_spec(a.spec, p.spec))) {
+        return fmt::format("'{}' is {} but '{}' is {}: vLLM fuses them into '{}', which needs one quantization config for all its "
+                           "parts; give the siblings the same rule (e.g. --rule '{}=...'), or use --format dense",
+                           a.desc->prefix, describe(a), p.desc->prefix, describe(p), fused,
+                           regex_escape(fused.substr(0, fused.rfind('.') + 1)));
+      }
+    }
+  }
+  if (!codec.per_module_specs) {
+    const PlannedLinear* base = nullptr;
+    for (const PlannedLinear& p : linears) {
+      if (!p.quantize) continue;
+      if (!base) base = &p;
+      else if (!same_spec(base->spec, p.spec)) {
+        return fmt::format("'{}' is {} but '{}' is {}: the {} format has one bits/group_size/zero_point for the whole model "
+                           "(no per-module overrides); use --format gptq (per-module `dynamic`) or dense",
+                           base->desc->prefix, describe(*base), p.desc->prefix, describe(p), codec.name);
+      }
+    }
+  }
+  return codec.check_plan ? codec.check_plan(linears) : std::string();
 }
 
 Mat decode_packed_linear(const Model& model, const LinearDesc& linear) {

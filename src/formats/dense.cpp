@@ -21,6 +21,6 @@ void dense_write(SafetensorsWriter& w, const LinearToWrite& l) {
 
 }  // namespace
 
-Codec dense_codec() { return {Format::dense, "dense", nullptr, {".weight"}, dense_unsupported, dense_refuses, nullptr, dense_write, nullptr, nullptr}; }
+Codec dense_codec() { return {Format::dense, "dense", nullptr, {".weight"}, {}, false, true, dense_unsupported, dense_refuses, dense_write, nullptr, nullptr}; }
 
 }  // namespace quant::formats

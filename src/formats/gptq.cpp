@@ -52,6 +52,10 @@ namespace {
 
 std::string gptq_unsupported(std::int64_t out, std::int64_t in, const QuantSpec& spec) {
   const std::int64_t g = spec.effective_group(in);
+  // transformers GPTQConfig.post_init and vLLM GPTQConfig accept 2, 3, 4 and 8 bits only.
+  if (spec.bits != 2 && spec.bits != 3 && spec.bits != 4 && spec.bits != 8) {
+    return fmt::format("{}-bit: GPTQ loaders (transformers, vLLM, GPTQModel) accept 2, 3, 4 and 8 bits; use --format dense for other widths", spec.bits);
+  }
   if ((in * spec.bits) % 32 != 0 || in % 32 != 0) {
     return fmt::format("{} input features: the gptq layout packs inputs in whole 32-bit words and needs a multiple of 32", in);
   }
@@ -59,11 +63,6 @@ std::string gptq_unsupported(std::int64_t out, std::int64_t in, const QuantSpec&
   // A group wider than the row is one group: scales have ceil(in/G) = 1 row, as loaders expect.
   if (in % g != 0 && in > g) return fmt::format("{} input features are not a multiple of the group size {}", in, g);
   return {};
-}
-
-std::string gptq_advice(const QuantSpec& spec) {
-  if (spec.bits == 2 || spec.bits == 3 || spec.bits == 4 || spec.bits == 8) return {};
-  return fmt::format("{}-bit gptq tensors load in quant, but transformers/vLLM kernels accept 2, 3, 4 and 8 bits", spec.bits);
 }
 
 std::string gptq_refuses(const MethodOutput& o) { return refuses_affine(o, "gptq"); }
@@ -126,8 +125,8 @@ nlohmann::json gptq_config(const ConfigInput& in) {
 }  // namespace
 
 Codec gptq_codec() {
-  return {Format::gptq, "gptq", "gptq", {".qweight", ".qzeros", ".scales", ".g_idx"},
-          gptq_unsupported, gptq_refuses, gptq_advice, gptq_write, gptq_read, gptq_config};
+  return {Format::gptq, "gptq", "gptq", {".qweight", ".qzeros", ".scales", ".g_idx"}, {2, 3, 4, 8}, true, true,
+          gptq_unsupported, gptq_refuses, gptq_write, gptq_read, gptq_config};
 }
 
 std::string refuses_affine(const MethodOutput& o, const char* format) {

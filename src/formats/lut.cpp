@@ -107,10 +107,11 @@ Mat lut_read(const Model& model, const LinearDesc& l) {
 }
 
 nlohmann::json lut_config(const ConfigInput& in) {
-  // SqueezeLLM's key is wbits (what vLLM's squeezellm loader read); the rest describes the
-  // codebooks and how they were found.
+  // quant's own format (SqueezeLLM's tensor layout): vLLM removed its squeezellm method and
+  // transformers does not know it, so the label says whose it is; quant eval and --format dense
+  // read it. Outputs of earlier versions, labelled "squeezellm", are read as the same format.
   const nlohmann::json meta = {{"quantizer", {"quant:0.1.0"}}, {"method", in.method}};
-  nlohmann::json q = {{"quant_method", "squeezellm"}, {"wbits", in.base.bits}, {"bits", in.base.bits},
+  nlohmann::json q = {{"quant_method", "quant-lut"}, {"wbits", in.base.bits}, {"bits", in.base.bits},
                       {"group_size", in.base.group_size}, {"meta", meta}};
   merge_into(q, in.method_config);
   q["modules_to_not_convert"] = in.not_converted.empty() ? nlohmann::json(nullptr) : nlohmann::json(in.not_converted);
@@ -121,8 +122,8 @@ nlohmann::json lut_config(const ConfigInput& in) {
 }  // namespace
 
 Codec lut_codec() {
-  return {Format::lut, "lut", "squeezellm", {".qweight", ".lookup_table", ".outlier_rowptr", ".outlier_cols", ".outlier_vals"},
-          lut_unsupported, lut_refuses, nullptr, lut_write, lut_read, lut_config};
+  return {Format::lut, "lut", "quant-lut", {".qweight", ".lookup_table", ".outlier_rowptr", ".outlier_cols", ".outlier_vals"}, {}, false, true,
+          lut_unsupported, lut_refuses, lut_write, lut_read, lut_config};
 }
 
 }  // namespace quant::formats

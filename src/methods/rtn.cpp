@@ -7,7 +7,9 @@ RtnMethod::RtnMethod() {
   traits_.statistic = Statistic::none;
 }
 
-nlohmann::json RtnMethod::config() const { return {{"damp_percent", 0.0}, {"true_sequential", false}}; }
+// No damp_percent: loaders require 0 < damp_percent < 1 (transformers GPTQConfig.post_init), and
+// the codec's default (0.01) is what GPTQ would use; RTN has no Hessian to damp.
+nlohmann::json RtnMethod::config() const { return {{"true_sequential", false}}; }
 
 QuantizedLinear RtnMethod::quantize(const LinearInput& in) const { return {quantize_rtn(in.weight, in.spec), Mat(), nlohmann::json()}; }
 

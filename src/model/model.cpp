@@ -19,6 +19,23 @@ std::string_view linear_kind_name(LinearKind kind) {
   return "?";
 }
 
+std::string fused_prefix(const LinearDesc& l) {
+  if (l.layer < 0) return l.prefix;
+  const std::string block = l.prefix.substr(0, l.prefix.rfind('.') + 1);
+  switch (l.kind) {
+    case LinearKind::q: case LinearKind::k: case LinearKind::v: return block + "qkv_proj";
+    case LinearKind::gate: case LinearKind::up: return block + "gate_up_proj";
+    default: return l.prefix;
+  }
+}
+
+std::string block_relative_name(const LinearDesc& l) {
+  if (l.layer < 0) return l.prefix;
+  const std::string marker = fmt::format("layers.{}.", l.layer);
+  const auto at = l.prefix.find(marker);
+  return at == std::string::npos ? l.prefix : l.prefix.substr(at + marker.size());
+}
+
 ModelLayout build_layout(const ModelConfig& c) {
   ModelLayout L;
   L.tied = c.tie_word_embeddings;

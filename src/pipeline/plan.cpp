@@ -1,5 +1,7 @@
 #include "quant/pipeline/plan.h"
 
+#include <optional>
+
 #include "quant/core/error.h"
 #include "quant/core/log.h"
 
@@ -68,13 +70,19 @@ Plan plan_linears(const Model& model, const Policy& policy, const MethodTraits& 
       }
       p.unsupported = codec.unsupported(l->out, l->in, p.spec);
       if (!p.unsupported.empty()) p.quantize = false;
-      if (warn && p.quantize && codec.advice) {
-        if (const std::string advice = codec.advice(p.spec); !advice.empty()) log::warn("{}: {}", l->prefix, advice);
-      }
     }
     plan.add(std::move(p));
   }
   return plan;
+}
+
+// The loaders' rules over the whole plan (formats::plan_refusal), refused before any work.
+void check_loader_rules(const Plan& plan) {
+  std::vector<formats::PlannedLinear> linears;
+  for (const auto& p : plan.linears) linears.push_back({p.desc, p.quantize, p.spec});
+  if (const std::string why = formats::plan_refusal(formats::codec(plan.format), linears); !why.empty()) {
+    fail<UsageError>("{} format: {}", formats::format_name(plan.format), why);
+  }
 }
 
 }  // namespace
@@ -93,22 +101,32 @@ Plan make_plan(const Model& model, const Policy& policy, const MethodTraits& met
     fail("{}: {}{}; pass --skip-unsupported to keep such tensors unquantized, or use --format dense",
          model.store().file_of(plan.linears.front().desc->weight_name()).string(), what(left.front()), more);
   }
+  check_loader_rules(plan);
   return plan;
 }
 
 Plan make_plan_best_format(const Model& model, const Policy& policy, const MethodTraits& method,
                            const std::vector<formats::Format>& candidates) {
   if (candidates.empty()) fail<Error>("make_plan_best_format: no candidate formats");
-  formats::Format best = candidates.front();
-  std::size_t fewest = plan_linears(model, policy, method, best, false).unsupported().size();
-  for (std::size_t i = 1; i < candidates.size(); ++i) {
-    const std::size_t n = plan_linears(model, policy, method, candidates[i], false).unsupported().size();
-    if (n < fewest) {
-      fewest = n;
-      best = candidates[i];
+  // Among the formats whose loaders take the plan, the one that holds the most linears.
+  std::optional<formats::Format> best;
+  std::size_t fewest = 0;
+  for (formats::Format f : candidates) {
+    const Plan p = plan_linears(model, policy, method, f, false);
+    try {
+      check_loader_rules(p);
+    } catch (const UsageError& e) {
+      log::debug("{}", e.what());
+      continue;
+    }
+    if (!best || p.unsupported().size() < fewest) {
+      fewest = p.unsupported().size();
+      best = f;
     }
   }
-  return plan_linears(model, policy, method, best);
+  Plan plan = plan_linears(model, policy, method, best.value_or(candidates.front()));
+  check_loader_rules(plan);
+  return plan;
 }
 
 }  // namespace quant

@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "quant/core/error.h"
@@ -103,25 +104,55 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
   if (l.bias) written_.insert(l.bias_name());
 }
 
+namespace {
+
+// The spec most quantized linears share (ties: the earliest): the config's top-level fields.
+QuantSpec common_spec(const std::vector<LinearPlan>& plan) {
+  std::vector<std::pair<QuantSpec, int>> counts;
+  for (const auto& p : plan) {
+    if (!p.quantize) continue;
+    auto it = std::find_if(counts.begin(), counts.end(), [&](const auto& c) { return formats::same_spec(c.first, p.spec); });
+    if (it == counts.end()) counts.emplace_back(p.spec, 1);
+    else ++it->second;
+  }
+  if (counts.empty()) return QuantSpec{};
+  return std::max_element(counts.begin(), counts.end(), [](const auto& a, const auto& b) { return a.second < b.second; })->first;
+}
+
+// The `dynamic` key of a linear: its own name, or for a fused sibling one pattern matching every
+// sibling and the fused layer (GPTQModel matches module names, vLLM the fused prefix; both with
+// re.match), e.g. ^model\.layers\.0\.self_attn\.(q_proj|k_proj|v_proj|qkv_proj)$.
+std::string dynamic_key(const LinearDesc& l, const std::vector<LinearPlan>& plan) {
+  const std::string fused = fused_prefix(l);
+  if (fused == l.prefix) return fmt::format("^{}$", regex_escape(l.prefix));
+  const std::string block = fused.substr(0, fused.rfind('.') + 1);
+  std::string alternatives;
+  for (const auto& p : plan) {
+    if (fused_prefix(*p.desc) == fused) alternatives += p.desc->prefix.substr(block.size()) + "|";
+  }
+  return fmt::format("^{}({})$", regex_escape(block), alternatives + fused.substr(block.size()));
+}
+
+}  // namespace
+
 json OutputSession::quantization_config() const {
   formats::ConfigInput in;
+  in.base = common_spec(plan_.linears);
+  std::set<std::string> blocks;
   for (const auto& p : plan_.linears) {
-    if (p.quantize) {
-      in.base = p.spec;
-      break;
-    }
-  }
-  for (const auto& p : plan_.linears) {
-    const std::string key = fmt::format("^{}$", regex_escape(p.desc->prefix));
+    const std::string key = dynamic_key(*p.desc, plan_.linears);
     if (p.desc->layer < 0) in.lm_head = p.quantize;
     if (!p.quantize) {
       if (p.desc->layer >= 0) {
         in.dynamic["-:" + key] = json::object();
         in.not_converted.push_back(p.desc->prefix);
+        for (const std::string& name : {block_relative_name(*p.desc), block_relative_name(LinearDesc{fused_prefix(*p.desc), p.desc->kind, p.desc->layer})}) {
+          if (blocks.insert(name).second) in.not_converted_blocks.push_back(name);
+        }
       }
       continue;
     }
-    if (p.spec.bits != in.base.bits || p.spec.group_size != in.base.group_size || p.spec.sym != in.base.sym) {
+    if (!formats::same_spec(p.spec, in.base)) {
       in.dynamic["+:" + key] = {{"bits", p.spec.bits}, {"group_size", p.spec.group_size}, {"sym", p.spec.sym}};
     }
   }

@@ -46,7 +46,7 @@ TEST_F(KmeansCli, HessianWeightedLutCheckpointLoadsLikeDense) {
   EXPECT_EQ(rep["format"], "lut");
   EXPECT_EQ(rep["n_quantized"], 14);
   const json q = json::parse(read_text_file(fs::path(lut) / "config.json"))["quantization_config"];
-  EXPECT_EQ(q["quant_method"], "squeezellm");
+  EXPECT_EQ(q["quant_method"], "quant-lut");
   EXPECT_EQ(q["wbits"], 3);
   EXPECT_EQ(q["group_size"], -1);
   EXPECT_EQ(q["weighting"], "hessian");

@@ -37,18 +37,21 @@ TEST(CliRun, RecipeRulesReachTheWrittenConfigAndTheReport) {
       {"defaults", {{"bits", 4}, {"group_size", 32}, {"eval", {{"tokens", "ids.txt"}, {"ctx", 64}}}}},
       {"jobs",
        {{{"name", "mixed"}, {"method", "rtn"}, {"model", "m"}, {"output", "out-mixed"},
-         {"rules", {"layers\\.0\\.mlp\\.down_proj=bits:8", "layers\\.1\\.self_attn\\.q_proj=skip", "self_attn\\.v_proj=bits:3,group:64"}}},
+         {"rules", {"layers\\.0\\.mlp\\.down_proj=bits:8", "layers\\.1\\.self_attn\\.[qkv]_proj=skip", "self_attn\\.[qkv]_proj=bits:3,group:64"}}},
         {{"name", "plain"}, {"method", "rtn"}, {"model", "m"}, {"output", "out-plain"}, {"bits", 8}}}}};
   write_file_atomic(f.dir / "r.json", recipe.dump());
   const auto r = testing::run_quant("run " + (f.dir / "r.json").string() + " --json --report " + (f.dir / "rep.json").string());
   ASSERT_EQ(r.rc, 0) << r.err;
   const json cfg = json::parse(read_text_file(f.dir / "out-mixed" / "config.json"))["quantization_config"];
-  EXPECT_EQ(cfg["bits"], 4);
+  EXPECT_EQ(cfg["bits"], 4);  // the spec most linears share, whatever comes first
   const json& dyn = cfg["dynamic"];
+  // Fused siblings share one key that matches each of them and vLLM's fused prefix.
+  const std::string qkv0 = "^model\\.layers\\.0\\.self_attn\\.(q_proj|k_proj|v_proj|qkv_proj)$";
   EXPECT_EQ(dyn["+:^model\\.layers\\.0\\.mlp\\.down_proj$"]["bits"], 8);
-  EXPECT_EQ(dyn["+:^model\\.layers\\.0\\.self_attn\\.v_proj$"]["bits"], 3);
-  EXPECT_EQ(dyn["+:^model\\.layers\\.0\\.self_attn\\.v_proj$"]["group_size"], 64);
-  EXPECT_TRUE(dyn.contains("-:^model\\.layers\\.1\\.self_attn\\.q_proj$"));
+  EXPECT_EQ(dyn["+:" + qkv0]["bits"], 3);
+  EXPECT_EQ(dyn["+:" + qkv0]["group_size"], 64);
+  EXPECT_TRUE(dyn.contains("-:^model\\.layers\\.1\\.self_attn\\.(q_proj|k_proj|v_proj|qkv_proj)$"));
+  EXPECT_EQ(dyn.size(), 3u);
   EXPECT_FALSE(dyn.contains("+:^model\\.layers\\.1\\.mlp\\.down_proj$"));  // defaults: not listed
   const json rep = json::parse(r.out);
   ASSERT_EQ(rep.size(), 2u);

@@ -172,7 +172,7 @@ TEST(LayerLoop, UncalibratedMethodsReadTheCheckpointOnly) {
 TEST(Session, WritesOnlyThroughThePlan) {
   Tiny t;
   const RtnMethod rtn;
-  const Policy p = Policy::standard(QuantSpec{4, 32, false}, false, {Rule::parse("q_proj=skip")});
+  const Policy p = Policy::standard(QuantSpec{4, 32, false}, false, {Rule::parse("self_attn\\.[qkv]_proj=skip")});
   const Plan plan = make_plan(t.model, p, rtn.traits(), Format::gptq, false);
   RunOptions run;
   run.out = t.dir / "out";
@@ -195,20 +195,21 @@ TEST(Session, WritesOnlyThroughThePlan) {
 TEST(Session, PublishesPackedAndKeptLinearsWithTheirConfig) {
   Tiny t;
   const RtnMethod rtn;
-  const Policy p = Policy::standard(QuantSpec{4, 32, false}, false, {Rule::parse("q_proj=skip")});
+  const Policy p = Policy::standard(QuantSpec{4, 32, false}, false, {Rule::parse("self_attn\\.[qkv]_proj=skip")});
   const Plan plan = make_plan(t.model, p, rtn.traits(), Format::gptq, false);
   RunOptions run;
   run.out = t.dir / "out";
   const QuantizeReport r = quantize_model(t.model, plan, rtn, run, {});
-  EXPECT_EQ(r.n_quantized, 12);
-  EXPECT_EQ(r.n_kept, 2);
+  EXPECT_EQ(r.n_quantized, 8);
+  EXPECT_EQ(r.n_kept, 6);
   const Model out = formats::open_model(t.dir / "out");
-  EXPECT_EQ(out.storage(t.model.layout().layers[0].linear(LinearKind::k)), LinearStorage::packed);
+  EXPECT_EQ(out.storage(t.model.layout().layers[0].linear(LinearKind::o)), LinearStorage::packed);
   EXPECT_EQ(out.storage(t.model.layout().layers[0].linear(LinearKind::q)), LinearStorage::dense);
   const auto& qc = out.config().quantization_config;
   EXPECT_EQ(qc.at("quant_method"), "gptq");
-  EXPECT_EQ(qc.at("dynamic").size(), 2u);  // the two kept q_proj
-  EXPECT_EQ(qc.at("damp_percent"), 0.0);   // RTN's method config reaches the codec's block
+  EXPECT_EQ(qc.at("dynamic").size(), 2u);  // one key per layer's kept q/k/v group
+  EXPECT_EQ(qc.at("true_sequential"), false);  // RTN's method config reaches the codec's block
+  EXPECT_GT(qc.at("damp_percent").get<double>(), 0.0);  // loaders require 0 < damp_percent < 1
 }
 
 }  // namespace
@@ -221,6 +222,76 @@ TEST(Rules, PerTensorMethodKeyIsRefused) {
   EXPECT_THROW(Rule::parse("down_proj=method:rtn"), UsageError);
   EXPECT_THROW(Rule::parse("down_proj=bits:3,method:gptq"), UsageError);
   EXPECT_EQ(Rule::parse("down_proj=bits:3,sym:true").to_string(), "down_proj=bits:3,sym:true");
+}
+
+}  // namespace
+}  // namespace quant
+
+namespace quant {
+namespace {
+
+using formats::Format;
+
+struct Small {
+  testing::TempDir dir;
+  Model model;
+  explicit Small(bool tied = true) : model((write(dir, tied), formats::open_model(dir / "m"))) {}
+  static void write(const testing::TempDir& d, bool tied) {
+    testing::TinyModelSpec spec;
+    spec.tied = tied;
+    testing::write_tiny_model(d / "m", spec);
+  }
+  std::string refusal(Format f, std::vector<std::string> rules, bool lm_head = false) const {
+    std::vector<Rule> parsed;
+    for (const auto& r : rules) parsed.push_back(Rule::parse(r));
+    try {
+      make_plan(model, Policy::standard(QuantSpec{4, 32, false}, lm_head, parsed), RtnMethod().traits(), f, false);
+    } catch (const UsageError& e) {
+      return e.what();
+    }
+    return {};
+  }
+};
+
+TEST(LoaderRules, FusedSiblingsMustShareOneSpec) {
+  const Small s;
+  EXPECT_NE(s.refusal(Format::gptq, {"v_proj=bits:8"}).find("qkv_proj"), std::string::npos);
+  EXPECT_NE(s.refusal(Format::gptq, {"layers\\.0\\.self_attn\\.q_proj=skip"}).find("kept unquantized"), std::string::npos);
+  EXPECT_NE(s.refusal(Format::gptq, {"up_proj=group:64"}).find("gate_up_proj"), std::string::npos);
+  EXPECT_EQ(s.refusal(Format::gptq, {"self_attn\\.[qkv]_proj=bits:8", "down_proj=bits:2"}), "");
+  EXPECT_EQ(s.refusal(Format::dense, {"v_proj=bits:3"}), "");  // dense loads anywhere
+}
+
+TEST(LoaderRules, AwqHasOneSpecNoLayerSkipsAndNoLmHead) {
+  const Small s(false);
+  EXPECT_NE(s.refusal(Format::awq, {"down_proj=group:64"}).find("no per-module overrides"), std::string::npos);
+  EXPECT_NE(s.refusal(Format::awq, {"layers\\.0\\.mlp\\.down_proj=skip"}).find("kept in 1 of 2 layers"), std::string::npos);
+  EXPECT_NE(s.refusal(Format::awq, {}, true).find("lm_head"), std::string::npos);
+  EXPECT_EQ(s.refusal(Format::awq, {"down_proj=skip"}), "");
+  EXPECT_EQ(s.refusal(Format::gptq, {"layers\\.0\\.mlp\\.down_proj=skip"}), "");  // gptq has `dynamic`
+}
+
+TEST(LoaderRules, GptqTakesTheWidthsItsLoadersAccept) {
+  const Small s;
+  for (int bits : {5, 6, 7}) {
+    QuantSpec spec{bits, 32, false};
+    EXPECT_NE(formats::unsupported_reason(Format::gptq, 64, 64, spec), "") << bits;
+    EXPECT_EQ(formats::unsupported_reason(Format::dense, 64, 64, spec), "") << bits;
+  }
+  for (int bits : {2, 3, 4, 8}) EXPECT_EQ(formats::unsupported_reason(Format::gptq, 64, 64, QuantSpec{bits, 32, false}), "") << bits;
+}
+
+TEST(LoaderRules, AwqNamesKeptModulesAsAutoAwqAndVllmMatchThem) {
+  const Small s;
+  const RtnMethod rtn;
+  const Plan plan = make_plan(s.model, Policy::standard(QuantSpec{4, 32, false}, false, {Rule::parse("self_attn\\.[qkv]_proj=skip")}),
+                              rtn.traits(), Format::awq, false);
+  RunOptions run;
+  run.out = s.dir / "out";
+  quantize_model(s.model, plan, rtn, run, {});
+  const auto qc = formats::open_model(s.dir / "out").config().quantization_config;
+  const std::vector<std::string> names = qc.at("modules_to_not_convert");
+  EXPECT_EQ(names, (std::vector<std::string>{"self_attn.q_proj", "self_attn.qkv_proj", "self_attn.k_proj", "self_attn.v_proj"}));
 }
 
 }  // namespace

@@ -15,7 +15,7 @@ void register_awq(CLI::App& app) {
   auto no_duo = std::make_shared<bool>(false);
   auto no_clip = std::make_shared<bool>(false);
   auto* cmd = app.add_subcommand("awq", "AWQ: activation-aware scaling and clipping (arXiv:2306.00978)");
-  add_quantize_options(cmd, *o, "awq");
+  add_quantize_options(cmd, *o, "awq", false);
   add_calib_options(cmd, *c, 512);
   cmd->get_option("--format")->description("output format: awq (default at 4 bits when every linear fits), gptq (any bits), dense");
   cmd->add_option("--n-grid", a->n_grid, "scale ratios searched per mapping")->capture_default_str();

@@ -16,7 +16,7 @@ void register_gptq(CLI::App& app) {
   auto no_true_seq = std::make_shared<bool>(false);
   auto mse = std::make_shared<bool>(false);
   auto* cmd = app.add_subcommand("gptq", "GPTQ: calibrated, error-compensating quantization (arXiv:2210.17323)");
-  add_quantize_options(cmd, *o, "gptq");
+  add_quantize_options(cmd, *o, "gptq", true);
   add_calib_options(cmd, *c, 2048);
   cmd->add_option("--damp", g->damp, "dampening: fraction of mean(diag H) added to the diagonal")->capture_default_str();
   cmd->add_option("--block-size", g->block_size, "columns per lazy-batch block")->capture_default_str()->check(CLI::PositiveNumber);

@@ -16,7 +16,7 @@ void register_kmeans(CLI::App& app) {
   auto solver = std::make_shared<std::string>("exact");
   auto* cmd = app.add_subcommand("kmeans", "non-uniform quantization: per-row k-means codebooks (SqueezeLLM, arXiv:2306.07629)");
   o->group_size = -1;
-  add_quantize_options(cmd, *o, "lut");
+  add_quantize_options(cmd, *o, "lut", false);
   add_calib_options(cmd, *c, 512);
   cmd->get_option("--format")->description("output format: lut (codes + fp16 codebooks, SqueezeLLM layout) or dense");
   cmd->get_option("--group-size")->description("inputs per codebook; -1 (default) for one codebook per output row");

@@ -13,7 +13,7 @@ void register_rtn(CLI::App& app) {
   auto mse = std::make_shared<bool>(false);
   auto c = std::make_shared<CalibCliOptions>();
   auto* cmd = app.add_subcommand("rtn", "round-to-nearest quantization (min/max ranges, no calibration)");
-  add_quantize_options(cmd, *o, "gptq");
+  add_quantize_options(cmd, *o, "gptq", true);
   cmd->add_flag("--mse", *mse, "search a clipping factor per group minimising squared error (never worse than min/max)");
   add_calib_options(cmd, *c, 512);
   cmd->get_option("--calib")->description("calibration text, only for --target-bpw's sensitivity (RTN itself needs none)");

@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   CLI::App app{"quant: quantize large language models (RTN, GPTQ, AWQ, K-means) on CPUs"};
   app.require_subcommand(1);
+  // Global options also after the subcommand (`quant gptq MODEL --threads 2`).
+  app.fallthrough();
   app.set_version_flag("--version", "quant 0.1.0");
   auto& g = cli::global_options();
   app.add_option("-t,--threads", g.threads, "worker threads (default: all cores)")->check(CLI::NonNegativeNumber);

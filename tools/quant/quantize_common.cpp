@@ -29,8 +29,9 @@ GlobalOptions& global_options() {
 
 using nlohmann::json;
 
-void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::string& default_format) {
+void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::string& default_format, bool default_sym) {
   o.format = default_format;
+  o.sym = default_sym;
   cmd->add_option("model", o.model, "model directory (config.json + safetensors)")->required();
   cmd->add_option("-o,--output", o.out, "output directory (default: <model>-<method>-w<bits>g<group> beside the model)");
   cmd->add_option("--format", o.format, "output format: gptq, awq or dense (dequantized weights in the source dtype)")
@@ -40,7 +41,8 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
       ->capture_default_str()
       ->check(CLI::Validator([](std::string& s) { return s == "-1" || std::atoll(s.c_str()) >= 1 ? std::string() : "must be -1 or positive"; },
                              "-1|N>0"));
-  cmd->add_flag("--sym", o.sym, "symmetric quantization (zero point fixed at the middle)");
+  cmd->add_flag("--sym,!--no-sym", o.sym, std::string("symmetric quantization (zero point fixed at the middle); --no-sym: asymmetric (default: ") +
+                                          (default_sym ? "symmetric)" : "asymmetric)"));
   cmd->add_option("--rule", o.rules, "per-tensor rule REGEX=skip or REGEX=bits:N,group:N,sym:BOOL (first match wins; repeatable)");
   cmd->add_flag("--quantize-lm-head", o.quantize_lm_head, "quantize lm_head too (kept in the source dtype by default)");
   cmd->add_flag("--skip-unsupported", o.skip_unsupported, "keep linears the format cannot hold in the source dtype instead of failing");

@@ -28,7 +28,7 @@ struct QuantizeCliOptions {
   std::vector<std::string> rules;
   std::string shard_size = "5GB";
   double target_bpw = 0;                        // > 0: mixed precision by sensitivity
-  std::vector<int> candidate_bits = {2, 3, 4, 5, 6, 8};
+  std::vector<int> candidate_bits = {2, 3, 4, 8};  // the widths GPTQ loaders accept
   bool dry_run = false;
   bool no_resume = false;
   std::string sensitivity = "auto";
@@ -49,7 +49,9 @@ void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_s
 std::vector<std::vector<std::int32_t>> load_calib(const Model& model, const CalibCliOptions& o);
 
 // Adds the shared options to a subcommand.
-void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::string& default_format);
+// `default_sym`: GPTQ's ecosystem default (GPTQModel, transformers, optimum: sym=True; vLLM's
+// Marlin kernels take symmetric 4/8-bit only); AWQ's is asymmetric (AutoAWQ zero_point=True).
+void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::string& default_format, bool default_sym);
 
 // Policy (defaults + rules), run options (output path defaulting to <model>-<method>-w4g128).
 // The rules from --rule, preceded, with --target-bpw, by the sensitivity allocation (measured

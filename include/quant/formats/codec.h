@@ -40,8 +40,18 @@ struct ConfigInput {
   bool lm_head = false;                    // lm_head is quantized
   nlohmann::json dynamic = nlohmann::json::object();  // GPTQModel-style per-module overrides
   std::vector<std::string> not_converted;  // decoder linears kept in the source dtype
+  // The same as block-relative names and their fused layers ("self_attn.q_proj",
+  // "self_attn.qkv_proj"), for loaders that match inside every block (AutoAWQ, vLLM's awq).
+  std::vector<std::string> not_converted_blocks;
   std::string method;
   nlohmann::json method_config = nlohmann::json::object();
+};
+
+// A linear as the plan decided it, for the codecs' whole-plan loader rules.
+struct PlannedLinear {
+  const LinearDesc* desc = nullptr;
+  bool quantize = false;
+  QuantSpec spec;
 };
 
 struct Codec {
@@ -49,12 +59,16 @@ struct Codec {
   const char* name;
   const char* quant_method;  // quantization_config.quant_method that marks it; nullptr: none (dense)
   std::vector<std::string> suffixes;  // the tensors a linear `P` becomes: P + suffix
+  std::vector<int> bits;              // the bit widths its loaders accept (empty: any of 2..8)
+  // Loaders fuse q/k/v (and gate/up) into one layer that needs one config for all its parts
+  // (vLLM's packed_modules_mapping): the plan refuses siblings with different specs.
+  bool fused_share_spec = false;
+  // Per-module specs can be written (GPTQModel's `dynamic`); false: one spec for every linear.
+  bool per_module_specs = false;
   // Empty when an [out, in] matrix quantized with `spec` fits, else why not.
   std::string (*unsupported)(std::int64_t out, std::int64_t in, const QuantSpec& spec);
   // Empty when the format can hold what the method produces, else why not.
   std::string (*refuses)(const MethodOutput& output);
-  // A warning for a spec the format holds but common loaders do not (null: none).
-  std::string (*advice)(const QuantSpec& spec);
   // Writes the linear's tensors (and its bias); throws InputError naming the tensor when a
   // value cannot be represented (e.g. a scale beyond float16).
   void (*write)(SafetensorsWriter& writer, const LinearToWrite& linear);
@@ -63,7 +77,15 @@ struct Codec {
   Mat (*read)(const Model& model, const LinearDesc& linear);
   // quantization_config; null for dense (which has none).
   nlohmann::json (*config)(const ConfigInput& input);
+  // Loader rules over the whole plan beyond the flags above (null: none); empty when fine.
+  std::string (*check_plan)(const std::vector<PlannedLinear>& linears) = nullptr;
 };
+
+// Why the loaders of `codec` cannot load a checkpoint planned like `linears` (fused siblings
+// with different specs, per-module specs where the format has none, the codec's own rules), or
+// empty. The message names the linears, the loader rule and how to fix it.
+std::string plan_refusal(const Codec& codec, const std::vector<PlannedLinear>& linears);
+bool same_spec(const QuantSpec& a, const QuantSpec& b);  // bits, group size, symmetry
 
 const std::vector<Codec>& codecs();
 const Codec& codec(Format format);

@@ -49,6 +49,13 @@ struct ModelLayout {
 
 ModelLayout build_layout(const ModelConfig& config);
 
+// The layer loaders fuse this linear into (vLLM's packed_modules_mapping for the Llama family:
+// q/k/v → self_attn.qkv_proj, gate/up → mlp.gate_up_proj), e.g.
+// "model.layers.3.self_attn.qkv_proj"; other linears: their own prefix.
+std::string fused_prefix(const LinearDesc& linear);
+// The linear's name inside its decoder block ("self_attn.q_proj"), or its prefix for lm_head.
+std::string block_relative_name(const LinearDesc& linear);
+
 // How a linear's weight is stored in a checkpoint.
 enum class LinearStorage { dense, packed };
 
