@@ -93,6 +93,25 @@ void awq_write(SafetensorsWriter& w, const LinearToWrite& l) {
   if (!l.bias.empty()) w.add_f32(l.desc.bias_name(), DType::F16, {m.out}, l.bias);
 }
 
+// AutoAWQ keeps lm_head; modules_to_not_convert keys match as substrings of the prefix (vLLM
+// is_layer_skipped_awq; AutoAWQ tests the block-relative name, a suffix of it).
+std::optional<QuantSpec> awq_expected(const nlohmann::json& qc, const LinearDesc& l, const fs::path& where) {
+  if (l.layer < 0) return std::nullopt;
+  if (qc.contains("modules_to_not_convert") && !qc["modules_to_not_convert"].is_null()) {
+    const auto& keys = qc["modules_to_not_convert"];
+    if (!keys.is_array()) fail("{}: quantization_config.modules_to_not_convert must be a list of names", where.string());
+    for (const auto& k : keys) {
+      if (!k.is_string()) fail("{}: quantization_config.modules_to_not_convert holds a non-string {}", where.string(), k.dump());
+      if (l.prefix.find(k.get<std::string>()) != std::string::npos) return std::nullopt;
+    }
+  }
+  QuantSpec s;
+  s.bits = static_cast<int>(config_int(qc, qc.contains("w_bit") ? "w_bit" : "bits", 4, where));
+  s.group_size = config_int(qc, qc.contains("q_group_size") ? "q_group_size" : "group_size", 128, where);
+  s.sym = !config_bool(qc, "zero_point", true, where);
+  return s;
+}
+
 Mat awq_read(const Model& model, const LinearDesc& l) {
   const std::string version = model.config().quantization_config.value("version", std::string("gemm"));
   if (version != "gemm" && version != "GEMM") fail("{}: awq version '{}' is not supported (gemm only)", model.dir().string(), version);
@@ -104,7 +123,10 @@ Mat awq_read(const Model& model, const LinearDesc& l) {
   t.qweight = read_exact<std::int32_t>(model, p + ".qweight", DType::I32, {l.in, l.out / 8});
   t.qzeros = read_exact<std::int32_t>(model, p + ".qzeros", DType::I32, {n_groups, l.out / 8});
   t.scales = read_exact<std::uint16_t>(model, p + ".scales", DType::F16, {n_groups, l.out});
-  return unpack_awq(t, l.out, l.in, l.in / n_groups).dequantize();
+  const QuantizedMatrix m = unpack_awq(t, l.out, l.in, l.in / n_groups);
+  const fs::path where = model.dir() / "config.json";
+  if (const auto e = awq_expected(model.config().quantization_config, l, where)) check_matches_config(m, *e, l, where, false);
+  return m.dequantize();
 }
 
 nlohmann::json awq_config(const ConfigInput& in) {
@@ -146,7 +168,7 @@ std::string awq_check_plan(const std::vector<PlannedLinear>& linears) {
 
 Codec awq_codec() {
   return {Format::awq, "awq", "awq", {".qweight", ".qzeros", ".scales"}, {4}, true, false,
-          awq_unsupported, awq_refuses, awq_write, awq_read, awq_config, awq_check_plan};
+          awq_unsupported, awq_refuses, awq_write, awq_read, awq_config, awq_check_plan, awq_expected};
 }
 
 }  // namespace quant::formats

@@ -1,6 +1,7 @@
 // The codec table and what is shared by the codecs.
 #include <cmath>
 #include <map>
+#include <regex>
 
 #include "codec_detail.h"
 #include "quant/core/dtype.h"
@@ -117,6 +118,83 @@ std::string plan_refusal(const Codec& codec, const std::vector<PlannedLinear>& l
   return codec.check_plan ? codec.check_plan(linears) : std::string();
 }
 
+std::int64_t config_int(const nlohmann::json& qc, const char* key, std::int64_t fallback, const fs::path& where) {
+  if (!qc.contains(key) || qc[key].is_null()) return fallback;
+  if (!qc[key].is_number_integer()) fail("{}: quantization_config.{} must be an integer, found {}", where.string(), key, qc[key].dump());
+  return qc[key].get<std::int64_t>();
+}
+
+bool config_bool(const nlohmann::json& qc, const char* key, bool fallback, const fs::path& where) {
+  if (!qc.contains(key) || qc[key].is_null()) return fallback;
+  if (!qc[key].is_boolean()) fail("{}: quantization_config.{} must be true or false, found {}", where.string(), key, qc[key].dump());
+  return qc[key].get<bool>();
+}
+
+bool re_match(const std::string& pattern, const std::string& text, const fs::path& where) {
+  try {
+    return std::regex_search(text, std::regex(pattern), std::regex_constants::match_continuous);
+  } catch (const std::regex_error& e) {
+    fail("{}: quantization_config.dynamic key '{}' is not a valid regular expression ({})", where.string(), pattern, e.what());
+  }
+}
+
+std::optional<QuantSpec> apply_dynamic(const nlohmann::json& qc, const LinearDesc& l, QuantSpec base, const fs::path& where) {
+  if (!qc.contains("dynamic") || qc["dynamic"].is_null()) return base;
+  if (!qc["dynamic"].is_object()) fail("{}: quantization_config.dynamic must be an object", where.string());
+  for (const auto& [key, value] : qc["dynamic"].items()) {
+    const bool negative = key.rfind("-:", 0) == 0;
+    const std::string pattern = negative || key.rfind("+:", 0) == 0 ? key.substr(2) : key;
+    if (!re_match(pattern, l.prefix, where)) continue;
+    if (negative) return std::nullopt;
+    if (!value.is_object()) fail("{}: quantization_config.dynamic['{}'] must be an object", where.string(), key);
+    base.bits = static_cast<int>(config_int(value, "bits", base.bits, where));
+    base.group_size = config_int(value, "group_size", base.group_size, where);
+    base.sym = config_bool(value, "sym", base.sym, where);
+    return base;
+  }
+  return base;
+}
+
+void check_matches_config(const QuantizedMatrix& m, const QuantSpec& e, const LinearDesc& l, const fs::path& where, bool check_sym) {
+  if (m.bits != e.bits) {
+    fail("{}: tensor '{}.qweight' holds {}-bit codes but quantization_config gives it bits {}", where.string(), l.prefix, m.bits, e.bits);
+  }
+  const std::int64_t groups = (l.in + e.effective_group(l.in) - 1) / e.effective_group(l.in);
+  if (m.n_groups != groups) {
+    fail("{}: tensor '{}.scales' has {} groups but quantization_config gives it group_size {} ({} groups for {} inputs)",
+         where.string(), l.prefix, m.n_groups, e.group_size, groups, l.in);
+  }
+  if (check_sym && e.sym) {
+    const float mid = static_cast<float>(1 << (e.bits - 1));
+    for (std::size_t i = 0; i < m.zeros.size(); ++i) {
+      if (m.zeros[i] != mid) {
+        fail("{}: tensor '{}.qzeros' has zero point {} but quantization_config says sym: true (zero {} everywhere)", where.string(),
+             l.prefix, m.zeros[i], mid);
+      }
+    }
+  }
+}
+
+void verify_against_config(const Model& model) {
+  const auto& qc = model.config().quantization_config;
+  const Codec* c = codec_for_config(qc);
+  if (!c || !c->expected) return;
+  const fs::path where = model.dir() / "config.json";
+  for (const LinearDesc* l : model.linears()) {
+    const bool packed = model.storage(*l) == LinearStorage::packed;
+    const std::optional<QuantSpec> e = c->expected(qc, *l, where);
+    if (e && !packed) {
+      fail("{}: tensor '{}' is a float weight but quantization_config ({} format) quantizes it ({}-bit); loaders would look for "
+           "'{}.qweight'", model.store().file_of(l->weight_name()).string(), l->weight_name(), c->name, e->bits, l->prefix);
+    }
+    if (!e && packed) {
+      fail("{}: '{}' is stored packed but quantization_config ({} format) keeps it in float (lm_head, dynamic '-:' or "
+           "modules_to_not_convert); loaders would look for '{}'", model.store().file_of(l->prefix + ".qweight").string(), l->prefix,
+           c->name, l->weight_name());
+    }
+  }
+}
+
 Mat decode_packed_linear(const Model& model, const LinearDesc& linear) {
   const auto& qc = model.config().quantization_config;
   const Codec* c = codec_for_config(qc);
@@ -141,6 +219,10 @@ Mat decode_packed_linear(const Model& model, const LinearDesc& linear) {
   return w;
 }
 
-Model open_model(const fs::path& dir) { return Model::open(dir, &decode_packed_linear); }
+Model open_model(const fs::path& dir) {
+  Model m = Model::open(dir, &decode_packed_linear);
+  verify_against_config(m);
+  return m;
+}
 
 }  // namespace quant::formats

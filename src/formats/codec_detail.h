@@ -59,6 +59,19 @@ void check_f16_range(std::span<const float> v, const char* what, const LinearDes
 // Why an affine format (gptq, awq) cannot hold what the method produces, or empty.
 std::string refuses_affine(const MethodOutput& output, const char* format);
 
+// Typed fields of quantization_config (InputError naming config.json and the field otherwise).
+std::int64_t config_int(const nlohmann::json& qc, const char* key, std::int64_t fallback, const fs::path& where);
+bool config_bool(const nlohmann::json& qc, const char* key, bool fallback, const fs::path& where);
+// Python's re.match (anchored at the start only), as GPTQModel and vLLM match `dynamic` keys.
+bool re_match(const std::string& pattern, const std::string& text, const fs::path& where);
+// GPTQModel-style `dynamic` over `base`: "-:REGEX" keeps the linear in float (nullopt),
+// "+:REGEX" (or a bare REGEX) overrides bits, group_size and sym; the first match decides.
+std::optional<QuantSpec> apply_dynamic(const nlohmann::json& qc, const LinearDesc& l, QuantSpec base, const fs::path& where);
+// The quantized matrix's parameters against the spec the config gives it: bits, groups, and for
+// symmetric specs zeros at the middle; InputError naming the tensor and the field.
+void check_matches_config(const QuantizedMatrix& m, const QuantSpec& expected, const LinearDesc& l, const fs::path& where,
+                          bool check_sym);
+
 // Appends `q[key] = value` for every entry of `extra` (method settings into the config).
 void merge_into(nlohmann::json& q, const nlohmann::json& extra);
 

@@ -80,6 +80,17 @@ void gptq_write(SafetensorsWriter& w, const LinearToWrite& l) {
   if (!l.bias.empty()) w.add_f32(l.desc.bias_name(), DType::F16, {m.out}, l.bias);
 }
 
+// transformers GPTQConfig / GPTQModel QuantizeConfig defaults: bits 4, group_size 128, sym true,
+// lm_head false; `dynamic` as GPTQModel and vLLM (gptq_utils.py get_dynamic_override) apply it.
+std::optional<QuantSpec> gptq_expected(const nlohmann::json& qc, const LinearDesc& l, const fs::path& where) {
+  QuantSpec base;
+  base.bits = static_cast<int>(config_int(qc, "bits", 4, where));
+  base.group_size = config_int(qc, "group_size", 128, where);
+  base.sym = config_bool(qc, "sym", true, where);
+  if (l.layer < 0 && !config_bool(qc, "lm_head", false, where)) return std::nullopt;
+  return apply_dynamic(qc, l, base, where);
+}
+
 Mat gptq_read(const Model& model, const LinearDesc& l) {
   const std::string fmt_name = model.config().quantization_config.value("checkpoint_format", std::string("gptq"));
   if (fmt_name != "gptq") fail("{}: checkpoint_format '{}' is not supported (gptq v1 only)", model.dir().string(), fmt_name);
@@ -107,7 +118,14 @@ Mat gptq_read(const Model& model, const LinearDesc& l) {
     const std::int64_t g = (l.in + n_groups - 1) / n_groups;
     for (std::int64_t j = 0; j < l.in; ++j) t.g_idx.push_back(static_cast<std::int32_t>(j / g));
   }
-  return unpack_gptq(t, l.out, l.in, bits).dequantize();
+  const QuantizedMatrix m = unpack_gptq(t, l.out, l.in, bits);
+  const fs::path where = model.dir() / "config.json";
+  const auto& qc = model.config().quantization_config;
+  if (const auto e = gptq_expected(qc, l, where)) check_matches_config(m, *e, l, where, true);
+  if (!config_bool(qc, "desc_act", false, where) && !m.trivial_g_idx()) {
+    fail("{}: tensor '{}.g_idx' is permuted (act-order) but quantization_config.desc_act is false", where.string(), p);
+  }
+  return m.dequantize();
 }
 
 
@@ -126,7 +144,7 @@ nlohmann::json gptq_config(const ConfigInput& in) {
 
 Codec gptq_codec() {
   return {Format::gptq, "gptq", "gptq", {".qweight", ".qzeros", ".scales", ".g_idx"}, {2, 3, 4, 8}, true, true,
-          gptq_unsupported, gptq_refuses, gptq_write, gptq_read, gptq_config};
+          gptq_unsupported, gptq_refuses, gptq_write, gptq_read, gptq_config, nullptr, gptq_expected};
 }
 
 std::string refuses_affine(const MethodOutput& o, const char* format) {

@@ -64,6 +64,20 @@ void lut_write(SafetensorsWriter& w, const LinearToWrite& l) {
   if (!l.bias.empty()) w.add_f32(l.desc.bias_name(), DType::F16, {m.out}, l.bias);
 }
 
+// quant's own config: bits, group_size, lm_head, modules_to_not_convert (full names), dynamic.
+std::optional<QuantSpec> lut_expected(const nlohmann::json& qc, const LinearDesc& l, const fs::path& where) {
+  if (l.layer < 0 && !config_bool(qc, "lm_head", false, where)) return std::nullopt;
+  if (qc.contains("modules_to_not_convert") && qc["modules_to_not_convert"].is_array()) {
+    for (const auto& k : qc["modules_to_not_convert"]) {
+      if (k.is_string() && k.get<std::string>() == l.prefix) return std::nullopt;
+    }
+  }
+  QuantSpec s;
+  s.bits = static_cast<int>(config_int(qc, "bits", 4, where));
+  s.group_size = config_int(qc, "group_size", -1, where);
+  return apply_dynamic(qc, l, s, where);
+}
+
 Mat lut_read(const Model& model, const LinearDesc& l) {
   const std::string p = l.prefix;
   const std::string where = model.dir().string();
@@ -103,7 +117,12 @@ Mat lut_read(const Model& model, const LinearDesc& l) {
       }
     }
   }
-  return unpack_lut(t, l.out, l.in, bits, n_groups).dequantize();
+  const QuantizedMatrix m = unpack_lut(t, l.out, l.in, bits, n_groups);
+  const fs::path cfg = model.dir() / "config.json";
+  if (model.config().quantization_config.value("quant_method", "") == "quant-lut") {  // legacy "squeezellm" labels: unchecked
+    if (const auto e = lut_expected(model.config().quantization_config, l, cfg)) check_matches_config(m, *e, l, cfg, false);
+  }
+  return m.dequantize();
 }
 
 nlohmann::json lut_config(const ConfigInput& in) {
@@ -112,7 +131,7 @@ nlohmann::json lut_config(const ConfigInput& in) {
   // read it. Outputs of earlier versions, labelled "squeezellm", are read as the same format.
   const nlohmann::json meta = {{"quantizer", {"quant:0.1.0"}}, {"method", in.method}};
   nlohmann::json q = {{"quant_method", "quant-lut"}, {"wbits", in.base.bits}, {"bits", in.base.bits},
-                      {"group_size", in.base.group_size}, {"meta", meta}};
+                      {"group_size", in.base.group_size}, {"lm_head", in.lm_head}, {"meta", meta}};
   merge_into(q, in.method_config);
   q["modules_to_not_convert"] = in.not_converted.empty() ? nlohmann::json(nullptr) : nlohmann::json(in.not_converted);
   if (!in.dynamic.empty()) q["dynamic"] = in.dynamic;
@@ -123,7 +142,7 @@ nlohmann::json lut_config(const ConfigInput& in) {
 
 Codec lut_codec() {
   return {Format::lut, "lut", "quant-lut", {".qweight", ".lookup_table", ".outlier_rowptr", ".outlier_cols", ".outlier_vals"}, {}, false, true,
-          lut_unsupported, lut_refuses, lut_write, lut_read, lut_config};
+          lut_unsupported, lut_refuses, lut_write, lut_read, lut_config, nullptr, lut_expected};
 }
 
 }  // namespace quant::formats

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -79,7 +80,18 @@ struct Codec {
   nlohmann::json (*config)(const ConfigInput& input);
   // Loader rules over the whole plan beyond the flags above (null: none); empty when fine.
   std::string (*check_plan)(const std::vector<PlannedLinear>& linears) = nullptr;
+  // The spec a checkpoint's quantization_config gives this linear as the loaders read it
+  // (top-level fields, `dynamic` overrides, modules_to_not_convert, lm_head); nullopt when the
+  // loaders keep it in float. Throws InputError naming config.json and the field when a field
+  // has the wrong type. Null for dense.
+  std::optional<QuantSpec> (*expected)(const nlohmann::json& quantization_config, const LinearDesc& linear,
+                                       const fs::path& config_path) = nullptr;
 };
+
+// Checks every linear's storage against the quantization_config as loaders read it: a linear
+// the config quantizes must be stored packed, one it keeps must be a float weight. InputError
+// names the file, the tensor and the config field.
+void verify_against_config(const Model& model);
 
 // Why the loaders of `codec` cannot load a checkpoint planned like `linears` (fused siblings
 // with different specs, per-module specs where the format has none, the codec's own rules), or
