@@ -77,6 +77,27 @@ bool same_spec(const QuantSpec& a, const QuantSpec& b) {
   return a.bits == b.bits && a.group_size == b.group_size && a.sym == b.sym;
 }
 
+std::vector<std::string> fast_kernels(Format format, const std::vector<PlannedLinear>& linears) {
+  bool any = false, bits48 = true, bits4 = true, sym = true, groups = true;
+  for (const PlannedLinear& p : linears) {
+    if (!p.quantize) continue;
+    any = true;
+    bits48 = bits48 && (p.spec.bits == 4 || p.spec.bits == 8);
+    bits4 = bits4 && p.spec.bits == 4;
+    sym = sym && p.spec.sym;
+    const std::int64_t g = p.spec.group_size;
+    groups = groups && (g == -1 || g == 32 || g == 64 || g == 128);
+  }
+  std::vector<std::string> k;
+  if (!any) return k;
+  if (format == Format::gptq) {
+    if (bits48 && sym && groups) k.push_back("vllm gptq_marlin");
+    if (bits4) k.push_back("exllamav2");
+  }
+  if (format == Format::awq && bits4 && groups) k.push_back("vllm awq_marlin");
+  return k;
+}
+
 namespace {
 std::string describe(const PlannedLinear& p) {
   return p.quantize ? fmt::format("{}-bit, group {}, {}", p.spec.bits, p.spec.group_size, p.spec.sym ? "sym" : "asym") : "kept unquantized";

@@ -107,6 +107,34 @@ class KlProbe {
   std::vector<Mat> ref_;
 };
 
+// One choice per fused layer: losses add, costs average by parameters.
+std::vector<BitChoice> merge_fused(std::vector<BitChoice> in, const Model& model) {
+  std::map<std::string, std::string> fused_of;
+  for (const LinearDesc* l : model.linears()) fused_of[l->prefix] = fused_prefix(*l);
+  std::vector<BitChoice> out;
+  std::map<std::string, std::size_t> at;
+  for (BitChoice& c : in) {
+    const std::string key = fused_of.at(c.linear);
+    const auto it = at.find(key);
+    if (it == at.end()) {
+      at[key] = out.size();
+      c.members = {c.linear};
+      c.linear = key;
+      out.push_back(std::move(c));
+      continue;
+    }
+    BitChoice& m = out[it->second];
+    const double na = static_cast<double>(m.n_params), nb = static_cast<double>(c.n_params);
+    for (std::size_t j = 0; j < m.bits.size(); ++j) {
+      m.loss[j] += c.loss[j];
+      m.bpw[j] = (m.bpw[j] * na + c.bpw[j] * nb) / (na + nb);
+    }
+    m.n_params += c.n_params;
+    m.members.push_back(c.linear);
+  }
+  return out;
+}
+
 }  // namespace
 
 Sensitivity parse_sensitivity(const std::string& name) {
@@ -118,7 +146,9 @@ Sensitivity parse_sensitivity(const std::string& name) {
 std::vector<Rule> Allocation::rules() const {
   std::vector<Rule> r;
   for (const auto& c : linears) {
-    r.push_back(Rule::parse("^" + regex_escape(c.linear) + "$=bits:" + std::to_string(c.bits[static_cast<std::size_t>(c.chosen)])));
+    for (const auto& m : c.members) {
+      r.push_back(Rule::parse("^" + regex_escape(m) + "$=bits:" + std::to_string(c.bits[static_cast<std::size_t>(c.chosen)])));
+    }
   }
   return r;
 }
@@ -175,6 +205,7 @@ Allocation allocate_bits(const Model& model, const Policy& policy, double target
     }
   }
   if (a.linears.empty()) fail<UsageError>("--target-bpw: no linear is quantized under the rules");
+  a.linears = merge_fused(std::move(a.linears), model);
   double params = 0, bits = 0;
   for (const auto& c : a.linears) {
     params += static_cast<double>(c.n_params);

@@ -45,7 +45,7 @@ json QuantizeReport::to_json() const {
   }
   return {{"method", method}, {"format", format}, {"output", output.string()}, {"seconds", seconds}, {"peak_rss_bytes", peak_rss_bytes},
           {"bytes_in", bytes_in}, {"bytes_out", bytes_out}, {"bpw_quantized", bpw_quantized},
-          {"bpw_linears", bpw_linears}, {"n_quantized", n_quantized}, {"n_kept", n_kept}, {"tensors", t}};
+          {"bpw_linears", bpw_linears}, {"n_quantized", n_quantized}, {"n_kept", n_kept}, {"kernels", kernels}, {"tensors", t}};
 }
 
 OutputSession::OutputSession(const Model& source, const Plan& plan, RunOptions options)
@@ -193,6 +193,9 @@ QuantizeReport OutputSession::finish() {
   rep.format = formats::format_name(plan_.format);
   rep.output = staged_->final_path();
   rep.tensors = reports_;
+  std::vector<formats::PlannedLinear> planned;
+  for (const auto& p : plan_.linears) planned.push_back({p.desc, p.quantize, p.spec});
+  rep.kernels = formats::fast_kernels(plan_.format, planned);
   double bits_q = 0, params_q = 0, bits_all = 0, params_all = 0;
   for (const auto& p : plan_.linears) {
     if (p.desc->layer < 0) continue;

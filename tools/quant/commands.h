@@ -24,6 +24,7 @@ void register_awq(CLI::App& app);
 void register_kmeans(CLI::App& app);
 void register_gguf(CLI::App& app);
 void register_run(CLI::App& app);
+void register_check(CLI::App& app);
 
 // Parses and checks a recipe as `quant run --dry-run` does (every job's fields, values, model
 // and output) without running anything; returns the number of jobs. Throws quant::Error.

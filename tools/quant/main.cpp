@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   cli::register_kmeans(app);
   cli::register_gguf(app);
   cli::register_run(app);
+  cli::register_check(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,9 +1,11 @@
 #include "quantize_common.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <iostream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -126,6 +128,14 @@ Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const
   for (const auto& r : o.rules) rules.push_back(Rule::parse(r));
   Policy p = Policy::standard(defaults, o.quantize_lm_head, rules);
   if (o.target_bpw <= 0) return p;
+  if (const auto& accepted = formats::codec(formats::parse_format(o.format)).bits; !accepted.empty()) {
+    for (int b : o.candidate_bits) {
+      if (std::find(accepted.begin(), accepted.end(), b) == accepted.end()) {
+        fail<UsageError>("--candidate-bits {}: the {} format's loaders accept {} bits; drop it or use --format dense", b, o.format,
+                         fmt::join(accepted, ", "));
+      }
+    }
+  }
   if (samples.empty()) log::info("--target-bpw without calibration: sensitivity is the plain squared weight error");
   std::string kind = o.sensitivity;
   if (kind == "auto") {
@@ -224,6 +234,9 @@ void print_report(const QuantizeReport& r, bool json) {
             r.method, r.output.string(), r.format, r.n_quantized, r.n_kept, r.bpw_quantized,
             static_cast<double>(r.bytes_in) / 1e6, static_cast<double>(r.bytes_out) / 1e6, r.seconds,
             static_cast<double>(r.peak_rss_bytes) / 1e6);
+  if (r.format != "dense") {
+    log::info("fast kernels this output qualifies for: {}", r.kernels.empty() ? std::string("none (reference kernels only)") : fmt::format("{}", fmt::join(r.kernels, ", ")));
+  }
   if (json) std::cout << r.to_json().dump(2) << "\n";
   else std::cout << r.output.string() << "\n";
 }

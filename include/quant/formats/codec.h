@@ -98,6 +98,9 @@ void verify_against_config(const Model& model);
 // empty. The message names the linears, the loader rule and how to fix it.
 std::string plan_refusal(const Codec& codec, const std::vector<PlannedLinear>& linears);
 bool same_spec(const QuantSpec& a, const QuantSpec& b);  // bits, group size, symmetry
+// The fast kernels whose constraints every quantized linear meets (vLLM gptq_marlin: symmetric
+// 4/8-bit, group -1/32/64/128; awq_marlin: 4-bit, group -1/32/64/128; exllamav2: 4-bit gptq).
+std::vector<std::string> fast_kernels(Format format, const std::vector<PlannedLinear>& linears);
 
 const std::vector<Codec>& codecs();
 const Codec& codec(Format format);

@@ -19,7 +19,8 @@
 namespace quant {
 
 struct BitChoice {
-  std::string linear;          // prefix, e.g. "model.layers.0.mlp.down_proj"
+  std::string linear;          // prefix, e.g. "model.layers.0.mlp.down_proj", or the fused layer's
+  std::vector<std::string> members;  // the linears sharing this choice (fused siblings: q/k/v, gate/up)
   std::int64_t n_params = 0;
   std::vector<int> bits;       // the candidates tried, ascending
   std::vector<double> loss;    // sensitivity at each candidate
@@ -43,7 +44,8 @@ enum class Sensitivity {
 };
 Sensitivity parse_sensitivity(const std::string& name);
 
-// Allocates bits among the linears `policy` quantizes (each keeps its policy group size and
+// Allocates bits among the linears (fused siblings — q/k/v, gate/up — as one unit, since the
+// loaders that fuse them need one config per fused layer) `policy` quantizes (each keeps its policy group size and
 // symmetry). `samples` may be empty (then H = I). Throws UsageError when the budget is below
 // every linear at the fewest candidate bits.
 Allocation allocate_bits(const Model& model, const Policy& policy, double target_bpw, std::vector<int> candidates,

@@ -60,6 +60,7 @@ struct QuantizeReport {
   double bpw_linears = 0;    // over all decoder linears (kept ones at their source bits)
   std::int64_t n_quantized = 0;
   std::int64_t n_kept = 0;
+  std::vector<std::string> kernels;  // fast kernels the output qualifies for (formats::fast_kernels)
   nlohmann::json to_json() const;
 };
 
