@@ -13,6 +13,7 @@
 #include "quant/core/log.h"
 #include "quant/core/quantizer.h"
 #include "quant/model/weights.h"
+#include "quant/pipeline/layer_loop.h"
 
 namespace quant {
 
@@ -163,24 +164,13 @@ Allocation allocate_bits(const Model& model, const Policy& policy, double target
   }
   Allocation a;
   a.target_bpw = target_bpw;
-  std::unique_ptr<LayerRunner> runner;
   std::unique_ptr<KlProbe> probe;
   if (kind == Sensitivity::kl) {
     if (samples.empty()) fail<UsageError>("--sensitivity kl needs calibration data");
     probe = std::make_unique<KlProbe>(model, samples);
-  } else if (!samples.empty()) {
-    runner = std::make_unique<LayerRunner>(model, samples);
   }
   const double base_nll = 0.0;  // KL of the float model to itself
-  for (const auto& layer : model.layout().layers) {
-    const LayerWeights lw = load_layer(model, layer.index);
-    std::map<CapturePoint, Mat> hess;
-    if (runner) {
-      for (CapturePoint p : {CapturePoint::attn_in, CapturePoint::o_in, CapturePoint::mlp_in, CapturePoint::down_in}) {
-        hess[p] = hessian(runner->stage(p, lw));
-      }
-      runner->finish(lw);
-    }
+  auto measure_layer = [&](const LayerDesc& layer, const LayerWeights& lw, const std::map<CapturePoint, Mat>* hess) {
     for (LinearKind k : kAllLinearKinds) {
       const LinearDesc& l = layer.linear(k);
       const Decision d = policy.decide(l.prefix);
@@ -200,9 +190,19 @@ Allocation allocate_bits(const Model& model, const Policy& policy, double target
         log::debug("{}: nll increase {}", l.prefix, fmt::join(c.loss, " "));
         a.linears.push_back(std::move(c));
       } else {
-        a.linears.push_back(measure(l, lw.linear(k), runner ? &hess[capture_point(k)] : nullptr, d.spec, candidates));
+        a.linears.push_back(measure(l, lw.linear(k), hess ? &hess->at(capture_point(k)) : nullptr, d.spec, candidates));
       }
     }
+  };
+  if (!probe && !samples.empty()) {
+    // H of each capture point's inputs from the float model (the one walk shared with imatrix).
+    std::map<CapturePoint, Mat> hess;
+    observe_float_model(model, samples, false, [&](const LayerDesc* layer, const LayerWeights* lw, CapturePoint p, const std::vector<Mat>& xs) {
+      hess[p] = hessian(xs);
+      if (p == CapturePoint::down_in) measure_layer(*layer, *lw, &hess);
+    });
+  } else {
+    for (const auto& layer : model.layout().layers) measure_layer(layer, load_layer(model, layer.index), nullptr);
   }
   if (a.linears.empty()) fail<UsageError>("--target-bpw: no linear is quantized under the rules");
   a.linears = merge_fused(std::move(a.linears), model);

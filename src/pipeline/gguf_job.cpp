@@ -13,22 +13,16 @@ namespace quant::gguf {
 std::map<std::string, std::vector<float>> collect_importance(const Model& model,
                                                              const std::vector<std::vector<std::int32_t>>& samples) {
   std::map<std::string, std::vector<float>> imp;
-  LayerRunner runner(model, samples);
-  for (const auto& layer : model.layout().layers) {
-    const LayerWeights lw = load_layer(model, layer.index);
-    for (CapturePoint p : {CapturePoint::attn_in, CapturePoint::o_in, CapturePoint::mlp_in, CapturePoint::down_in}) {
-      const std::vector<float> h = mean_square_inputs(runner.stage(p, lw));
-      for (LinearKind k : kAllLinearKinds) {
-        if (capture_point(k) == p) imp[gguf_linear_name(layer.linear(k))] = h;
-      }
+  observe_float_model(model, samples, true, [&](const LayerDesc* layer, const LayerWeights*, CapturePoint p, const std::vector<Mat>& xs) {
+    const std::vector<float> h = mean_square_inputs(xs);
+    if (!layer) {
+      imp[model.layout().tied ? "token_embd.weight" : "output.weight"] = h;
+      return;
     }
-    runner.finish(lw);
-  }
-  const Vec norm = load_vector(model, model.layout().final_norm);
-  std::vector<Mat> xs(runner.hidden().size());
-  for (std::size_t i = 0; i < xs.size(); ++i) rms_norm(runner.hidden()[i], norm, model.config().rms_norm_eps, xs[i]);
-  const std::vector<float> h = mean_square_inputs(xs);
-  imp[model.layout().tied ? "token_embd.weight" : "output.weight"] = h;
+    for (LinearKind k : kAllLinearKinds) {
+      if (capture_point(k) == p) imp[gguf_linear_name(layer->linear(k))] = h;
+    }
+  });
   return imp;
 }
 

@@ -115,6 +115,23 @@ struct Loop {
 
 }  // namespace
 
+void observe_float_model(const Model& model, const std::vector<std::vector<std::int32_t>>& samples, bool head,
+                         const FloatVisitor& visit) {
+  LayerRunner runner(model, samples);
+  for (const auto& layer : model.layout().layers) {
+    const LayerWeights lw = load_layer(model, layer.index);
+    for (CapturePoint p : {CapturePoint::attn_in, CapturePoint::o_in, CapturePoint::mlp_in, CapturePoint::down_in}) {
+      visit(&layer, &lw, p, runner.stage(p, lw));
+    }
+    runner.finish(lw);
+  }
+  if (!head) return;
+  const Vec norm = load_vector(model, model.layout().final_norm);
+  std::vector<Mat> xs(runner.hidden().size());
+  for (std::size_t i = 0; i < xs.size(); ++i) rms_norm(runner.hidden()[i], norm, model.config().rms_norm_eps, xs[i]);
+  visit(nullptr, nullptr, CapturePoint::attn_in, xs);
+}
+
 int resume_layers(OutputSession& session, LayerRunner& runner, const std::vector<std::vector<std::int32_t>>& samples) {
   session.enable_resume(samples);
   std::vector<Mat> hidden;

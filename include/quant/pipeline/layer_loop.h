@@ -26,6 +26,15 @@ void run_layer_loop(const Model& model, OutputSession& session, const Method& me
                     const std::vector<std::vector<std::int32_t>>& samples,
                     const std::function<void(const LinearDesc&)>& done, PhaseTimer& timer);
 
+// The same walk over the float model, quantizing nothing (imatrix statistics, --target-bpw
+// sensitivities): for every decoder layer, `visit(layer, weights, point, inputs)` for the four
+// capture points in forward order, then, with `head`, `visit(nullptr, nullptr, attn_in,
+// final-normed hidden states)` for lm_head's inputs.
+using FloatVisitor = std::function<void(const LayerDesc* layer, const LayerWeights* weights, CapturePoint point,
+                                        const std::vector<Mat>& inputs)>;
+void observe_float_model(const Model& model, const std::vector<std::vector<std::int32_t>>& samples, bool head,
+                         const FloatVisitor& visit);
+
 // Starts journaling for `samples` and, if an interrupted run's journal matches, replays it and
 // moves `runner` past its layers. Returns how many layers are already done.
 int resume_layers(OutputSession& session, LayerRunner& runner, const std::vector<std::vector<std::int32_t>>& samples);
