@@ -184,6 +184,7 @@ void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
   w.set("general.name", Value::str(name));
   w.set("general.file_type", Value::u32(o.type.ftype));
   w.set("general.quantization_version", Value::u32(2));
+  w.set("general.quantized_by", Value::str("quant 0.1.0"));  // marks the file as quant's own (--force replaces only these)
   w.set("general.alignment", Value::u32(32));
   w.set("llama.context_length", Value::u32(static_cast<std::uint32_t>(c.max_position_embeddings)));
   w.set("llama.embedding_length", Value::u32(static_cast<std::uint32_t>(c.hidden_size)));
@@ -208,7 +209,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   const auto start = std::chrono::steady_clock::now();
   const ModelConfig& c = model.config();
   check_exportable(model);
-  if (fs::exists(out) && !o.force) fail<UsageError>("{} exists; pass --force to replace it", out.string());
+  StagedFile staged(out, o.output);  // checked against the inputs, locked
   Writer w;
   set_metadata(model, o, w);
 
@@ -267,9 +268,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, tensor_type(o.type, {Role::output, 0, n_layers}, H, imatrix), mat(L.lm_head, 0),
                     L.lm_head.weight_name());
 
-  const fs::path tmp_parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
-  if (!fs::is_directory(tmp_parent)) fail<UsageError>("{}: no such directory", tmp_parent.string());
-  w.write(out, [&](std::size_t i) {
+  w.write_to(staged.file(), [&](std::size_t i) {
     check_interrupted();
     const TensorInfo& t = w.tensors()[i];
     const Mat x = items[i].load();
@@ -289,8 +288,9 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     }
     return q;
   });
-  rep.output = out;
-  rep.bytes = fs::file_size(out);
+  staged.commit();
+  rep.output = staged.final_path();
+  rep.bytes = is_stream_target(rep.output) ? 0 : fs::file_size(rep.output);
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return rep;
 }

@@ -85,12 +85,7 @@ std::string pre_name(const json& pre, const fs::path& file) {
 }
 
 void add_bpe(const Model& model, Writer& w, const fs::path& file) {
-  json j;
-  try {
-    j = json::parse(read_text_file(file));
-  } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", file.string(), e.what());
-  }
+  const json j = read_json_file(file, JsonLimits{.reject_duplicate_keys = false});
   const json& m = j.value("model", json::object());
   if (m.value("type", "BPE") != "BPE" || !m.contains("vocab") || !m["vocab"].is_object()) {
     fail("{}: GGUF export needs a BPE model with a vocab", file.string());

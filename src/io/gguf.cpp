@@ -206,7 +206,7 @@ void Writer::add_tensor(const std::string& name, const std::vector<std::int64_t>
   tensors_.push_back(std::move(t));
 }
 
-void Writer::write(const fs::path& path, const std::function<std::vector<std::uint8_t>(std::size_t)>& produce) {
+std::vector<std::uint8_t> Writer::header() const {
   Out h;
   h.pod<std::uint32_t>(kMagic);
   h.pod<std::uint32_t>(kVersion);
@@ -225,9 +225,27 @@ void Writer::write(const fs::path& path, const std::function<std::vector<std::ui
     h.pod<std::uint64_t>(t.offset);
   }
   h.buf.resize(align_up(h.buf.size(), alignment_), 0);
+  return h.buf;
+}
+
+void Writer::write(const fs::path& path, const std::function<std::vector<std::uint8_t>(std::size_t)>& produce) {
+  const std::vector<std::uint8_t> head = header();
   const fs::path tmp = path.string() + ".tmp";
   OutFile f(tmp);
-  f.write(h.buf.data(), h.buf.size());
+  write_to(f, head, produce);
+  f.close();
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) fail<IoError>("{}: cannot rename into place: {}", path.string(), ec.message());
+  f.keep();
+}
+
+void Writer::write_to(OutFile& f, const std::function<std::vector<std::uint8_t>(std::size_t)>& produce) {
+  write_to(f, header(), produce);
+}
+
+void Writer::write_to(OutFile& f, const std::vector<std::uint8_t>& head, const std::function<std::vector<std::uint8_t>(std::size_t)>& produce) {
+  f.write(head.data(), head.size());
   std::uint64_t pos = 0;
   const std::vector<std::uint8_t> zeros(alignment_, 0);
   for (std::size_t i = 0; i < tensors_.size(); ++i) {
@@ -238,11 +256,6 @@ void Writer::write(const fs::path& path, const std::function<std::vector<std::ui
     f.write(bytes.data(), bytes.size());
     pos = t.offset + t.bytes;
   }
-  f.close();
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) fail<IoError>("{}: cannot rename into place: {}", path.string(), ec.message());
-  f.keep();
 }
 
 File File::open(const fs::path& path) {

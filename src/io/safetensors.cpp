@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -28,7 +29,8 @@ std::int64_t TensorInfo::numel() const {
 
 // ---------------------------------------------------------------------------------------------
 MappedFile::MappedFile(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO named as a shard must not block open() forever; it is refused below.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail("{}: cannot open: {}", path.string(), std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
@@ -37,7 +39,8 @@ MappedFile::MappedFile(const fs::path& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    fail("{}: not a regular file", path.string());
+    fail("{}: not a regular file (a {}); model files must be regular files", path.string(),
+         S_ISFIFO(st.st_mode) ? "FIFO" : S_ISCHR(st.st_mode) ? "character device" : S_ISDIR(st.st_mode) ? "directory" : "special file");
   }
   size_ = static_cast<std::size_t>(st.st_size);
   if (size_ > 0) {
@@ -58,24 +61,10 @@ MappedFile::~MappedFile() {
 // ---------------------------------------------------------------------------------------------
 namespace {
 
-// Parses the header JSON, rejecting duplicate top-level keys (nlohmann would keep the last).
+// Parses the header JSON in linear time with bounded depth, rejecting duplicate keys (nlohmann
+// would keep the last).
 json parse_header(const fs::path& path, std::string_view text) {
-  std::set<std::string> seen;
-  std::string duplicate;
-  auto callback = [&](int depth, json::parse_event_t event, json& parsed) {
-    if (depth == 1 && event == json::parse_event_t::key) {
-      const auto& key = parsed.get_ref<const std::string&>();
-      if (!seen.insert(key).second && duplicate.empty()) duplicate = key;
-    }
-    return true;
-  };
-  json header;
-  try {
-    header = json::parse(text.begin(), text.end(), callback);
-  } catch (const json::exception& e) {
-    fail("{}: safetensors header is not valid JSON: {}", path.string(), e.what());
-  }
-  if (!duplicate.empty()) fail("{}: safetensors header lists tensor '{}' twice", path.string(), duplicate);
+  const json header = parse_json(text, path.string() + ": safetensors header", JsonLimits{.max_depth = 8});
   if (!header.is_object()) fail("{}: safetensors header is not a JSON object", path.string());
   return header;
 }
@@ -138,6 +127,15 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
   if (size < 8) fail("{}: truncated safetensors file ({} bytes, header length needs 8)", path.string(), size);
   std::uint64_t n = 0;
   std::memcpy(&n, map_->data(), 8);  // little-endian host (x86-64)
+  if (n > kMaxHeaderBytes || n > size - 8) {
+    const auto* b = reinterpret_cast<const unsigned char*>(map_->data());
+    bool text = true;
+    for (int i = 0; i < 8; ++i) text = text && (std::isprint(b[i]) || std::isspace(b[i]));
+    if (text) {
+      fail("{}: not a safetensors file: it begins with text (\"{}\"), not an 8-byte header length", path.string(),
+           std::string(reinterpret_cast<const char*>(b), 8));
+    }
+  }
   if (n > kMaxHeaderBytes) {
     fail("{}: safetensors header length {} exceeds the {} byte limit", path.string(), n, kMaxHeaderBytes);
   }
@@ -209,12 +207,7 @@ TensorStore TensorStore::open(const fs::path& path) {
   }
 
   if (!index_path.empty()) {
-    json index;
-    try {
-      index = json::parse(read_text_file(index_path));
-    } catch (const json::exception& e) {
-      fail("{}: not valid JSON: {}", index_path.string(), e.what());
-    }
+    const json index = read_json_file(index_path);
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
       fail("{}: missing the 'weight_map' object", index_path.string());
     }
@@ -382,7 +375,7 @@ void SafetensorsWriter::add(const std::string& name, DType dtype, std::vector<st
   s.data->write(data.data(), data.size());
   s.bytes += data.size();
   total_bytes_ += data.size();
-  names_[name] = true;
+  names_[name] = data.size();
 }
 
 void SafetensorsWriter::add_f32(const std::string& name, DType dtype,
@@ -400,7 +393,7 @@ std::vector<fs::path> SafetensorsWriter::finish() {
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   for (std::size_t i = 0; i < n; ++i) {
     Shard& s = *shards_[i];
-    s.data->close();
+    s.data->close(false);  // a temporary: the shard is synced
     const std::string file = n == 1 ? options_.base_name + ".safetensors"
                                     : fmt::format("{}-{:05d}-of-{:05d}.safetensors",
                                                   options_.base_name, i + 1, n);
@@ -433,6 +426,17 @@ std::vector<fs::path> SafetensorsWriter::finish() {
     const fs::path p = dir_ / (options_.base_name + ".safetensors.index.json");
     write_file_atomic(p, index.dump(2) + "\n");
     written.push_back(p);
+  }
+  // Read back what was written before anyone publishes it: a file another process truncated or
+  // a short write the kernel did not report must not reach a user.
+  try {
+    const TensorStore back = TensorStore::open(n > 1 ? written.back() : written.front());
+    for (const auto& [name, bytes] : names_) {
+      if (!back.contains(name) || back.get(name).nbytes != bytes) fail<IoError>("tensor '{}' is missing or has the wrong size", name);
+    }
+    if (back.names().size() != names_.size()) fail<IoError>("{} tensors read back, {} written", back.names().size(), names_.size());
+  } catch (const Error& e) {
+    fail<IoError>("{}: the written checkpoint does not read back: {}", dir_.string(), e.what());
   }
   return written;
 }

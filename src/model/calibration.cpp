@@ -12,12 +12,24 @@
 
 namespace quant {
 
+std::uint64_t calibration_memory_estimate(const ModelConfig& c, std::int64_t nsamples, std::int64_t seqlen) {
+  const double n = static_cast<double>(nsamples), t = static_cast<double>(seqlen);
+  const double h = static_cast<double>(c.hidden_size), i = static_cast<double>(c.intermediate_size);
+  const double heads = static_cast<double>(c.n_heads);
+  const double hidden = 2 * n * t * h * 4;
+  const double window = (3 * t * i + t * t * heads + 4 * t * h) * 4;
+  const double layer = (4 * h * h + 3 * h * i) * 4 + std::max(h, i) * std::max(h, i) * 8;
+  return static_cast<std::uint64_t>(hidden + window + layer);
+}
+
 std::vector<std::vector<std::int32_t>> load_calibration(const Model& model, const CalibOptions& o,
                                                         const Tokenizer* tokenizer) {
   if (o.nsamples <= 0) fail<UsageError>("--nsamples must be positive, got {}", o.nsamples);
   if (o.seqlen < 2) fail<UsageError>("--seqlen must be at least 2, got {}", o.seqlen);
   const std::int64_t seqlen = std::min(o.seqlen, model.config().max_position_embeddings);
   if (seqlen < o.seqlen) log::info("calibration windows capped at the model context ({} tokens)", seqlen);
+  check_memory_estimate(calibration_memory_estimate(model.config(), o.nsamples, seqlen),
+                        fmt::format("calibration with --nsamples {} --seqlen {}", o.nsamples, seqlen), o.check_memory);
   std::vector<std::int32_t> ids;
   std::string source;
   if (!o.tokens.empty()) {

@@ -1,5 +1,7 @@
 #include "quant/model/config.h"
 
+#include <cmath>
+
 #include "quant/core/error.h"
 #include "quant/io/io.h"
 
@@ -79,7 +81,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (c.head_dim <= 0 || c.head_dim % 2 != 0) fail("{}: head_dim must be positive and even, found {}", source, c.head_dim);
   c.rms_norm_eps = get_num(j, "rms_norm_eps", source, 1e-6);
   c.rope_theta = get_num(j, "rope_theta", source, 10000.0);
-  if (c.rms_norm_eps < 0 || c.rope_theta <= 0) fail("{}: rms_norm_eps/rope_theta out of range", source);
+  if (!(c.rms_norm_eps >= 0 && c.rms_norm_eps < 1)) fail("{}: 'rms_norm_eps' must be in [0, 1), found {}", source, c.rms_norm_eps);
+  if (!(c.rope_theta > 0 && std::isfinite(c.rope_theta))) fail("{}: 'rope_theta' must be positive and finite, found {}", source, c.rope_theta);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, false);
   const bool attention_bias = get_bool(j, "attention_bias", source, false);
   c.qkv_bias = c.model_type == "qwen2" ? true : attention_bias;
@@ -104,6 +107,19 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     c.rope_scaling.original_max_position_embeddings =
         get_int(*rs, "original_max_position_embeddings", source, false, 8192);
     if (type == "default") c.rope_scaling.type = "none";
+    // transformers' modeling_rope_utils validators: factor ≥ 1 (it warns; a factor ≤ 0 or NaN
+    // divides RoPE's frequencies into inf/NaN, so quant refuses it), llama3 needs
+    // low_freq_factor < high_freq_factor, original_max_position_embeddings > 0.
+    const auto& rsc = c.rope_scaling;
+    if (c.rope_scaling.type != "none") {
+      if (!(rsc.factor > 0 && std::isfinite(rsc.factor))) fail("{}: 'rope_scaling.factor' must be a positive finite number, found {}", source, rsc.factor);
+      if (rsc.original_max_position_embeddings <= 0) {
+        fail("{}: 'rope_scaling.original_max_position_embeddings' must be positive, found {}", source, rsc.original_max_position_embeddings);
+      }
+      if (type == "llama3" && !(rsc.low_freq_factor > 0 && rsc.low_freq_factor < rsc.high_freq_factor && std::isfinite(rsc.high_freq_factor))) {
+        fail("{}: rope_scaling llama3 needs 0 < low_freq_factor < high_freq_factor, found {} and {}", source, rsc.low_freq_factor, rsc.high_freq_factor);
+      }
+    }
   }
   if (auto q = j.find("quantization_config"); q != j.end() && !q->is_null()) {
     if (!q->is_object()) fail("{}: 'quantization_config' must be an object", source);
@@ -115,12 +131,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
 ModelConfig ModelConfig::load(const fs::path& model_dir) {
   const fs::path path = model_dir / "config.json";
   if (!fs::exists(path)) fail("{}: no config.json (expected a HuggingFace model directory)", model_dir.string());
-  json j;
-  try {
-    j = json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", path.string(), e.what());
-  }
+  const json j = read_json_file(path);
   try {
     return from_json(j, path.string());
   } catch (const json::exception& e) {  // a field of an unexpected JSON type not checked above

@@ -1,5 +1,7 @@
 #include "quant/model/model.h"
 
+#include <algorithm>
+#include <cctype>
 #include <set>
 
 #include "quant/core/error.h"
@@ -88,6 +90,23 @@ Model Model::open(const fs::path& dir, PackedLinearReader packed_reader) {
   m.packed_reader_ = packed_reader;
   m.config_ = ModelConfig::load(dir);
   m.store_ = TensorStore::open(dir);
+  // The layer count against the tensors that exist, before any per-layer state is built (a
+  // config edited to 10^9 layers must not allocate for them).
+  std::int64_t present = 0;
+  for (const auto& name : m.store_.names()) {
+    static const std::string prefix = "model.layers.";
+    if (name.rfind(prefix, 0) != 0) continue;
+    std::int64_t n = 0;
+    std::size_t i = prefix.size();
+    for (; i < name.size() && std::isdigit(static_cast<unsigned char>(name[i])) && n < (std::int64_t{1} << 40); ++i) n = n * 10 + (name[i] - '0');
+    if (i > prefix.size()) present = std::max(present, n + 1);
+  }
+  if (m.config_.n_layers != present) {
+    fail("{}: config.json says num_hidden_layers = {}, but the checkpoint holds tensors for {} layers ({})", (dir / "config.json").string(),
+         m.config_.n_layers, present,
+         m.config_.n_layers > present ? fmt::format("model.layers.{}.* is missing", present)
+                                      : fmt::format("model.layers.{}.* is not in the config", m.config_.n_layers));
+  }
   m.layout_ = build_layout(m.config_);
   const auto& c = m.config_;
   expect_shape(m.store_, m.layout_.embed, {c.vocab_size, c.hidden_size}, dir);

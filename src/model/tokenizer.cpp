@@ -73,12 +73,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const fs::path& dir) {
   // tokenizer_config.json refines BOS handling.
   const fs::path cfg_path = dir / "tokenizer_config.json";
   if (fs::exists(cfg_path)) {
-    nlohmann::json cfg;
-    try {
-      cfg = nlohmann::json::parse(read_text_file(cfg_path));
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: not valid JSON: {}", cfg_path.string(), e.what());
-    }
+    const nlohmann::json cfg = read_json_file(cfg_path);
     std::int32_t bos = tok->bos_id();
     if (cfg.contains("bos_token")) {
       const std::string content = token_content(cfg["bos_token"]);
@@ -91,7 +86,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const fs::path& dir) {
     tok->set_bos(bos, add);
   }
   if (tok->bos_id() < 0 && fs::exists(dir / "config.json")) {
-    auto cfg = nlohmann::json::parse(read_text_file(dir / "config.json"), nullptr, false);
+    const auto cfg = read_json_file(dir / "config.json");
     if (cfg.is_object() && cfg.contains("bos_token_id") && cfg["bos_token_id"].is_number_integer()) {
       tok->set_bos(cfg["bos_token_id"], tok->add_bos());
     }

@@ -156,12 +156,8 @@ class BpeTokenizer : public Tokenizer {
 };
 
 BpeTokenizer::BpeTokenizer(const fs::path& path) : where_(path.string()) {
-  json j;
-  try {
-    j = json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", where_, e.what());
-  }
+  // As Hugging Face tokenizers reads it: a duplicate vocab key keeps the last (serde map).
+  const json j = read_json_file(path, JsonLimits{.reject_duplicate_keys = false});
   try {
     parse(j);
   } catch (const json::exception& e) {

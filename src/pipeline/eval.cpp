@@ -53,11 +53,14 @@ void log_softmax(const float* row, Eigen::Index n, std::vector<double>& out) {
 
 }  // namespace
 
+std::int64_t eval_window(const ModelConfig& c, const EvalOptions& opt) {
+  return opt.ctx != 0 ? opt.ctx : std::min<std::int64_t>(opt.protocol == EvalProtocol::gptq ? 2048 : 512, c.max_position_embeddings);
+}
+
 EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
                     const EvalOptions& opt, const Model* base, const ProgressFn& progress) {
   const auto& c = model.config();
-  std::int64_t ctx = opt.ctx;
-  if (ctx == 0) ctx = std::min<std::int64_t>(opt.protocol == EvalProtocol::gptq ? 2048 : 512, c.max_position_embeddings);
+  const std::int64_t ctx = eval_window(c, opt);
   if (ctx < 2) fail<UsageError>("--ctx must be at least 2, got {}", ctx);
   for (const Model* m : {&model, base}) {
     if (m && ctx > m->config().max_position_embeddings) {

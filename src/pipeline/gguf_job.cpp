@@ -27,7 +27,7 @@ std::map<std::string, std::vector<float>> collect_importance(const Model& model,
 }
 
 void write_awq_scaled(const Model& model, const FileType& type, const fs::path& dir,
-                      const std::vector<std::vector<std::int32_t>>& samples, bool force) {
+                      const std::vector<std::vector<std::int32_t>>& samples, const OutputPolicy& output) {
   const QuantSpec spec = awq_spec_for(type);
   std::vector<Rule> rules;
   for (const auto& layer : model.layout().layers) {
@@ -38,7 +38,7 @@ void write_awq_scaled(const Model& model, const FileType& type, const fs::path& 
   RunOptions run;
   run.out = dir;
   run.format = formats::Format::dense;
-  run.force = force;
+  run.output = output;
   AwqOptions a;
   a.export_compatible = true;
   const AwqMethod method(a);
@@ -51,10 +51,11 @@ ExportReport export_gguf_job(const Model& model, const fs::path& out, ExportOpti
   // The dense twin: every linear kept (a skip-all policy), the GGUF's weights put in place.
   std::unique_ptr<OutputSession> dense;
   if (!options.dense_out.empty()) {
+    check_distinct_outputs({out, options.dense_out}, "gguf export");
     RunOptions r;
     r.out = options.dense_out;
     r.format = formats::Format::dense;
-    r.force = options.force;
+    r.output = options.output;
     r.method = "gguf-" + options.type.name;
     const Policy keep_all = Policy::standard(QuantSpec{}, false, {Rule::parse(".*=skip")});
     MethodTraits none;

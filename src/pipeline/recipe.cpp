@@ -8,18 +8,14 @@
 
 #include "quant/core/error.h"
 #include "quant/core/log.h"
+#include "quant/io/io.h"
 
 namespace quant {
 
 using nlohmann::json;
 
 std::vector<RecipeJob> parse_recipe(const fs::path& path, const std::vector<std::string>& methods) {
-  json r;
-  try {
-    r = json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    fail<InputError>("{}: not valid JSON: {}", path.string(), e.what());
-  }
+  const json r = read_json_file(path);
   if (!r.is_object() || !r.contains("jobs") || !r["jobs"].is_array() || r["jobs"].empty()) {
     fail<InputError>("{}: a recipe is an object with a non-empty \"jobs\" array", path.string());
   }
@@ -39,6 +35,9 @@ std::vector<RecipeJob> parse_recipe(const fs::path& path, const std::vector<std:
     json spec = defaults;
     for (const auto& [k, v] : raw.items()) spec[k] = v;
     RecipeJob job;
+    if (spec.contains("name") && !spec["name"].is_string()) {
+      fail<InputError>("{}: jobs[{}]: field 'name' must be a string, got {}", path.string(), i, spec["name"].dump());
+    }
     job.name = spec.value("name", fmt::format("job{}", i + 1));
     job.where = fmt::format("{}: job '{}' (jobs[{}])", path.string(), job.name, i);
     const std::string& where = job.where;
@@ -63,6 +62,26 @@ std::vector<RecipeJob> parse_recipe(const fs::path& path, const std::vector<std:
       job.eval = spec["eval"];
     }
     jobs.push_back(std::move(job));
+  }
+  // No job may write over what it or an earlier job reads (a later job reading an earlier job's
+  // output is a chain and fine), nor inside another job's output.
+  std::vector<fs::path> all_outputs;
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    all_outputs.emplace_back(jobs[i].output);
+    std::vector<fs::path> models;
+    for (std::size_t j = 0; j < jobs.size(); ++j) {
+      if (j <= i || resolve_output_path(jobs[j].model) != resolve_output_path(jobs[i].output)) models.emplace_back(jobs[j].model);
+    }
+    try {
+      check_output_inputs(jobs[i].output, models);
+    } catch (const UsageError& e) {
+      fail<InputError>("{}: field 'output': {}", jobs[i].where, e.what());
+    }
+  }
+  try {
+    check_distinct_outputs(all_outputs, path.string());
+  } catch (const UsageError& e) {
+    fail<InputError>("{}", e.what());
   }
   return jobs;
 }

@@ -4,8 +4,11 @@
 //                   journal.json with their order, the layer's tensor reports and the source
 //                   tensors accounted for so far
 //   hidden-N/       model.safetensors with the hidden states after layer N (h.0, h.1, ...)
-// Each directory is written as `X.tmp` and renamed; state.json is replaced atomically last,
-// so a run killed at any point leaves a journal that is consistent up to some layer.
+// Each directory is written as `X.tmp`, fsynced and renamed; state.json — holding the SHA-256 of
+// every journal file — is replaced atomically last, so a run killed at any point leaves a journal
+// that is consistent up to some layer. On resume every file is checked against its hash: a
+// changed, missing or unreadable entry is never trusted — the journal is discarded (with a
+// warning naming the file) and the layers are recomputed.
 #include <fmt/format.h>
 
 #include <csignal>
@@ -53,14 +56,50 @@ void write_dir(const fs::path& dir, const std::function<void(const fs::path&)>& 
   fs::create_directories(tmp, ec);
   if (ec) fail<IoError>("{}: cannot create directory: {}", tmp.string(), ec.message());
   fill(tmp);
+  sync_path(tmp);
   fs::remove_all(dir, ec);
   fs::rename(tmp, dir, ec);
   if (ec) fail<IoError>("{}: cannot rename into place: {}", dir.string(), ec.message());
+  sync_path(dir.parent_path());
+}
+
+// SHA-256 of every file in `dir`, keyed "<dirname>/<file>".
+void hash_files(const fs::path& dir, json& into) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file()) into[dir.filename().string() + "/" + e.path().filename().string()] = sha256_file(e.path());
+  }
+}
+
+// The reason the journal's files do not match their recorded hashes, or "" when they all do.
+std::string journal_damage(const fs::path& resume_dir, const json& state, int done) {
+  const json files = state.value("files", json::object());
+  if (!files.is_object() || files.empty()) return "state.json records no checksums";
+  for (int l = 0; l < done; ++l) {
+    const std::string f = fmt::format("layer-{}/journal.json", l);
+    if (!files.contains(f)) return f + " has no recorded checksum";
+  }
+  if (done > 0 && !files.contains(fmt::format("hidden-{}/model.safetensors", done - 1))) {
+    return fmt::format("hidden-{}/model.safetensors has no recorded checksum", done - 1);
+  }
+  for (const auto& [name, hash] : files.items()) {
+    const fs::path p = resume_dir / name;
+    if (!fs::is_regular_file(p)) return name + " is missing";
+    if (!hash.is_string() || sha256_file(p) != hash.get<std::string>()) return name + " does not match its checksum";
+  }
+  return "";
 }
 
 }  // namespace
 
 void OutputSession::enable_resume(const std::vector<std::vector<std::int32_t>>& samples) {
+  std::uint64_t estimate = 0;
+  for (const auto& s : samples) estimate += 2 * s.size() * static_cast<std::uint64_t>(source_.config().hidden_size) * 4;
+  for (const auto& f : source_.store().files()) estimate += fs::file_size(f.path());
+  if (options_.journal_limit > 0 && estimate > options_.journal_limit) {
+    log::warn("the resume journal would take about {:.0f} MB (over --journal-limit {:.0f} MB): this run is not journaled and cannot be resumed",
+              static_cast<double>(estimate) / 1e6, static_cast<double>(options_.journal_limit) / 1e6);
+    return;
+  }
   resume_dir_ = staged_->final_path().string() + ".resume";
   Sha256 model;
   model.update(read_text_file(source_.dir() / "config.json"));
@@ -96,10 +135,11 @@ int OutputSession::resume(std::vector<Mat>& hidden) {
   if (resume_dir_.empty() || !fs::exists(resume_dir_ / "state.json")) return 0;
   json state;
   try {
-    state = json::parse(read_text_file(resume_dir_ / "state.json"));
-  } catch (const json::exception& e) {
-    fail<InputError>("{}: unreadable resume state ({}); delete it or pass --no-resume", (resume_dir_ / "state.json").string(), e.what());
+    state = read_json_file(resume_dir_ / "state.json");
+  } catch (const InputError& e) {
+    fail<InputError>("unreadable resume state ({}); delete {} or pass --no-resume", e.what(), resume_dir_.string());
   }
+  if (!state.is_object()) fail<InputError>("{}: not a resume state; delete {} or pass --no-resume", (resume_dir_ / "state.json").string(), resume_dir_.string());
   for (const char* part : {"model", "calibration", "settings"}) {
     if (state.value("fingerprint", json::object()).value(part, "") != fingerprint_[part].get<std::string>()) {
       fail<UsageError>("{}: an interrupted run with a different {} left this resume state; run the same command to resume, or pass --no-resume to start afresh",
@@ -107,10 +147,18 @@ int OutputSession::resume(std::vector<Mat>& hidden) {
     }
   }
   const int done = state.value("layers_done", 0);
+  files_ = state.value("files", json::object());
+  if (const std::string damage = journal_damage(resume_dir_, state, done); !damage.empty()) {
+    log::warn("resume journal {}: {}; not trusting it — recomputing every layer", resume_dir_.string(), damage);
+    std::error_code ec;
+    fs::remove_all(resume_dir_, ec);
+    files_ = json::object();
+    return 0;
+  }
   pending_.clear();
   for (int l = 0; l < done; ++l) {
     const fs::path dir = resume_dir_ / fmt::format("layer-{}", l);
-    const json journal = json::parse(read_text_file(dir / "journal.json"));
+    const json journal = read_json_file(dir / "journal.json");
     if (!journal.at("order").empty()) {
       const TensorStore store = TensorStore::open(dir);
       for (const auto& n : journal.at("order")) {
@@ -158,6 +206,7 @@ void OutputSession::checkpoint(int layer, const std::vector<Mat>& hidden) {
     // written_: source tensors already accounted for (a quantized linear's .weight included).
     write_file_atomic(dir / "journal.json", json{{"order", order}, {"reports", reports}, {"written", written_}}.dump());
   });
+  hash_files(resume_dir_ / fmt::format("layer-{}", layer), files_);
   write_dir(resume_dir_ / fmt::format("hidden-{}", layer), [&](const fs::path& dir) {
     SafetensorsWriter w(dir);
     for (std::size_t i = 0; i < hidden.size(); ++i) {
@@ -166,7 +215,13 @@ void OutputSession::checkpoint(int layer, const std::vector<Mat>& hidden) {
     }
     w.finish();
   });
-  write_file_atomic(resume_dir_ / "state.json", json{{"fingerprint", fingerprint_}, {"layers_done", layer + 1}}.dump(2));
+  const std::string previous_hidden = fmt::format("hidden-{}/", layer - 1);
+  for (auto it = files_.begin(); it != files_.end();) {
+    if (it.key().rfind(previous_hidden, 0) == 0) it = files_.erase(it);
+    else ++it;
+  }
+  hash_files(resume_dir_ / fmt::format("hidden-{}", layer), files_);
+  write_file_atomic(resume_dir_ / "state.json", json{{"fingerprint", fingerprint_}, {"layers_done", layer + 1}, {"files", files_}}.dump(2));
   if (layer > 0) fs::remove_all(resume_dir_ / fmt::format("hidden-{}", layer - 1), ec);
   pending_.clear();
   reports_journaled_ = reports_.size();

@@ -51,7 +51,7 @@ json QuantizeReport::to_json() const {
 OutputSession::OutputSession(const Model& source, const Plan& plan, RunOptions options)
     : source_(source), options_(std::move(options)), plan_(plan), start_(std::chrono::steady_clock::now()) {
   options_.format = plan_.format;
-  staged_ = std::make_unique<StagedDir>(options_.out, options_.force);
+  staged_ = std::make_unique<StagedDir>(options_.out, options_.output);
   WriterOptions wo;
   wo.max_shard_bytes = options_.max_shard_bytes;
   std::map<std::string, std::string> meta = {{"format", "pt"}, {"quantizer", "quant 0.1.0"},

@@ -29,10 +29,10 @@ void register_awq(CLI::App& app) {
     const QuantSpec spec = make_spec(*o);
     a->duo_scaling = !*no_duo;
     a->clip = !*no_clip;
+    RunOptions run = make_run_options(*o, "awq", spec, c.get());
     const Model model = formats::open_model(o->model);
     const auto samples = load_calib(model, *c);
     const Policy policy = make_policy(*o, spec, model, samples);
-    RunOptions run = make_run_options(*o, "awq", spec);
     const AwqMethod method(*a);
     if (a->export_compatible) {
       if (format_opt->count() > 0 && run.format != formats::Format::dense) fail<UsageError>("--export-compatible writes float weights: use --format dense or no --format");

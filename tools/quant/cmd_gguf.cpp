@@ -1,4 +1,6 @@
 // quant gguf MODEL: export to a GGUF file for llama.cpp, optionally importance-weighted.
+#include <unistd.h>
+
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -15,15 +17,16 @@ namespace quant::cli {
 void register_gguf(CLI::App& app) {
   struct Options {
     std::string model, out, type = "q8_0", dense_out, imatrix;
-    bool force = false, json = false, from_awq = false;
+    bool force = false, replace_foreign = false, json = false, from_awq = false;
   };
   auto o = std::make_shared<Options>();
   auto c = std::make_shared<CalibCliOptions>();
   auto* cmd = app.add_subcommand("gguf", "export a GGUF file for llama.cpp (f16, q8_0, q4_0 … q6_k, q4_k_m, q5_k_m)");
   cmd->add_option("model", o->model, "model directory (config.json + safetensors + tokenizer.model)")->required();
-  cmd->add_option("-o,--output", o->out, "output file (default: <model>-<type>.gguf beside the model)");
+  cmd->add_option("-o,--output", o->out, "output file (default: <model>-<type>.gguf beside the model); - for stdout; a device or FIFO is written in place");
   cmd->add_option("-t,--type", o->type, "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k")->capture_default_str();
-  cmd->add_flag("-f,--force", o->force, "replace an existing output file");
+  cmd->add_flag("-f,--force", o->force, "replace an existing output file that quant wrote");
+  cmd->add_flag("--replace-foreign", o->replace_foreign, "with --force: also replace an existing file quant did not write (never an input)");
   cmd->add_option("--dense-out", o->dense_out, "also write the GGUF's weights, dequantized, as a dense HF checkpoint (for quant eval)");
   cmd->add_option("--imatrix", o->imatrix, "importance from a llama.cpp imatrix file (llama-imatrix's GGUF output) instead of --calib");
   cmd->add_flag("--from-awq", o->from_awq, "search AWQ scales and clipping for the type's bit width on the calibration text and apply them first");
@@ -35,18 +38,27 @@ void register_gguf(CLI::App& app) {
     reuse_large_allocations();
     gguf::ExportOptions e;
     e.type = gguf::parse_file_type(o->type);
-    e.force = o->force;
     e.dense_out = o->dense_out;
-    Model model = formats::open_model(o->model);
     fs::path out = o->out;
     if (out.empty()) {
       fs::path m = o->model;
       while (!m.empty() && !m.has_filename()) m = m.parent_path();
       out = m.string() + "-" + e.type.name + ".gguf";
     }
-    if (fs::exists(out) && !o->force) fail<UsageError>("{} exists; pass --force to replace it", out.string());
-    // --from-awq: the AWQ-scaled float twin, in a directory beside the output removed at the end.
-    const fs::path scaled = out.string() + ".awq-scaled";
+    // Checked before any work (and again when each output is staged).
+    e.output = output_policy(o->force, o->replace_foreign, {o->model, o->imatrix, c->text, c->tokens});
+    check_output(out, OutputKind::file, e.output);
+    if (!o->dense_out.empty()) {
+      check_output(o->dense_out, OutputKind::directory, e.output);
+      check_distinct_outputs({out, o->dense_out}, "quant gguf");
+    }
+    const bool to_stdout = out == "-";
+    if (to_stdout && o->json) fail<UsageError>("-o - writes the GGUF to stdout; --json would mix with it");
+    Model model = formats::open_model(o->model);
+    // --from-awq: the AWQ-scaled float twin, in a directory beside the output (in the temporary
+    // directory for a stream output) removed at the end.
+    const fs::path scaled = is_stream_target(out) ? fs::temp_directory_path() / fmt::format("quant-awq-scaled-{}", ::getpid())
+                                                  : fs::path(resolve_output_path(out).string() + ".awq-scaled");
     struct Cleanup {
       fs::path p;
       ~Cleanup() {
@@ -58,7 +70,9 @@ void register_gguf(CLI::App& app) {
       if (!o->imatrix.empty()) fail<UsageError>("--from-awq calibrates on --calib text; it cannot use an --imatrix file");
       cleanup.p = scaled;
       e.name = model.dir().filename().empty() ? model.dir().parent_path().filename().string() : model.dir().filename().string();
-      gguf::write_awq_scaled(model, e.type, scaled, load_calib(model, *c), true);
+      OutputPolicy scratch = e.output;
+      scratch.force = true;  // a leftover of a killed run (quant's own)
+      gguf::write_awq_scaled(model, e.type, scaled, load_calib(model, *c), scratch);
       model = formats::open_model(scaled);
     }
     if (!o->imatrix.empty()) {
@@ -72,7 +86,7 @@ void register_gguf(CLI::App& app) {
       std::cout << nlohmann::json{{"output", r.output.string()}, {"type", e.type.name}, {"bytes", r.bytes},
                                   {"seconds", r.seconds}, {"weighted", !e.importance.empty()}, {"tensor_types", r.tensor_types}}.dump(2)
                 << "\n";
-    } else {
+    } else if (!to_stdout) {
       std::cout << r.output.string() << "\n";
     }
   });

@@ -27,12 +27,13 @@ void register_gptq(CLI::App& app) {
   cmd->callback([o, c, g, no_true_seq, mse] {
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;
-    if (g->damp < 0) fail<UsageError>("--damp must be non-negative, got {}", g->damp);
+    // transformers/optimum/GPTQModel accept 0 < damp_percent < 1; 0 is allowed here (plain H).
+    if (!(g->damp >= 0 && g->damp < 1)) fail<UsageError>("--damp must be in [0, 1), got {}", g->damp);
     g->true_sequential = !*no_true_seq;
+    const RunOptions run = make_run_options(*o, "gptq", spec, c.get());
     const Model model = formats::open_model(o->model);
     const auto samples = load_calib(model, *c);
     const Policy policy = make_policy(*o, spec, model, samples);
-    const RunOptions run = make_run_options(*o, "gptq", spec);
     const GptqMethod method(*g);
     const Plan plan = make_plan(model, policy, method.traits(), run.format, run.skip_unsupported);
     plan_and_run(*o, model, plan, method, run, samples);

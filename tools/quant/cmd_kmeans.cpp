@@ -33,10 +33,10 @@ void register_kmeans(CLI::App& app) {
     const KmeansWeighting w = weighting->empty() ? (have_calib ? KmeansWeighting::hessian : KmeansWeighting::none)
                                                  : parse_kmeans_weighting(*weighting);
     if (w == KmeansWeighting::none && have_calib) fail<UsageError>("--weighting none ignores calibration data; drop --calib or the --weighting");
+    const RunOptions run = make_run_options(*o, "kmeans", spec, c.get());
     const Model model = formats::open_model(o->model);
     const auto samples = w == KmeansWeighting::hessian ? load_calib(model, *c) : std::vector<std::vector<std::int32_t>>{};
     const Policy policy = make_policy(*o, spec, model, samples);
-    const RunOptions run = make_run_options(*o, "kmeans", spec);
     const KmeansMethod method(*k, w);
     const Plan plan = make_plan(model, policy, method.traits(), run.format, run.skip_unsupported);
     plan_and_run(*o, model, plan, method, run, samples);

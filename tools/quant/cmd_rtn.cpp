@@ -21,11 +21,11 @@ void register_rtn(CLI::App& app) {
     reuse_large_allocations();
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;
-    const Model model = formats::open_model(o->model);
     const bool calib = !c->text.empty() || !c->tokens.empty();
     if (calib && o->target_bpw <= 0) fail<UsageError>("--calib is used only with --target-bpw; RTN needs no calibration");
+    const RunOptions run = make_run_options(*o, "rtn", spec, c.get());
+    const Model model = formats::open_model(o->model);
     const Policy policy = make_policy(*o, spec, model, calib ? load_calib(model, *c) : std::vector<std::vector<std::int32_t>>{});
-    const RunOptions run = make_run_options(*o, "rtn", spec);
     const RtnMethod method;
     const Plan plan = make_plan(model, policy, method.traits(), run.format, run.skip_unsupported);
     plan_and_run(*o, model, plan, method, run, {});

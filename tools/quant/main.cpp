@@ -17,10 +17,12 @@ int main(int argc, char** argv) {
   // like a full disk — instead of SIGXFSZ killing the process with partial files behind.
   std::signal(SIGXFSZ, SIG_IGN);
   // SIGINT/SIGTERM: the work stops at its next check, partial output is removed (a resume
-  // journal stays) and quant exits 130. A second signal kills at once (SA_RESETHAND).
+  // journal stays) and quant exits 130. Repeated signals are the same request (GNU timeout and a
+  // terminal signal the whole process group, so one stop arrives twice): cleanup always runs;
+  // SIGKILL abandons at once (the next run on that output removes what was left).
   struct sigaction sa {};
   sa.sa_handler = [](int sig) { request_interrupt(sig); };
-  sa.sa_flags = SA_RESTART | SA_RESETHAND;
+  sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);

@@ -6,6 +6,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <cmath>
 #include <iostream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -48,7 +49,8 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
   cmd->add_option("--rule", o.rules, "per-tensor rule REGEX=skip or REGEX=bits:N,group:N,sym:BOOL (first match wins; repeatable)");
   cmd->add_flag("--quantize-lm-head", o.quantize_lm_head, "quantize lm_head too (kept in the source dtype by default)");
   cmd->add_flag("--skip-unsupported", o.skip_unsupported, "keep linears the format cannot hold in the source dtype instead of failing");
-  cmd->add_flag("-f,--force", o.force, "replace an existing output directory");
+  cmd->add_flag("-f,--force", o.force, "replace an existing output directory that quant wrote");
+  cmd->add_flag("--replace-foreign", o.replace_foreign, "with --force: also replace an existing directory quant did not write (never an input)");
   cmd->add_option("--shard-size", o.shard_size, "maximum safetensors shard size")->capture_default_str();
   cmd->add_flag("--json", o.json, "print the summary as JSON on stdout");
   cmd->add_option("--target-bpw", o.target_bpw,
@@ -57,6 +59,7 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
   cmd->add_option("--sensitivity", o.sensitivity, "--target-bpw sensitivity: auto, hessian (layer output error) or kl (end-to-end KL to the float model); auto: kl with calibration data on models under 200M parameters, else hessian")
       ->capture_default_str();
   cmd->add_flag("--no-resume", o.no_resume, "ignore and delete the journal of an interrupted run (<output>.resume) instead of continuing it");
+  cmd->add_option("--journal-limit", o.journal_limit, "do not journal (for resuming) when the journal would exceed this size, e.g. 2GB (default: no limit)");
   cmd->add_flag("--dry-run", o.dry_run, "print the plan (tensors, bits, estimated size) and stop");
 }
 
@@ -67,6 +70,7 @@ void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_s
   cmd->add_option("--nsamples", o.nsamples, "calibration windows")->capture_default_str();
   cmd->add_option("--seqlen", o.seqlen, "tokens per calibration window (capped by the model context)")->capture_default_str();
   cmd->add_option("--seed", o.seed, "seed for picking the windows")->capture_default_str();
+  cmd->add_flag("--no-memory-check", o.no_memory_check, "start even when the calibration's estimated memory exceeds what is available");
 }
 
 std::vector<std::vector<std::int32_t>> load_calib(const Model& model, const CalibCliOptions& o) {
@@ -77,6 +81,7 @@ std::vector<std::vector<std::int32_t>> load_calib(const Model& model, const Cali
   c.seqlen = o.seqlen;
   c.seed = o.seed;
   c.bos_first = o.bos_first;
+  c.check_memory = !o.no_memory_check;
   if (!o.text.empty() && !o.tokens.empty()) fail<UsageError>("pass --calib or --calib-tokens, not both");
   if (o.text.empty() && o.tokens.empty()) {
     const fs::path fallback = "/usr/share/common-licenses/Apache-2.0";
@@ -127,6 +132,7 @@ Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const
   std::vector<Rule> rules;
   for (const auto& r : o.rules) rules.push_back(Rule::parse(r));
   Policy p = Policy::standard(defaults, o.quantize_lm_head, rules);
+  if (!(o.target_bpw >= 0) || std::isinf(o.target_bpw)) fail<UsageError>("--target-bpw must be a positive number of bits per weight, got {}", o.target_bpw);
   if (o.target_bpw <= 0) return p;
   if (const auto& accepted = formats::codec(formats::parse_format(o.format)).bits; !accepted.empty()) {
     for (int b : o.candidate_bits) {
@@ -204,14 +210,32 @@ void plan_and_run(const QuantizeCliOptions& o, const Model& model, const Plan& p
   print_report(r, o.json);
 }
 
-RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& method, const QuantSpec& defaults) {
+OutputPolicy output_policy(bool force, bool replace_foreign, std::vector<fs::path> inputs) {
+  if (replace_foreign && !force) fail<UsageError>("--replace-foreign only applies with --force");
+  OutputPolicy p;
+  p.force = force;
+  p.replace_foreign = replace_foreign;
+  p.inputs = std::move(inputs);
+  return p;
+}
+
+RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& method, const QuantSpec& defaults,
+                            const CalibCliOptions* calib) {
   RunOptions r;
   r.method = method;
   r.format = formats::parse_format(o.format);
-  r.force = o.force;
+  r.output = output_policy(o.force, o.replace_foreign, {o.model});
+  if (calib) {
+    r.output.inputs.emplace_back(calib->text);
+    r.output.inputs.emplace_back(calib->tokens);
+  }
   r.skip_unsupported = o.skip_unsupported;
   r.resume = !o.no_resume;
   r.max_shard_bytes = parse_size(o.shard_size);
+  if (!o.journal_limit.empty()) {
+    r.journal_limit = parse_size(o.journal_limit);
+    if (r.journal_limit == 0) fail<UsageError>("--journal-limit must be positive; --no-resume turns journaling off");
+  }
   if (o.out.empty()) {
     fs::path m = o.model;
     while (!m.empty() && !m.has_filename()) m = m.parent_path();
@@ -219,6 +243,7 @@ RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& meth
   } else {
     r.out = o.out;
   }
+  check_output(r.out, OutputKind::directory, r.output);  // before any work; checked again when staged
   return r;
 }
 

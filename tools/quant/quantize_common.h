@@ -22,6 +22,7 @@ struct QuantizeCliOptions {
   std::int64_t group_size = 128;
   bool sym = false;
   bool force = false;
+  bool replace_foreign = false;
   bool skip_unsupported = false;
   bool quantize_lm_head = false;
   bool json = false;
@@ -31,6 +32,7 @@ struct QuantizeCliOptions {
   std::vector<int> candidate_bits = {2, 3, 4, 8};  // the widths GPTQ loaders accept
   bool dry_run = false;
   bool no_resume = false;
+  std::string journal_limit;
   std::string sensitivity = "auto";
 };
 
@@ -42,6 +44,7 @@ struct CalibCliOptions {
   std::int64_t seqlen = 2048;
   std::uint64_t seed = 0;
   bool bos_first = false;  // see CalibOptions::bos_first
+  bool no_memory_check = false;
 };
 void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_seqlen);
 // Loads the calibration windows. Without --calib/--calib-tokens, falls back (with a warning) to
@@ -65,7 +68,12 @@ bool dry_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, 
 // with a progress bar and prints the summary: the common tail of every quantizing command.
 void plan_and_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const Method& method, const RunOptions& run,
                   const std::vector<std::vector<std::int32_t>>& samples);
-RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& method, const QuantSpec& defaults);
+// Also checks the output against the inputs (the model, `calib`'s files) and what exists there,
+// so a command refuses before loading anything.
+RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& method, const QuantSpec& defaults,
+                            const CalibCliOptions* calib = nullptr);
+// The output policy of a command: --force, --replace-foreign, and its inputs.
+OutputPolicy output_policy(bool force, bool replace_foreign, std::vector<fs::path> inputs);
 QuantSpec make_spec(const QuantizeCliOptions& o);
 
 // Prints the summary: a table on stderr, JSON on stdout with --json (else the output path).

@@ -30,7 +30,7 @@ struct ExportOptions {
   // Per-tensor importance (llama.cpp tensor name → mean x² per input column), e.g. from
   // calibration; tensors without an entry are quantized unweighted.
   std::map<std::string, std::vector<float>> importance;
-  bool force = false;
+  OutputPolicy output;  // what may be replaced; the inputs it may not touch
   std::string name;  // general.name; empty: the model directory's name
   // Also write the GGUF's weights, dequantized (and un-permuted), as a dense HF checkpoint
   // here, so that `quant eval` measures exactly what llama.cpp runs (export_gguf_job does).

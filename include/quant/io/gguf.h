@@ -76,6 +76,14 @@ class Writer {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   // produce(i) returns tensor i's bytes (exactly its size).
   void write(const fs::path& path, const std::function<std::vector<std::uint8_t>(std::size_t)>& produce);
+  // The same into an open file (a StagedFile's, which renames and syncs it).
+  void write_to(OutFile& f, const std::function<std::vector<std::uint8_t>(std::size_t)>& produce);
+
+ private:
+  std::vector<std::uint8_t> header() const;
+  void write_to(OutFile& f, const std::vector<std::uint8_t>& head, const std::function<std::vector<std::uint8_t>(std::size_t)>& produce);
+
+ public:
 
  private:
   std::vector<std::pair<std::string, Value>> kv_;

@@ -131,7 +131,8 @@ class SafetensorsWriter {
                std::span<const T> data) {
     add(name, dtype, std::move(shape), std::as_bytes(data));
   }
-  // Writes the final files; returns their paths (shards, then the index if any).
+  // Writes the final files, reads them back (headers, sizes, every tensor present with its
+  // size; IoError if not) and returns their paths (shards, then the index if any).
   std::vector<fs::path> finish();
   std::uint64_t total_bytes() const { return total_bytes_; }
   // Called with every tensor as it is added (e.g. to journal it for resuming).
@@ -146,7 +147,7 @@ class SafetensorsWriter {
   WriterOptions options_;
   std::map<std::string, std::string> metadata_;
   std::vector<std::unique_ptr<Shard>> shards_;
-  std::map<std::string, bool> names_;
+  std::map<std::string, std::uint64_t> names_;  // name → bytes
   std::uint64_t total_bytes_ = 0;
   bool finished_ = false;
 };

@@ -24,7 +24,14 @@ struct CalibOptions {
   // Put the model's BOS in each window's first position, as llama-imatrix does: position 0 of
   // real inference is BOS, whose attention-sink activations then count in the statistics.
   bool bos_first = false;
+  // Refuse, before reading the text, when the windows' activations will not fit in memory.
+  bool check_memory = true;
 };
+
+// Peak bytes the calibrated layer loop holds for `nsamples` windows of `seqlen` tokens: the
+// hidden states in and out of a layer (2 × N·T·hidden float32), one window's MLP and attention
+// temporaries, one layer's float weights and its largest Hessian.
+std::uint64_t calibration_memory_estimate(const ModelConfig& config, std::int64_t nsamples, std::int64_t seqlen);
 
 // `nsamples` windows of `seqlen` tokens at uniformly random offsets of the tokenized text
 // (std::mt19937_64 seeded with `seed`; deterministic). Throws InputError when the text is

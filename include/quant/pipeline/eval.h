@@ -48,6 +48,9 @@ using ProgressFn = std::function<void(std::int64_t done, std::int64_t total)>;
 
 // Evaluates `model` (and optionally `base` on the same windows). Throws InputError when the
 // token stream is shorter than one window or ctx exceeds a model's context.
+// The window length evaluate() uses for `model` under `options`.
+std::int64_t eval_window(const ModelConfig& config, const EvalOptions& options);
+
 EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
                     const EvalOptions& options, const Model* base = nullptr,
                     const ProgressFn& progress = {});

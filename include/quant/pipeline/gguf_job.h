@@ -18,7 +18,7 @@ std::map<std::string, std::vector<float>> collect_importance(const Model& model,
 // not whole groups use one group per row), applied to float weights (AutoAWQ's
 // export_compatible) and written as a dense checkpoint at `dir`, ready for export_gguf.
 void write_awq_scaled(const Model& model, const FileType& type, const fs::path& dir,
-                      const std::vector<std::vector<std::int32_t>>& samples, bool force);
+                      const std::vector<std::vector<std::int32_t>>& samples, const OutputPolicy& output);
 
 // export_gguf, plus the dense twin at options.dense_out when given.
 ExportReport export_gguf_job(const Model& model, const fs::path& out, ExportOptions options);

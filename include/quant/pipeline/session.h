@@ -23,7 +23,7 @@ namespace quant {
 struct RunOptions {
   fs::path out;
   formats::Format format = formats::Format::gptq;  // what the plan is made for
-  bool force = false;             // replace an existing output directory
+  OutputPolicy output;            // what may be replaced (force) and the inputs never touched
   bool skip_unsupported = false;  // keep linears the format cannot hold in the source dtype
   std::uint64_t max_shard_bytes = 5'000'000'000;  // as transformers' default max_shard_size
   std::string method = "rtn";  // set from the method's traits by quantize_model
@@ -31,6 +31,10 @@ struct RunOptions {
   // with the same model, calibration and settings, continue after the last finished layer.
   // false: discard any journal and start afresh.
   bool resume = true;
+  // The journal holds the hidden states after the last finished layer (N·T·hidden float32) and
+  // every finished layer's output tensors: about 2·N·T·hidden·4 bytes plus the output's size.
+  // When that estimate exceeds journal_limit (> 0), the run is not journaled (warned).
+  std::uint64_t journal_limit = 0;
   nlohmann::json fingerprint_extra;  // method options not in method_config (part of the resume fingerprint)
   nlohmann::json method_config = nlohmann::json::object();  // merged into quantization_config
 };
@@ -119,6 +123,7 @@ class OutputSession {
   };
   fs::path resume_dir_;  // empty: not journaling
   nlohmann::json fingerprint_;
+  nlohmann::json files_ = nlohmann::json::object();  // journal file → SHA-256
   std::vector<Pending> pending_;
   std::size_t reports_journaled_ = 0;
 };
