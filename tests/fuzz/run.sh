@@ -4,7 +4,8 @@
 # BUILD_DIR is a QUANT_FUZZ=ON build (docs/fuzzing.md). The growing corpus is kept in
 # BUILD_DIR/fuzz-corpus/<target> (seeded from tests/fuzz/corpus/<target>), crash inputs in
 # BUILD_DIR/fuzz-artifacts/. Prints executions and corpus size per target; exits 1 if any
-# target crashed, leaked, hung or ran out of memory.
+# target crashed, leaked, hung or ran out of memory. Budgets: 5 s and 2 GB per input, inputs up to
+# 256 KiB (deep nesting and 10k-entry headers fit: a quadratic or unbounded parse fails them).
 set -uo pipefail
 build=${1:?usage: run.sh BUILD_DIR [SECONDS] [TARGET...]}
 secs=${2:-60}
@@ -21,7 +22,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus"
   cp -n "$here/corpus/$t/"* "$corpus/" 2>/dev/null || true
   log="$build/fuzz-artifacts/$t.log"
-  "$bin" "$corpus" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=16384 \
+  "$bin" "$corpus" -max_total_time="$secs" -timeout=5 -rss_limit_mb=2048 -max_len=262144 \
     -print_final_stats=1 -artifact_prefix="$build/fuzz-artifacts/$t-" >"$log" 2>&1
   rc=$?
   execs=$(grep -o 'number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$')
