@@ -47,7 +47,7 @@ void add_field(CLI::App* sub, const std::string& where, const std::string& key, 
   std::string opt = "--";
   for (char c : key) opt += c == '_' ? '-' : c;
   const CLI::Option* o = sub->get_option_no_throw(opt);
-  if (!o || opt == "--help" || opt == "--json") fail<InputError>("{}: '{}' is not an option of quant {}", where, key, sub->get_name());
+  if (!o || opt == "--help" || opt == "--json") fail<InputError>("{} '{}' is not an option of quant {} (check the job and the recipe's defaults)", where, key, sub->get_name());
   auto path_like = [&](const std::string& s) {
     static const std::set<std::string> paths = {"--calib", "--calib-tokens", "--imatrix", "--dense-out", "--text", "--tokens", "--base"};
     if (!paths.count(opt) || s.empty() || fs::path(s).is_absolute()) return s;
@@ -117,7 +117,7 @@ std::vector<Job> load_recipe(const fs::path& path) {
         }
         continue;
       }
-      add_field(sub, fmt::format("{}: field", where), k, v, base, job.args);
+      add_field(sub, where + ": field", k, v, base, job.args);
     }
     check_values(app, rj.method, job.args, where);
     if (!rj.eval.is_null()) {

@@ -243,7 +243,12 @@ RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& meth
   } else {
     r.out = o.out;
   }
-  check_output(r.out, OutputKind::directory, r.output);  // before any work; checked again when staged
+  if (o.dry_run) {  // writes nothing: only what the real run would refuse about the inputs
+    check_output_inputs(r.out, r.output.inputs);
+    if (fs::exists(r.out) && !o.force) log::warn("{} exists: the real run needs --force", r.out.string());
+  } else {
+    check_output(r.out, OutputKind::directory, r.output);  // before any work; checked again when staged
+  }
   return r;
 }
 
