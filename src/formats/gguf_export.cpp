@@ -159,15 +159,27 @@ QuantSpec awq_spec_for(const FileType& type) {
 
 namespace {
 
-// llama.cpp's llama architecture loads no linear bias; packed inputs are re-quantized.
+// llama.cpp's architecture for a model_type, as convert_hf_to_gguf.py registers them
+// (MistralForCausalLM converts as llama).
+std::string gguf_arch(const ModelConfig& c) { return c.model_type == "qwen2" ? "qwen2" : "llama"; }
+
+// llama.cpp's llama architecture is exported without linear biases (quant refuses them), qwen2
+// with its q/k/v biases; RoPE scaling: none, linear (rope.scaling.* keys) and llama3 (the
+// rope_freqs.weight factors convert_hf_to_gguf.py writes); others are refused. Packed inputs are
+// re-quantized.
 void check_exportable(const Model& model) {
   const ModelConfig& c = model.config();
-  if (c.model_type != "llama" && c.model_type != "mistral") {
-    fail("{}: GGUF export supports llama-architecture models (model_type '{}')", model.dir().string(), c.model_type);
+  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2") {
+    fail("{}: GGUF export supports llama, mistral and qwen2 models (model_type '{}')", model.dir().string(), c.model_type);
+  }
+  const std::string& rope = c.rope_scaling.type;
+  if (rope != "none" && rope != "linear" && rope != "llama3") {
+    fail("{}: rope_scaling type '{}' cannot be exported to GGUF (supported: linear, llama3)", model.dir().string(), rope);
   }
   for (const auto& layer : model.layout().layers) {
     for (const auto& l : layer.linears) {
-      if (l.bias) fail("{}: '{}' has a bias, which llama.cpp's llama architecture does not load", model.dir().string(), l.prefix);
+      const bool qkv = l.kind == LinearKind::q || l.kind == LinearKind::k || l.kind == LinearKind::v;
+      if (l.bias && !(c.model_type == "qwen2" && qkv)) fail("{}: '{}' has a bias, which llama.cpp's llama architecture does not load", model.dir().string(), l.prefix);
       if (model.storage(l) == LinearStorage::packed) {
         log::warn("{}: '{}' is stored quantized; it is dequantized and re-quantized for GGUF", model.dir().string(), l.prefix);
       }
@@ -178,7 +190,8 @@ void check_exportable(const Model& model) {
 // general.* and llama.* metadata, as llama.cpp's converter writes them.
 void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
   const ModelConfig& c = model.config();
-  w.set("general.architecture", Value::str("llama"));
+  const std::string arch = gguf_arch(c);
+  w.set("general.architecture", Value::str(arch));
   std::string name = o.name;
   if (name.empty()) name = model.dir().filename().string().empty() ? model.dir().parent_path().filename().string() : model.dir().filename().string();
   w.set("general.name", Value::str(name));
@@ -186,21 +199,49 @@ void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
   w.set("general.quantization_version", Value::u32(2));
   w.set("general.quantized_by", Value::str("quant 0.1.0"));  // marks the file as quant's own (--force replaces only these)
   w.set("general.alignment", Value::u32(32));
-  w.set("llama.context_length", Value::u32(static_cast<std::uint32_t>(c.max_position_embeddings)));
-  w.set("llama.embedding_length", Value::u32(static_cast<std::uint32_t>(c.hidden_size)));
-  w.set("llama.block_count", Value::u32(static_cast<std::uint32_t>(c.n_layers)));
-  w.set("llama.feed_forward_length", Value::u32(static_cast<std::uint32_t>(c.intermediate_size)));
-  w.set("llama.rope.dimension_count", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
-  w.set("llama.rope.freq_base", Value::f32(static_cast<float>(c.rope_theta)));
-  w.set("llama.attention.head_count", Value::u32(static_cast<std::uint32_t>(c.n_heads)));
-  w.set("llama.attention.head_count_kv", Value::u32(static_cast<std::uint32_t>(c.n_kv_heads)));
-  w.set("llama.attention.layer_norm_rms_epsilon", Value::f32(static_cast<float>(c.rms_norm_eps)));
-  w.set("llama.vocab_size", Value::u32(static_cast<std::uint32_t>(c.vocab_size)));
+  w.set(arch + ".context_length", Value::u32(static_cast<std::uint32_t>(c.max_position_embeddings)));
+  w.set(arch + ".embedding_length", Value::u32(static_cast<std::uint32_t>(c.hidden_size)));
+  w.set(arch + ".block_count", Value::u32(static_cast<std::uint32_t>(c.n_layers)));
+  w.set(arch + ".feed_forward_length", Value::u32(static_cast<std::uint32_t>(c.intermediate_size)));
+  w.set(arch + ".rope.dimension_count", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+  w.set(arch + ".rope.freq_base", Value::f32(static_cast<float>(c.rope_theta)));
+  w.set(arch + ".attention.head_count", Value::u32(static_cast<std::uint32_t>(c.n_heads)));
+  w.set(arch + ".attention.head_count_kv", Value::u32(static_cast<std::uint32_t>(c.n_kv_heads)));
+  w.set(arch + ".attention.layer_norm_rms_epsilon", Value::f32(static_cast<float>(c.rms_norm_eps)));
+  w.set(arch + ".vocab_size", Value::u32(static_cast<std::uint32_t>(c.vocab_size)));
   if (c.head_dim * c.n_heads != c.hidden_size) {
-    w.set("llama.attention.key_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
-    w.set("llama.attention.value_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+    w.set(arch + ".attention.key_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+    w.set(arch + ".attention.value_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+  }
+  if (c.rope_scaling.type == "linear") {
+    w.set(arch + ".rope.scaling.type", Value::str("linear"));
+    w.set(arch + ".rope.scaling.factor", Value::f32(static_cast<float>(c.rope_scaling.factor)));
   }
   add_tokenizer(model, w);
+}
+
+// Llama 3.1's per-frequency RoPE divisors (convert_hf_to_gguf.py LlamaModel.generate_extra_tensors,
+// the same bands as transformers' _compute_llama3_parameters): 1 for short wavelengths, `factor`
+// for long ones, interpolated between. llama.cpp divides each frequency by its factor.
+std::vector<float> llama3_rope_factors(const ModelConfig& c) {
+  const RopeScaling& rs = c.rope_scaling;
+  const double old_ctx = static_cast<double>(rs.original_max_position_embeddings);
+  const double low_wavelen = old_ctx / rs.low_freq_factor, high_wavelen = old_ctx / rs.high_freq_factor;
+  std::vector<float> factors;
+  for (std::int64_t i = 0; i < c.head_dim / 2; ++i) {
+    // As the converter: the frequency in float32 (torch.arange(0, dim, 2, dtype=float32) / dim).
+    const float freq = 1.0f / std::pow(static_cast<float>(c.rope_theta), static_cast<float>(2 * i) / static_cast<float>(c.head_dim));
+    const double wavelen = 2.0 * M_PI / freq;
+    if (wavelen < high_wavelen) {
+      factors.push_back(1.0f);
+    } else if (wavelen > low_wavelen) {
+      factors.push_back(static_cast<float>(rs.factor));
+    } else {
+      const double smooth = (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+      factors.push_back(static_cast<float>(1.0 / ((1.0 - smooth) / rs.factor + smooth)));
+    }
+  }
+  return factors;
 }
 
 }  // namespace
@@ -248,6 +289,12 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   const std::int64_t H = c.hidden_size;
   const bool imatrix = !o.importance.empty();
   const int n_layers = static_cast<int>(c.n_layers);
+  if (c.rope_scaling.type == "llama3") {
+    add("rope_freqs.weight", {c.head_dim / 2}, GgmlType::F32, [&c] {
+      const std::vector<float> f = llama3_rope_factors(c);
+      return Mat(Eigen::Map<const Mat>(f.data(), 1, static_cast<Eigen::Index>(f.size())));
+    });
+  }
   const Placement embed_place{L.tied ? Role::output : Role::token_embd, 0, n_layers};
   add("token_embd.weight", {c.vocab_size, H}, tensor_type(o.type, embed_place, H, imatrix), [&model, &L] {
     return load_matrix(model, L.embed);
@@ -257,10 +304,16 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     add(b + "attn_norm.weight", {H}, GgmlType::F32, vec(layer.attn_norm));
     for (LinearKind k : kAllLinearKinds) {
       const LinearDesc& l = layer.linear(k);
-      const std::int64_t heads = k == LinearKind::q ? c.n_heads : k == LinearKind::k ? c.n_kv_heads : 0;
+      // llama's q/k rows are permuted to llama.cpp's RoPE pairing; qwen2 uses NEOX RoPE (HF's layout).
+      const bool permute = gguf_arch(c) == "llama";
+      const std::int64_t heads = !permute ? 0 : k == LinearKind::q ? c.n_heads : k == LinearKind::k ? c.n_kv_heads : 0;
       const Role role = k == LinearKind::v ? Role::attn_v : k == LinearKind::down ? Role::ffn_down : Role::other;
       add(gguf_linear_name(l), {l.out, l.in}, tensor_type(o.type, {role, layer.index, n_layers}, l.in, imatrix), mat(l, heads),
           l.weight_name(), heads);
+      if (l.bias) {
+        add(fmt::format("blk.{}.{}.bias", layer.index, k == LinearKind::q ? "attn_q" : k == LinearKind::k ? "attn_k" : "attn_v"), {l.out},
+            GgmlType::F32, vec(l.bias_name()));
+      }
       if (k == LinearKind::o) add(b + "ffn_norm.weight", {H}, GgmlType::F32, vec(layer.mlp_norm));
     }
   }

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# quant's GGUF export checked in llama.cpp itself (issue: loader contract, GGUF rope scaling and
+# qwen2): for each variant of a real model — the model as is, with Llama-3.1 RoPE scaling
+# (rope_freqs.weight), with linear RoPE scaling (rope.scaling.* keys), and converted to qwen2
+# (q/k/v biases, NEOX RoPE) — `llama-perplexity` on quant's F32 GGUF must agree with
+# `quant eval --protocol llamacpp` on the HF checkpoint within 0.1 %.
+# Usage: tests/llamacpp/check_arch.sh [LLAMA_BUILD_DIR [QUANT_BUILD_DIR [MODEL TEXT]]]
+# LLAMA_BUILD_DIR (default $QUANT_LLAMA_CPP_BUILD) is a llama.cpp CMake build with
+# bin/llama-perplexity, built outside the repo. ctest runs this as LlamaCpp.ArchitecturesAgree.
+# Exit 0: all agree; 1: a variant disagrees or fails to load; 77: skipped (no llama.cpp build or
+# no ../shared).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LL=${1:-${QUANT_LLAMA_CPP_BUILD:-}}; [ -n "$LL" ] || LL=${QUANT_LLAMA_CPP_BUILD:-}
+Q=${2:-build}/quant
+MODEL=${3:-../shared/models/wiki-llama-5m}; TEXT=${4:-../shared/data/wikitext2-test.txt}
+if [ -z "$LL" ] || [ ! -x "$LL/bin/llama-perplexity" ]; then
+  echo "skipped: no llama.cpp build (set QUANT_LLAMA_CPP_BUILD to a build with bin/llama-perplexity)"; exit 77
+fi
+if [ ! -d "$MODEL" ] || [ ! -f "$TEXT" ]; then echo "skipped: $MODEL or $TEXT is absent (../shared)"; exit 77; fi
+CTX=512; T=2
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+head -c 120000 "$TEXT" > "$tmp/text.txt"
+
+variant() {  # NAME PYTHON-EDIT: copies MODEL to $tmp/NAME and applies the edit to config/tensors
+  local dir="$tmp/$1"; cp -r "$MODEL" "$dir"
+  python3 - "$dir" "$2" <<'PY'
+import json, struct, sys, random
+d, edit = sys.argv[1], sys.argv[2]
+cfg = json.load(open(f"{d}/config.json"))
+if edit == "llama3":
+    cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 64}
+elif edit == "linear":
+    cfg["rope_scaling"] = {"type": "linear", "rope_type": "linear", "factor": 2.0}
+elif edit == "qwen2":
+    cfg["model_type"] = "qwen2"; cfg["architectures"] = ["Qwen2ForCausalLM"]
+    # q/k/v biases (random, small): appended to the safetensors file as F16.
+    raw = open(f"{d}/model.safetensors", "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]; hdr = json.loads(raw[8:8 + n]); data = bytearray(raw[8 + n:])
+    rng = random.Random(0)
+    hd = cfg["hidden_size"] // cfg["num_attention_heads"]
+    for l in range(cfg["num_hidden_layers"]):
+        for p, rows in (("q", cfg["num_attention_heads"] * hd), ("k", cfg["num_key_value_heads"] * hd), ("v", cfg["num_key_value_heads"] * hd)):
+            vals = struct.pack(f"<{rows}e", *[rng.gauss(0, 0.3) for _ in range(rows)])
+            hdr[f"model.layers.{l}.self_attn.{p}_proj.bias"] = {"dtype": "F16", "shape": [rows], "data_offsets": [len(data), len(data) + len(vals)]}
+            data += vals
+    h = json.dumps(hdr).encode(); h += b" " * ((8 - len(h) % 8) % 8)
+    open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + data)
+json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
+PY
+}
+
+status=0
+printf '%-8s %12s %16s %9s\n' variant quant llama-perplexity rel.diff
+for v in base llama3 linear qwen2; do
+  variant "$v" "$v"
+  "$Q" -q gguf "$tmp/$v" -t f32 -o "$tmp/$v.gguf" > /dev/null
+  q=$("$Q" -q -t $T eval "$tmp/$v" --text "$tmp/text.txt" --ctx $CTX --protocol llamacpp --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
+  if ! "$LL/bin/llama-perplexity" -m "$tmp/$v.gguf" -f "$tmp/text.txt" -c $CTX -b $CTX -t $T > "$tmp/$v.out" 2> "$tmp/$v.err"; then
+    echo "$v: llama-perplexity failed:"; tail -5 "$tmp/$v.err"; status=1; continue
+  fi
+  l=$(grep -o 'Final estimate: PPL = [0-9.]*' "$tmp/$v.err" | awk '{print $NF}')
+  python3 - "$v" "$q" "$l" <<'PY' || status=1
+import sys
+v, q, l = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+d = abs(q - l) / l
+print(f"{v:<8} {q:12.4f} {l:16.4f} {100*d:8.4f}%")
+sys.exit(0 if d <= 0.001 else 1)
+PY
+done
+exit $status
