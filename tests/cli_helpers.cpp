@@ -15,7 +15,10 @@ namespace quant::testing {
 CommandResult run_quant(const std::string& args) {
   TempDir tmp;
   const std::string out = (tmp / "out").string(), err = (tmp / "err").string();
-  const std::string cmd = std::string(QUANT_BINARY) + " " + args + " >" + out + " 2>" + err;
+  // QUANT_TEST_BINARY: run the CLI tests against another build (e.g. an older one, to show which
+  // cases failed before a fix).
+  const char* other = std::getenv("QUANT_TEST_BINARY");
+  const std::string cmd = std::string(other && *other ? other : QUANT_BINARY) + " " + args + " >" + out + " 2>" + err;
   const int status = std::system(cmd.c_str());
   CommandResult r;
   r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;

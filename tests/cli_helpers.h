@@ -11,7 +11,8 @@ struct CommandResult {
   std::string err;
 };
 
-// Runs `quant <args>` through /bin/sh (args are shell-quoted by the caller).
+// Runs `quant <args>` through /bin/sh (args are shell-quoted by the caller); $QUANT_TEST_BINARY
+// overrides the binary.
 CommandResult run_quant(const std::string& args);
 
 }  // namespace quant::testing

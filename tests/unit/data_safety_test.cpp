@@ -5,6 +5,7 @@
 // estimated before work; recipes that cannot overwrite themselves. Each case failed before.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <chrono>
 #include <cmath>
@@ -272,6 +273,31 @@ TEST_F(DataSafety, RepeatedSignalsAreOneStopAndCleanupRuns) {
   EXPECT_EQ(r.rc, 130) << r.err;
   EXPECT_FALSE(fs::exists(out + ".partial"));
   EXPECT_FALSE(fs::exists(out + ".lock"));
+}
+
+TEST_F(DataSafety, TwoRealSignalsAtOnceStillCleanUp) {
+  // As GNU timeout does: SIGTERM to the process, then to its group, while a GPTQ run is working
+  // (50 ms apart here, so the second is not merged into the still-pending first). Before, the
+  // second one killed quant (exit 143) and left `.partial/` behind.
+  testing::TinyModelSpec spec;
+  spec.hidden = 256;
+  spec.intermediate = 512;
+  spec.layers = 6;
+  spec.kv_heads = 4;
+  spec.ctx = 512;
+  testing::write_tiny_model(dir / "big", spec);
+  const char* other = std::getenv("QUANT_TEST_BINARY");
+  const std::string bin = other && *other ? other : QUANT_BINARY;
+  const std::string out = (dir / "q").string();
+  const std::string script = "'" + bin + "' gptq '" + (dir / "big").string() + "' --calib-tokens '" + calib +
+                             "' --nsamples 128 --seqlen 512 -o '" + out + "' 2>/dev/null & pid=$!; " +
+                             "while [ ! -d '" + out + ".partial' ] && kill -0 $pid 2>/dev/null; do sleep 0.002; done; " +
+                             "kill -TERM $pid; sleep 0.05; kill -TERM $pid; wait $pid; exit $?";
+  write_file_atomic(dir / "signal.sh", script);
+  const int status = std::system(("bash '" + (dir / "signal.sh").string() + "'").c_str());
+  EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 130);
+  EXPECT_FALSE(fs::exists(out + ".partial"));
+  EXPECT_FALSE(fs::exists(out));
 }
 
 struct KillAfterLayer {
