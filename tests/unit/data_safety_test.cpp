@@ -26,6 +26,11 @@ namespace {
 using testing::run_quant;
 using testing::TempDir;
 
+std::string QUANT_BINARY_FOR_TESTS() {
+  const char* other = std::getenv("QUANT_TEST_BINARY");
+  return "'" + std::string(other && *other ? other : QUANT_BINARY) + "'";
+}
+
 struct DataSafety : ::testing::Test {
   TempDir dir;
   fs::path model;
@@ -251,12 +256,20 @@ TEST_F(DataSafety, NonRegularInputsAreRefusedNotOpened) {
 }
 
 TEST_F(DataSafety, DevicesAreWrittenInPlaceNeverReplaced) {
-  auto r = run_quant("gguf " + model.string() + " -t q8_0 -o /dev/null --force");
-  EXPECT_EQ(r.rc, 0) << r.err;
+  // A FIFO stands for a device (as root, `-o /dev/null --force` used to replace /dev/null with a
+  // regular file; the test does not risk the machine's /dev/null on a regression).
+  const fs::path fifo = dir / "pipe";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string script = "cat '" + fifo.string() + "' > '" + (dir / "received").string() + "' & " + QUANT_BINARY_FOR_TESTS() +
+                             " gguf '" + model.string() + "' -t q8_0 -o '" + fifo.string() + "' --force; rc=$?; wait; exit $rc";
+  write_file_atomic(dir / "fifo.sh", script);
+  const int status = std::system(("bash '" + (dir / "fifo.sh").string() + "'").c_str());
+  EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 0);
   struct stat st {};
-  ASSERT_EQ(::stat("/dev/null", &st), 0);
-  EXPECT_TRUE(S_ISCHR(st.st_mode));
-  r = run_quant("gguf " + model.string() + " -t q8_0 -o -");
+  ASSERT_EQ(::stat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "the FIFO was replaced";
+  EXPECT_EQ(read_text_file(dir / "received").substr(0, 4), "GGUF");
+  const auto r = run_quant("gguf " + model.string() + " -t q8_0 -o -");
   EXPECT_EQ(r.rc, 0) << r.err;
   EXPECT_EQ(r.out.substr(0, 4), "GGUF");
 }
@@ -286,10 +299,8 @@ TEST_F(DataSafety, TwoRealSignalsAtOnceStillCleanUp) {
   spec.kv_heads = 4;
   spec.ctx = 512;
   testing::write_tiny_model(dir / "big", spec);
-  const char* other = std::getenv("QUANT_TEST_BINARY");
-  const std::string bin = other && *other ? other : QUANT_BINARY;
   const std::string out = (dir / "q").string();
-  const std::string script = "'" + bin + "' gptq '" + (dir / "big").string() + "' --calib-tokens '" + calib +
+  const std::string script = QUANT_BINARY_FOR_TESTS() + " gptq '" + (dir / "big").string() + "' --calib-tokens '" + calib +
                              "' --nsamples 128 --seqlen 512 -o '" + out + "' 2>/dev/null & pid=$!; " +
                              "while [ ! -d '" + out + ".partial' ] && kill -0 $pid 2>/dev/null; do sleep 0.002; done; " +
                              "kill -TERM $pid; sleep 0.05; kill -TERM $pid; wait $pid; exit $?";
