@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <vector>
@@ -43,9 +44,15 @@ fs::path shared_dir() {
 
 void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
   fs::create_directories(dir);
-  const int head_dim = s.hidden / s.heads;
+  const int head_dim = s.head_dim > 0 ? s.head_dim : s.hidden / s.heads;
+  const bool gemma = s.model_type == "gemma2" || s.model_type == "gemma3_text";
+  const bool qk_norm = s.model_type == "qwen3" || s.model_type == "gemma3_text";
+  static const std::map<std::string, std::string> kArch = {
+      {"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"},
+      {"qwen3", "Qwen3ForCausalLM"}, {"gemma2", "Gemma2ForCausalLM"}, {"gemma3_text", "Gemma3ForCausalLM"}};
+  const auto arch = kArch.find(s.model_type);
   nlohmann::json config = {
-      {"architectures", {"LlamaForCausalLM"}}, {"model_type", s.model_type},
+      {"architectures", {arch == kArch.end() ? std::string("LlamaForCausalLM") : arch->second}}, {"model_type", s.model_type},
       {"hidden_size", s.hidden}, {"intermediate_size", s.intermediate},
       {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
       {"num_key_value_heads", s.kv_heads}, {"vocab_size", s.vocab},
@@ -53,6 +60,21 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
       {"tie_word_embeddings", s.tied}, {"hidden_act", "silu"}, {"bos_token_id", 1},
       {"eos_token_id", 2}, {"attention_bias", s.attention_bias}, {"mlp_bias", false},
       {"torch_dtype", s.dtype == DType::F16 ? "float16" : s.dtype == DType::BF16 ? "bfloat16" : "float32"}};
+  if (s.head_dim > 0 || s.model_type == "qwen3" || gemma) config["head_dim"] = head_dim;
+  if (gemma) {
+    config.erase("hidden_act");
+    config["hidden_activation"] = "gelu_pytorch_tanh";
+    config["query_pre_attn_scalar"] = s.query_pre_attn_scalar;
+    config["sliding_window"] = s.sliding_window;
+    if (s.model_type == "gemma2") {
+      config["attn_logit_softcapping"] = s.attn_softcap;
+      config["final_logit_softcapping"] = s.final_softcap;
+    } else {
+      config["rope_local_base_freq"] = 100.0;
+      config["sliding_window_pattern"] = 2;
+    }
+  }
+  for (const auto& [k, v] : s.extra_config.items()) config[k] = v;
   write_file_atomic(dir / "config.json", config.dump(2));
 
   std::mt19937 rng(s.seed);
@@ -70,11 +92,21 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
   const bool o_bias = s.model_type != "qwen2" && s.attention_bias;
   const std::int64_t H = s.hidden, F = s.intermediate, qo = s.heads * head_dim,
                      kvo = s.kv_heads * head_dim;
-  rand_tensor("model.embed_tokens.weight", {s.vocab, H}, 1.0f);
+  // Gemma multiplies embeddings by sqrt(hidden) and ties the head: smaller rows keep its logits sane.
+  rand_tensor("model.embed_tokens.weight", {s.vocab, H}, gemma ? 0.25f : 1.0f);
   for (int i = 0; i < s.layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    rand_tensor(p + "input_layernorm.weight", {H}, 0.1f, 1.0f);
-    rand_tensor(p + "post_attention_layernorm.weight", {H}, 0.1f, 1.0f);
+    const float norm_center = gemma ? 0.0f : 1.0f;  // Gemma's norms multiply by 1 + w
+    rand_tensor(p + "input_layernorm.weight", {H}, 0.1f, norm_center);
+    rand_tensor(p + "post_attention_layernorm.weight", {H}, 0.1f, norm_center);
+    if (gemma) {
+      rand_tensor(p + "pre_feedforward_layernorm.weight", {H}, 0.1f, norm_center);
+      rand_tensor(p + "post_feedforward_layernorm.weight", {H}, 0.1f, norm_center);
+    }
+    if (qk_norm) {
+      rand_tensor(p + "self_attn.q_norm.weight", {head_dim}, 0.1f, norm_center);
+      rand_tensor(p + "self_attn.k_norm.weight", {head_dim}, 0.1f, norm_center);
+    }
     rand_tensor(p + "self_attn.q_proj.weight", {qo, H}, s.weight_scale);
     rand_tensor(p + "self_attn.k_proj.weight", {kvo, H}, s.weight_scale);
     rand_tensor(p + "self_attn.v_proj.weight", {kvo, H}, s.weight_scale);
@@ -89,7 +121,7 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
     rand_tensor(p + "mlp.up_proj.weight", {F, H}, s.weight_scale);
     rand_tensor(p + "mlp.down_proj.weight", {H, F}, s.weight_scale);
   }
-  rand_tensor("model.norm.weight", {H}, 0.1f, 1.0f);
+  rand_tensor("model.norm.weight", {H}, 0.1f, gemma ? 0.0f : 1.0f);
   if (!s.tied) rand_tensor("lm_head.weight", {s.vocab, H}, s.weight_scale);
   w.finish();
 }

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "quant/core/dtype.h"
 
 namespace quant::testing {
@@ -35,6 +37,14 @@ struct TinyModelSpec {
   int ctx = 128;
   bool tied = true;
   bool attention_bias = false;  // qwen2 always has q/k/v bias
+  int head_dim = 0;             // 0: hidden / heads (qwen3/gemma write it explicitly)
+  // Family fields (qwen3: q/k norms; gemma2/gemma3_text: four norms per layer, 1 + w
+  // convention, soft-capping, sliding window on alternating layers, local RoPE base).
+  int sliding_window = 6;
+  double attn_softcap = 5.0;    // gemma2
+  double final_softcap = 3.0;   // gemma2
+  double query_pre_attn_scalar = 24.0;
+  nlohmann::json extra_config = nlohmann::json::object();  // merged into config.json last
   DType dtype = DType::F32;
   std::uint32_t seed = 1;
   float weight_scale = 0.15f;

@@ -59,9 +59,12 @@ Mat awq_fake_quant(const Mat& w, const Vec& s, const QuantSpec& spec) {
   return quantize_rtn(w * s.asDiagonal(), spec).dequantize() * s.cwiseInverse().asDiagonal();
 }
 
-void fold_awq_scales(LayerWeights& L, AwqMapping mapping, const Vec& s) {
+void fold_awq_scales(LayerWeights& L, AwqMapping mapping, const Vec& s, float norm_offset) {
   using K = LinearKind;
   const Vec inv = s.cwiseInverse();
+  // The norm multiplies by (offset + w); dividing its output by s makes (offset + w)/s − offset
+  // the new w (AutoAWQ's scale_ln_fcs for Gemma: w += 1; w /= s; w -= 1).
+  auto scale_norm = [&](Vec& w) { w = ((w.array() + norm_offset) * inv.array() - norm_offset).matrix(); };
   auto scale_cols = [&](K k) { L.linear(k) = L.linear(k) * s.asDiagonal(); };
   auto scale_rows = [&](K k) {
     L.linear(k) = inv.asDiagonal() * L.linear(k);
@@ -70,7 +73,7 @@ void fold_awq_scales(LayerWeights& L, AwqMapping mapping, const Vec& s) {
   };
   switch (mapping) {
     case AwqMapping::attn:
-      L.attn_norm = L.attn_norm.cwiseProduct(inv);
+      scale_norm(L.attn_norm);
       for (K k : {K::q, K::k, K::v}) scale_cols(k);
       break;
     case AwqMapping::v_o:
@@ -78,7 +81,7 @@ void fold_awq_scales(LayerWeights& L, AwqMapping mapping, const Vec& s) {
       scale_cols(K::o);
       break;
     case AwqMapping::mlp:
-      L.mlp_norm = L.mlp_norm.cwiseProduct(inv);
+      scale_norm(L.mlp_norm);
       for (K k : {K::gate, K::up}) scale_cols(k);
       break;
     case AwqMapping::up_down:
@@ -192,7 +195,7 @@ Mat block_output(const ModelConfig& c, const LayerWeights& L, const RopeTable& r
     const Mat attn = attention_block(c, L, rope, x);
     linear_forward(attn, L.linear(LinearKind::o), L.b[static_cast<int>(LinearKind::o)], y);
   } else {
-    const Mat act = mlp_activation(L, x);
+    const Mat act = mlp_activation(c, L, x);
     linear_forward(act, L.linear(LinearKind::down), L.b[static_cast<int>(LinearKind::down)], y);
   }
   return y;
@@ -309,7 +312,7 @@ LayerTransform AwqMethod::transform_layer(const LayerContext& ctx, LayerWeights&
     found.emplace_back(&m, std::move(res));
   }
   for (const auto& [m, res] : found) {
-    fold_awq_scales(lw, m->id, res.scales);
+    fold_awq_scales(lw, m->id, res.scales, ctx.config.norm_offset);
     InputStats& st = stats.at(m->input);
     st.hessian = rescale_hessian(st.hessian, res.scales);
     st.derived.reset();

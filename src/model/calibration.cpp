@@ -69,6 +69,7 @@ LayerRunner::LayerRunner(const Model& model, const std::vector<std::vector<std::
   rope_ = build_rope(model.config(), static_cast<std::int64_t>(longest));
   HeadWeights head;
   head.embed = load_matrix(model, model.layout().embed);
+  head.embed_scale = model.config().embed_scale;
   for (const auto& s : samples) hidden_.push_back(embed_tokens(head, s));
 }
 
@@ -112,14 +113,14 @@ void LayerRunner::compute(int stage, const LayerWeights& L) {
   for (std::ptrdiff_t i = 0; i < n; ++i) {
     const auto s = static_cast<std::size_t>(i);
     switch (stage) {
-      case 0: rms_norm(hidden_[s], L.attn_norm, c.rms_norm_eps, next[s]); break;
+      case 0: apply_norm(c, hidden_[s], L.attn_norm, next[s]); break;
       case 1: next[s] = attention_block(c, L, rope_, act_[s]); break;
       case 2:
         h_mid_[s] = hidden_[s];
-        add_linear(act_[s], L, LinearKind::o, h_mid_[s]);
-        rms_norm(h_mid_[s], L.mlp_norm, c.rms_norm_eps, next[s]);
+        add_block_output(c, act_[s], L, LinearKind::o, h_mid_[s]);
+        apply_norm(c, h_mid_[s], L.mlp_norm, next[s]);
         break;
-      case 3: next[s] = mlp_activation(L, act_[s]); break;
+      case 3: next[s] = mlp_activation(c, L, act_[s]); break;
       default: break;
     }
   }
@@ -142,7 +143,7 @@ void LayerRunner::finish(const LayerWeights& layer) {
   for (std::ptrdiff_t i = 0; i < n; ++i) {
     const auto s = static_cast<std::size_t>(i);
     hidden_[s] = std::move(h_mid_[s]);
-    add_linear(act_[s], layer, LinearKind::down, hidden_[s]);
+    add_block_output(model_.config(), act_[s], layer, LinearKind::down, hidden_[s]);
   }
   act_.clear();
   h_mid_.clear();

@@ -18,7 +18,8 @@ constexpr Eigen::Index kRowBlock = 64;
 }  // namespace
 
 std::size_t LayerWeights::bytes() const {
-  std::size_t n = static_cast<std::size_t>(attn_norm.size() + mlp_norm.size());
+  std::size_t n = static_cast<std::size_t>(attn_norm.size() + mlp_norm.size() + q_norm.size() + k_norm.size() +
+                                           post_attn_norm.size() + post_mlp_norm.size());
   for (const auto& m : w) n += static_cast<std::size_t>(m.size());
   for (const auto& v : b) n += static_cast<std::size_t>(v.size());
   return n * sizeof(float);
@@ -33,12 +34,18 @@ LayerWeights load_layer(const Model& model, int layer) {
   }
   lw.attn_norm = load_vector(model, d.attn_norm);
   lw.mlp_norm = load_vector(model, d.mlp_norm);
+  if (!d.q_norm.empty()) lw.q_norm = load_vector(model, d.q_norm);
+  if (!d.k_norm.empty()) lw.k_norm = load_vector(model, d.k_norm);
+  if (!d.post_attn_norm.empty()) lw.post_attn_norm = load_vector(model, d.post_attn_norm);
+  if (!d.post_mlp_norm.empty()) lw.post_mlp_norm = load_vector(model, d.post_mlp_norm);
+  lw.index = layer;
   return lw;
 }
 
 HeadWeights load_head(const Model& model) {
   HeadWeights h;
   h.embed = load_matrix(model, model.layout().embed);
+  h.embed_scale = model.config().embed_scale;
   h.final_norm = load_vector(model, model.layout().final_norm);
   if (!model.layout().tied) h.lm_head = load_linear(model, model.layout().lm_head);
   return h;
@@ -54,13 +61,14 @@ CapturePoint capture_point(LinearKind kind) {
   return CapturePoint::attn_in;
 }
 
-RopeTable build_rope(const ModelConfig& c, std::int64_t n_positions) {
+namespace {
+
+std::vector<double> rope_inv_freq(const ModelConfig& c, double theta, const RopeScaling& rs) {
   const std::int64_t half = c.head_dim / 2;
   std::vector<double> inv_freq(static_cast<std::size_t>(half));
   for (std::int64_t i = 0; i < half; ++i) {
-    inv_freq[i] = 1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / static_cast<double>(c.head_dim));
+    inv_freq[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(c.head_dim));
   }
-  const RopeScaling& rs = c.rope_scaling;
   if (rs.type == "linear") {
     for (auto& f : inv_freq) f /= rs.factor;
   } else if (rs.type == "llama3") {
@@ -82,15 +90,30 @@ RopeTable build_rope(const ModelConfig& c, std::int64_t n_positions) {
   } else if (rs.type != "none") {
     fail("config.json: rope_scaling type '{}' is not supported (supported: linear, llama3)", rs.type);
   }
-  RopeTable t{Mat(n_positions, half), Mat(n_positions, half)};
+  return inv_freq;
+}
+
+void fill_rope(const std::vector<double>& inv_freq, std::int64_t n_positions, Mat& cos, Mat& sin) {
+  const auto half = static_cast<Eigen::Index>(inv_freq.size());
+  cos.resize(n_positions, half);
+  sin.resize(n_positions, half);
   for (std::int64_t p = 0; p < n_positions; ++p) {
-    for (std::int64_t i = 0; i < half; ++i) {
+    for (Eigen::Index i = 0; i < half; ++i) {
       // As transformers: the angle is formed in float32 before cos/sin.
-      const float angle = static_cast<float>(p) * static_cast<float>(inv_freq[i]);
-      t.cos(p, i) = std::cos(angle);
-      t.sin(p, i) = std::sin(angle);
+      const float angle = static_cast<float>(p) * static_cast<float>(inv_freq[static_cast<std::size_t>(i)]);
+      cos(p, i) = std::cos(angle);
+      sin(p, i) = std::sin(angle);
     }
   }
+}
+
+}  // namespace
+
+RopeTable build_rope(const ModelConfig& c, std::int64_t n_positions) {
+  RopeTable t;
+  fill_rope(rope_inv_freq(c, c.rope_theta, c.rope_scaling), n_positions, t.cos, t.sin);
+  // Gemma3TextModel.rotary_emb_local: rope_local_base_freq with the default (unscaled) RoPE.
+  if (c.rope_local_theta > 0) fill_rope(rope_inv_freq(c, c.rope_local_theta, RopeScaling{}), n_positions, t.cos_local, t.sin_local);
   return t;
 }
 
@@ -107,24 +130,29 @@ void linear_forward(const Mat& x, const Mat& w, const Vec& b, Mat& y) {
   if (b.size()) y.rowwise() += b.transpose();
 }
 
-void rms_norm(const Mat& x, const Vec& weight, double eps, Mat& out) {
+void rms_norm(const Mat& x, const Vec& weight, double eps, Mat& out, float offset) {
   out.resize(x.rows(), x.cols());
+  const Vec w = offset == 0.0f ? weight : (weight.array() + offset).matrix();
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
     double ss = 0;
     for (Eigen::Index i = 0; i < x.cols(); ++i) ss += static_cast<double>(x(t, i)) * x(t, i);
     const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(x.cols()) + eps));
-    out.row(t) = (x.row(t) * inv).cwiseProduct(weight.transpose());
+    out.row(t) = (x.row(t) * inv).cwiseProduct(w.transpose());
   }
+}
+
+void apply_norm(const ModelConfig& c, const Mat& x, const Vec& weight, Mat& out) {
+  rms_norm(x, weight, c.rms_norm_eps, out, c.norm_offset);
 }
 
 namespace {
 
-void apply_rope(Mat& x, std::int64_t n_heads, std::int64_t head_dim, const RopeTable& rope) {
+void apply_rope(Mat& x, std::int64_t n_heads, std::int64_t head_dim, const Mat& cos, const Mat& sin) {
   const std::int64_t half = head_dim / 2;
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
     float* row = x.row(t).data();
-    const float* c = rope.cos.row(t).data();
-    const float* s = rope.sin.row(t).data();
+    const float* c = cos.row(t).data();
+    const float* s = sin.row(t).data();
     for (std::int64_t h = 0; h < n_heads; ++h) {
       float* v = row + h * head_dim;
       for (std::int64_t i = 0; i < half; ++i) {
@@ -136,15 +164,34 @@ void apply_rope(Mat& x, std::int64_t n_heads, std::int64_t head_dim, const RopeT
   }
 }
 
+// RMSNorm over each head's head_dim slice (Qwen3Attention.q_norm / k_norm), in place.
+void head_norm(const ModelConfig& c, Mat& x, std::int64_t n_heads, const Vec& weight) {
+  const std::int64_t hd = c.head_dim;
+  const Vec w = (weight.array() + c.norm_offset).matrix();
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    for (std::int64_t h = 0; h < n_heads; ++h) {
+      auto seg = x.row(t).segment(h * hd, hd);
+      double ss = 0;
+      for (std::int64_t i = 0; i < hd; ++i) ss += static_cast<double>(seg(i)) * seg(i);
+      const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(hd) + c.rms_norm_eps));
+      seg = (seg * inv).cwiseProduct(w.transpose());
+    }
+  }
+}
+
 // Causal grouped-query attention: out [T, n_heads·head_dim]. Query rows go in blocks of
-// kQueryBlock against only the keys they can see (half the work of a full T×T product).
+// kQueryBlock against only the keys they can see (half the work of a full T×T product). A
+// sliding layer's query at position p sees keys p−W+1..p (transformers' sliding-window causal
+// mask, llama.cpp's n_swa); Gemma 2 soft-caps the scaled scores before the mask.
 constexpr Eigen::Index kQueryBlock = 64;
 
-void attention(const ModelConfig& c, const Mat& q, const Mat& k, const Mat& v, Mat& out) {
+void attention(const ModelConfig& c, bool sliding, const Mat& q, const Mat& k, const Mat& v, Mat& out) {
   const Eigen::Index T = q.rows();
   const std::int64_t hd = c.head_dim;
   const std::int64_t group = c.n_heads / c.n_kv_heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float scale = static_cast<float>(c.attn_scale);
+  const float cap = static_cast<float>(c.attn_softcap);
+  const Eigen::Index window = sliding ? static_cast<Eigen::Index>(c.sliding_window) : T + 1;
   out.resize(T, c.n_heads * hd);
 #pragma omp parallel for schedule(dynamic, 1) if (c.n_heads > 1 && !omp_in_parallel())
   for (std::int64_t h = 0; h < c.n_heads; ++h) {
@@ -153,11 +200,14 @@ void attention(const ModelConfig& c, const Mat& q, const Mat& k, const Mat& v, M
     for (Eigen::Index r0 = 0; r0 < T; r0 += kQueryBlock) {
       const Eigen::Index nq = std::min(kQueryBlock, T - r0), nk = r0 + nq;
       scores.noalias() = (q.block(r0, h * hd, nq, hd) * scale) * k.block(0, g * hd, nk, hd).transpose();
+      if (cap > 0) scores = scores.unaryExpr([cap](float x) { return cap * std::tanh(x / cap); });
       for (Eigen::Index i = 0; i < nq; ++i) {
         const Eigen::Index visible = r0 + i + 1;
-        auto row = scores.row(i).head(visible).array();
+        const Eigen::Index first = std::max<Eigen::Index>(0, visible - window);
+        auto row = scores.row(i).segment(first, visible - first).array();
         row = (row - row.maxCoeff()).exp();
         row /= row.sum();
+        scores.row(i).head(first).setZero();
         scores.row(i).tail(nk - visible).setZero();
       }
       out.block(r0, h * hd, nq, hd).noalias() = scores * v.block(0, g * hd, nk, hd);
@@ -168,7 +218,7 @@ void attention(const ModelConfig& c, const Mat& q, const Mat& k, const Mat& v, M
 }  // namespace
 
 Mat attention_block(const ModelConfig& c, const LayerWeights& L, const RopeTable& rope, const Mat& x) {
-  if (x.rows() > rope.cos.rows()) {
+  if (x.rows() > rope.positions()) {
     fail<Error>("attention_block: {} tokens but rope table has {} positions", x.rows(), rope.cos.rows());
   }
   auto B = [&](LinearKind k) -> const Vec& { return L.b[static_cast<int>(k)]; };
@@ -176,39 +226,59 @@ Mat attention_block(const ModelConfig& c, const LayerWeights& L, const RopeTable
   linear_forward(x, L.linear(LinearKind::q), B(LinearKind::q), q);
   linear_forward(x, L.linear(LinearKind::k), B(LinearKind::k), k);
   linear_forward(x, L.linear(LinearKind::v), B(LinearKind::v), v);
-  apply_rope(q, c.n_heads, c.head_dim, rope);
-  apply_rope(k, c.n_kv_heads, c.head_dim, rope);
-  attention(c, q, k, v, attn);
+  if (c.qk_norm) {
+    head_norm(c, q, c.n_heads, L.q_norm);
+    head_norm(c, k, c.n_kv_heads, L.k_norm);
+  }
+  const bool sliding = c.is_sliding(L.index);
+  const bool local = sliding && rope.cos_local.size() > 0;
+  const Mat& cos = local ? rope.cos_local : rope.cos;
+  const Mat& sin = local ? rope.sin_local : rope.sin;
+  apply_rope(q, c.n_heads, c.head_dim, cos, sin);
+  apply_rope(k, c.n_kv_heads, c.head_dim, cos, sin);
+  attention(c, sliding, q, k, v, attn);
   return attn;
 }
 
-Mat mlp_activation(const LayerWeights& L, const Mat& x) {
+Mat mlp_activation(const ModelConfig& c, const LayerWeights& L, const Mat& x) {
   Mat gate, up;
   linear_forward(x, L.linear(LinearKind::gate), L.b[static_cast<int>(LinearKind::gate)], gate);
   linear_forward(x, L.linear(LinearKind::up), L.b[static_cast<int>(LinearKind::up)], up);
+  if (c.gelu_tanh) {  // gelu_pytorch_tanh(gate) ⊙ up (Gemma)
+    constexpr float kC = 0.7978845608028654f;  // sqrt(2/π)
+    return gate.unaryExpr([](float g) { return 0.5f * g * (1.0f + std::tanh(kC * (g + 0.044715f * g * g * g))); })
+        .cwiseProduct(up);
+  }
   // SwiGLU: silu(gate) ⊙ up
   return gate.unaryExpr([](float g) { return g / (1.0f + std::exp(-g)); }).cwiseProduct(up);
 }
 
-void add_linear(const Mat& x, const LayerWeights& L, LinearKind kind, Mat& h) {
+void add_block_output(const ModelConfig& c, const Mat& x, const LayerWeights& L, LinearKind kind, Mat& h) {
   Mat y;
   linear_forward(x, L.linear(kind), L.b[static_cast<int>(kind)], y);
-  h += y;
+  const Vec& post = kind == LinearKind::o ? L.post_attn_norm : L.post_mlp_norm;
+  if (post.size()) {
+    Mat normed;
+    apply_norm(c, y, post, normed);
+    h += normed;
+  } else {
+    h += y;
+  }
 }
 
 void decoder_layer_forward(const ModelConfig& c, const LayerWeights& L, const RopeTable& rope,
                            Mat& h, const LinearInputHook* hook) {
   Mat x;
-  rms_norm(h, L.attn_norm, c.rms_norm_eps, x);
+  apply_norm(c, h, L.attn_norm, x);
   if (hook) (*hook)(CapturePoint::attn_in, x);
   const Mat attn = attention_block(c, L, rope, x);
   if (hook) (*hook)(CapturePoint::o_in, attn);
-  add_linear(attn, L, LinearKind::o, h);
-  rms_norm(h, L.mlp_norm, c.rms_norm_eps, x);
+  add_block_output(c, attn, L, LinearKind::o, h);
+  apply_norm(c, h, L.mlp_norm, x);
   if (hook) (*hook)(CapturePoint::mlp_in, x);
-  const Mat act = mlp_activation(L, x);
+  const Mat act = mlp_activation(c, L, x);
   if (hook) (*hook)(CapturePoint::down_in, act);
-  add_linear(act, L, LinearKind::down, h);
+  add_block_output(c, act, L, LinearKind::down, h);
 }
 
 void decoder_layer_forward_batch(const ModelConfig& c, const LayerWeights& L,
@@ -230,13 +300,18 @@ Mat embed_tokens(const HeadWeights& head, std::span<const std::int32_t> tokens) 
     }
     h.row(static_cast<Eigen::Index>(t)) = head.embed.row(tokens[t]);
   }
+  if (head.embed_scale != 1.0f) h *= head.embed_scale;
   return h;
 }
 
 Mat final_logits(const ModelConfig& c, const HeadWeights& head, const Mat& h) {
   Mat x, logits;
-  rms_norm(h, head.final_norm, c.rms_norm_eps, x);
+  apply_norm(c, h, head.final_norm, x);
   linear_forward(x, head.head(), Vec(), logits);
+  if (c.final_softcap > 0) {  // Gemma2ForCausalLM: logits / cap → tanh → × cap
+    const float cap = static_cast<float>(c.final_softcap);
+    logits = logits.unaryExpr([cap](float v) { return cap * std::tanh(v / cap); });
+  }
   return logits;
 }
 

@@ -60,10 +60,30 @@ ModelLayout build_layout(const ModelConfig& c) {
     lin(LinearKind::up, "mlp.", c.intermediate_size, c.hidden_size, c.mlp_bias);
     lin(LinearKind::down, "mlp.", c.hidden_size, c.intermediate_size, c.mlp_bias);
     d.attn_norm = p + "input_layernorm.weight";
-    d.mlp_norm = p + "post_attention_layernorm.weight";
+    if (c.sandwich_norms) {  // Gemma2DecoderLayer: four norms, the MLP's is pre_feedforward_layernorm
+      d.post_attn_norm = p + "post_attention_layernorm.weight";
+      d.mlp_norm = p + "pre_feedforward_layernorm.weight";
+      d.post_mlp_norm = p + "post_feedforward_layernorm.weight";
+    } else {
+      d.mlp_norm = p + "post_attention_layernorm.weight";
+    }
+    if (c.qk_norm) {
+      d.q_norm = p + "self_attn.q_norm.weight";
+      d.k_norm = p + "self_attn.k_norm.weight";
+    }
     L.layers.push_back(std::move(d));
   }
   return L;
+}
+
+std::vector<std::pair<std::string, std::int64_t>> LayerDesc::norms(std::int64_t hidden, std::int64_t head_dim) const {
+  std::vector<std::pair<std::string, std::int64_t>> out = {{attn_norm, hidden}};
+  if (!q_norm.empty()) out.emplace_back(q_norm, head_dim);
+  if (!k_norm.empty()) out.emplace_back(k_norm, head_dim);
+  if (!post_attn_norm.empty()) out.emplace_back(post_attn_norm, hidden);
+  out.emplace_back(mlp_norm, hidden);
+  if (!post_mlp_norm.empty()) out.emplace_back(post_mlp_norm, hidden);
+  return out;
 }
 
 namespace {
@@ -124,8 +144,7 @@ Model Model::open(const fs::path& dir, PackedLinearReader packed_reader) {
     check_linear(m.layout_.lm_head);
   }
   for (const auto& layer : m.layout_.layers) {
-    expect_shape(m.store_, layer.attn_norm, {c.hidden_size}, dir);
-    expect_shape(m.store_, layer.mlp_norm, {c.hidden_size}, dir);
+    for (const auto& [name, n] : layer.norms(c.hidden_size, c.head_dim)) expect_shape(m.store_, name, {n}, dir);
     for (const auto& l : layer.linears) check_linear(l);
   }
   return m;
@@ -140,7 +159,9 @@ LinearStorage Model::storage(const LinearDesc& l) const {
 std::int64_t Model::n_params() const {
   const auto& c = config_;
   std::int64_t n = c.vocab_size * c.hidden_size + c.hidden_size;
-  n += 2 * c.hidden_size * static_cast<std::int64_t>(layout_.layers.size());  // the two norms of each layer
+  for (const auto& layer : layout_.layers) {
+    for (const auto& norm : layer.norms(c.hidden_size, c.head_dim)) n += norm.second;
+  }
   for (const LinearDesc* l : linears()) n += l->out * l->in + (l->bias ? l->out : 0);
   return n;
 }
@@ -160,8 +181,7 @@ std::vector<std::string> Model::unused_tensors(const std::vector<std::string>& l
     for (const auto& suffix : linear_suffixes) used.insert(l->prefix + suffix);
   }
   for (const auto& layer : layout_.layers) {
-    used.insert(layer.attn_norm);
-    used.insert(layer.mlp_norm);
+    for (const auto& norm : layer.norms(config_.hidden_size, config_.head_dim)) used.insert(norm.first);
   }
   std::vector<std::string> out;
   for (const auto& name : store_.names()) {

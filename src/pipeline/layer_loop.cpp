@@ -106,7 +106,7 @@ struct Loop {
     if (model.layout().tied || !session.plan_for(d).quantize || traits.float_output) return;
     const Vec norm = load_vector(model, model.layout().final_norm);
     std::vector<Mat> xs(runner.hidden().size());
-    for (std::size_t i = 0; i < xs.size(); ++i) rms_norm(runner.hidden()[i], norm, model.config().rms_norm_eps, xs[i]);
+    for (std::size_t i = 0; i < xs.size(); ++i) apply_norm(model.config(), runner.hidden()[i], norm, xs[i]);
     const InputStats st = measure_inputs(traits.statistic, xs);
     Mat w = load_linear(model, d);
     linear(d, w, Vec(), &st, nlohmann::json(), false);
@@ -128,7 +128,7 @@ void observe_float_model(const Model& model, const std::vector<std::vector<std::
   if (!head) return;
   const Vec norm = load_vector(model, model.layout().final_norm);
   std::vector<Mat> xs(runner.hidden().size());
-  for (std::size_t i = 0; i < xs.size(); ++i) rms_norm(runner.hidden()[i], norm, model.config().rms_norm_eps, xs[i]);
+  for (std::size_t i = 0; i < xs.size(); ++i) apply_norm(model.config(), runner.hidden()[i], norm, xs[i]);
   visit(nullptr, nullptr, CapturePoint::attn_in, xs);
 }
 

@@ -45,7 +45,8 @@ enum class AwqMapping {
 };
 // Folds s into the layer: the scaled linears' columns × s, the previous op (norm weight, or
 // rows and bias of v_proj/up_proj) × 1/s. The float layer computes the same function.
-void fold_awq_scales(LayerWeights& layer, AwqMapping mapping, const Vec& s);
+// norm_offset: the family's RMSNorm convention (1 for Gemma's (1 + w)).
+void fold_awq_scales(LayerWeights& layer, AwqMapping mapping, const Vec& s, float norm_offset = 0.0f);
 
 struct AwqSearchResult {
   Vec scales;          // the best s (all ones when no candidate beat plain RTN)

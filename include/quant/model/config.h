@@ -1,10 +1,13 @@
-// config.json of a Llama-family checkpoint (model_type llama, mistral, qwen2).
+// config.json of a decoder-only checkpoint: the Llama family (llama, mistral, qwen2) and the
+// families that differ from it in norms, attention and MLP details (qwen3, gemma2, gemma3_text);
+// docs/architectures.md gives each family's rules and the transformers code they come from.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace quant {
 
@@ -36,6 +39,22 @@ struct ModelConfig {
   bool qkv_bias = false;  // llama attention_bias, or always for qwen2
   bool o_bias = false;    // llama attention_bias only
   bool mlp_bias = false;
+  // Family details (defaults: plain Llama). See docs/architectures.md.
+  bool qk_norm = false;          // RMSNorm over head_dim of each q and k head, before RoPE (qwen3, gemma3)
+  bool sandwich_norms = false;   // post-attention and post-feedforward norms on each block's output (gemma2/3)
+  float norm_offset = 0.0f;      // RMSNorm multiplies by (offset + w): 1 for Gemma
+  bool gelu_tanh = false;        // MLP activation gelu_pytorch_tanh instead of SiLU
+  float embed_scale = 1.0f;      // embeddings multiplied by this (sqrt(hidden_size) for Gemma)
+  double attn_scale = 0.0;       // softmax scale (1/sqrt(head_dim), or query_pre_attn_scalar^-0.5)
+  double attn_softcap = 0.0;     // scores → cap·tanh(scores/cap) when > 0 (gemma2)
+  double final_softcap = 0.0;    // logits → cap·tanh(logits/cap) when > 0 (gemma2)
+  std::int64_t sliding_window = 0;    // a sliding layer's query sees keys less than this far back
+  std::vector<bool> layer_sliding;    // per layer: sliding-window attention (empty: none)
+  double rope_local_theta = 0.0;      // RoPE base of sliding layers when it differs (gemma3), else 0
+  bool is_sliding(std::int64_t layer) const {
+    return sliding_window > 0 && layer >= 0 && layer < static_cast<std::int64_t>(layer_sliding.size()) &&
+           layer_sliding[static_cast<std::size_t>(layer)];
+  }
   std::string torch_dtype;  // as written, e.g. "float16"
   std::int64_t bos_token_id = -1;
   std::int64_t eos_token_id = -1;
@@ -48,6 +67,6 @@ struct ModelConfig {
 };
 
 // The model_type values this toolkit understands.
-inline constexpr const char* kSupportedModelTypes = "llama, mistral, qwen2";
+inline constexpr const char* kSupportedModelTypes = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text";
 
 }  // namespace quant

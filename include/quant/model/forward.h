@@ -21,6 +21,9 @@ struct LayerWeights {
   std::array<Vec, 7> b;  // bias, empty when absent
   Vec attn_norm;
   Vec mlp_norm;
+  Vec q_norm, k_norm;        // [head_dim], when the family has them
+  Vec post_attn_norm, post_mlp_norm;  // Gemma's norms on the block outputs
+  int index = 0;             // the decoder layer (selects sliding-window attention and its RoPE)
   Mat& linear(LinearKind k) { return w[static_cast<int>(k)]; }
   const Mat& linear(LinearKind k) const { return w[static_cast<int>(k)]; }
   std::size_t bytes() const;
@@ -31,6 +34,7 @@ LayerWeights load_layer(const Model& model, int layer);
 // Embedding, final norm and output head.
 struct HeadWeights {
   Mat embed;    // [vocab, hidden]
+  float embed_scale = 1.0f;  // the family's embedding multiplier (config.embed_scale)
   Vec final_norm;
   Mat lm_head;  // [vocab, hidden]; empty when tied to embed
   const Mat& head() const { return lm_head.size() ? lm_head : embed; }
@@ -46,16 +50,22 @@ CapturePoint capture_point(LinearKind kind);
 using LinearInputHook = std::function<void(CapturePoint point, const Mat& x)>;
 
 // cos/sin tables for rotary embeddings, [positions, head_dim/2], HF rotate_half convention,
-// with rope_scaling (linear, llama3) applied to the inverse frequencies.
+// with rope_scaling (linear, llama3) applied to the inverse frequencies. Gemma 3's sliding
+// layers have their own base (rope_local_base_freq) and no scaling: cos_local/sin_local.
 struct RopeTable {
   Mat cos;
   Mat sin;
+  Mat cos_local, sin_local;  // empty unless config.rope_local_theta > 0
+  Eigen::Index positions() const { return cos.rows(); }
 };
 RopeTable build_rope(const ModelConfig& config, std::int64_t n_positions);
 
 // y = x Wᵀ (+ b). Parallel over fixed-size blocks of output rows, so results are bit-identical
 // for any thread count.
 void linear_forward(const Mat& x, const Mat& w, const Vec& b, Mat& y);
+
+// RMSNorm with the family's convention: weight·x̂ (Llama, Qwen) or (1 + weight)·x̂ (Gemma).
+void apply_norm(const ModelConfig& config, const Mat& x, const Vec& weight, Mat& out);
 
 // Runs one decoder layer in place on the hidden states h [tokens, hidden] of one sequence at
 // positions 0..tokens-1. `hook`, when set, sees each capture point's input.
@@ -64,23 +74,25 @@ void decoder_layer_forward(const ModelConfig& config, const LayerWeights& layer,
 
 // The stages of decoder_layer_forward, for calibration that runs a layer piece by piece:
 // attention output before o_proj for the normed input x; SwiGLU activation (down_proj's
-// input) for the normed x; h += x Wᵀ (+ b) of one linear.
+// input) for the normed x; h += x Wᵀ (+ b) of o_proj or down_proj, through the family's
+// post-block norm where it has one (Gemma).
 Mat attention_block(const ModelConfig& config, const LayerWeights& layer, const RopeTable& rope, const Mat& x);
-Mat mlp_activation(const LayerWeights& layer, const Mat& x);
-void add_linear(const Mat& x, const LayerWeights& layer, LinearKind kind, Mat& h);
+Mat mlp_activation(const ModelConfig& config, const LayerWeights& layer, const Mat& x);
+void add_block_output(const ModelConfig& config, const Mat& x, const LayerWeights& layer, LinearKind kind, Mat& h);
 
 // Runs a layer over several sequences; parallel across sequences (no hooks here).
 void decoder_layer_forward_batch(const ModelConfig& config, const LayerWeights& layer,
                                  const RopeTable& rope, std::vector<Mat>& hs);
 
-// Embedding lookup: [tokens, hidden]. Token ids are checked against the vocabulary.
+// Embedding lookup times head.embed_scale: [tokens, hidden]. Token ids are checked against the
+// vocabulary.
 Mat embed_tokens(const HeadWeights& head, std::span<const std::int32_t> tokens);
 
-// Final RMSNorm + output head: logits [tokens, vocab].
+// Final RMSNorm + output head (+ the family's final soft-capping): logits [tokens, vocab].
 Mat final_logits(const ModelConfig& config, const HeadWeights& head, const Mat& h);
 
-// RMSNorm of each row: x / sqrt(mean(x²) + eps) * weight.
-void rms_norm(const Mat& x, const Vec& weight, double eps, Mat& out);
+// RMSNorm of each row: x / sqrt(mean(x²) + eps) * (offset + weight).
+void rms_norm(const Mat& x, const Vec& weight, double eps, Mat& out, float offset = 0.0f);
 
 // Keeps dequantized layers in memory while their total stays under a budget, else reloads.
 class LayerCache {

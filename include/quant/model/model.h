@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "quant/core/tensor.h"
@@ -35,7 +36,13 @@ struct LayerDesc {
   int index = 0;
   std::array<LinearDesc, 7> linears;  // in kAllLinearKinds order
   std::string attn_norm;              // input_layernorm.weight
-  std::string mlp_norm;               // post_attention_layernorm.weight
+  std::string mlp_norm;               // post_attention_layernorm.weight (Gemma: pre_feedforward_layernorm)
+  // Present only in the families that have them (empty otherwise):
+  std::string q_norm, k_norm;         // self_attn.{q,k}_norm.weight [head_dim] (qwen3, gemma3)
+  std::string post_attn_norm;         // Gemma: post_attention_layernorm.weight, on the attention output
+  std::string post_mlp_norm;          // Gemma: post_feedforward_layernorm.weight, on the MLP output
+  // Every norm tensor of the layer with its length, in order.
+  std::vector<std::pair<std::string, std::int64_t>> norms(std::int64_t hidden, std::int64_t head_dim) const;
   const LinearDesc& linear(LinearKind k) const { return linears[static_cast<int>(k)]; }
 };
 

@@ -1,0 +1,186 @@
+#!/usr/bin/python3
+"""Independent reference forward pass for quant's model families, written from transformers'
+modeling code (modeling_llama.py, modeling_qwen3.py, modeling_gemma2.py, modeling_gemma3.py)
+in plain torch, without transformers and without any quant code.
+
+It reads the tiny checkpoints the C++ test suite writes (config.json, model.safetensors,
+tokens.json) and writes the golden logits that tests/unit/families_test.cpp compares against:
+
+    QUANT_FAMILY_FIXTURES_OUT=/tmp/families build/tests/unit/quant_unit_tests --gtest_filter='Families*'
+    python3 tools/reference/hf_reference.py /tmp/families tests/golden/families
+
+Needs python3-torch (Debian package); the C++ suite never runs it.
+"""
+import json
+import math
+import os
+import struct
+import sys
+
+import torch
+
+DTYPES = {"F32": torch.float32, "F16": torch.float16}
+
+
+def load_safetensors(path):
+    data = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        t = torch.frombuffer(bytearray(data[base + a:base + b]), dtype=DTYPES[info["dtype"]])
+        out[name] = t.reshape(info["shape"]).float()
+    return out
+
+
+def rms_norm(x, w, eps, gemma):
+    # LlamaRMSNorm: w * (x * rsqrt(mean(x^2) + eps)); Gemma2RMSNorm/Gemma3RMSNorm: (1 + w) * ...
+    xn = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return xn * (1.0 + w) if gemma else xn * w
+
+
+def inv_freq(cfg, base, scaling):
+    dim = cfg["head_dim"]
+    f = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "linear":  # _compute_linear_scaling_rope_parameters... positions / factor
+        f = f / scaling["factor"]
+    elif kind == "llama3":  # _compute_llama3_parameters
+        factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old = scaling["original_max_position_embeddings"]
+        low_wl, high_wl = old / lo, old / hi
+        wl = 2 * math.pi / f
+        scaled = torch.where(wl > low_wl, f / factor, f)
+        smooth = (old / wl - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wl < high_wl) * ~(wl > low_wl)
+        f = torch.where(medium, smoothed, scaled)
+    elif kind != "default":
+        raise SystemExit(f"rope type {kind} not in this reference")
+    return f
+
+
+def rope(cfg, base, scaling, T):
+    f = inv_freq(cfg, base, scaling)
+    freqs = torch.arange(T).float()[:, None] * f[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def linear(x, W, name):
+    y = x @ W[name + ".weight"].T
+    if name + ".bias" in W:
+        y = y + W[name + ".bias"]
+    return y
+
+
+def forward(cfg, W, tokens):
+    mt = cfg["model_type"]
+    gemma = mt in ("gemma2", "gemma3_text")
+    H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    hd = cfg.get("head_dim") or H // nh
+    cfg["head_dim"] = hd
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    T = len(tokens)
+    L = cfg["num_hidden_layers"]
+    qk_norm = mt in ("qwen3", "gemma3_text")
+    scaling = cfg["query_pre_attn_scalar"] ** -0.5 if gemma else hd ** -0.5
+    softcap = cfg.get("attn_logit_softcapping") if gemma else None
+    window = cfg.get("sliding_window") if gemma else None
+    if mt == "gemma2":
+        sliding = [i % 2 == 0 for i in range(L)]  # Gemma2Attention: not bool(layer_idx % 2)
+    elif mt == "gemma3_text":
+        pat = cfg.get("sliding_window_pattern", 6)
+        sliding = [bool((i + 1) % pat) for i in range(L)]
+    else:
+        sliding = [False] * L
+    if "layer_types" in cfg:
+        sliding = [t == "sliding_attention" for t in cfg["layer_types"]]
+    cos_g, sin_g = rope(cfg, cfg.get("rope_theta", 10000.0), cfg.get("rope_scaling"), T)
+    if mt == "gemma3_text":
+        cos_l, sin_l = rope(cfg, cfg.get("rope_local_base_freq", 10000.0), None, T)
+    else:
+        cos_l, sin_l = cos_g, sin_g
+
+    h = W["model.embed_tokens.weight"][tokens]
+    if gemma:
+        h = h * torch.tensor(H ** 0.5, dtype=h.dtype)
+    i_idx = torch.arange(T)[:, None]
+    j_idx = torch.arange(T)[None, :]
+    for i in range(L):
+        p = f"model.layers.{i}."
+        res = h
+        x = rms_norm(h, W[p + "input_layernorm.weight"], eps, gemma)
+        q = linear(x, W, p + "self_attn.q_proj").view(T, nh, hd)
+        k = linear(x, W, p + "self_attn.k_proj").view(T, nkv, hd)
+        v = linear(x, W, p + "self_attn.v_proj").view(T, nkv, hd)
+        if qk_norm:
+            q = rms_norm(q, W[p + "self_attn.q_norm.weight"], eps, gemma)
+            k = rms_norm(k, W[p + "self_attn.k_norm.weight"], eps, gemma)
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+        cos, sin = (cos_l, sin_l) if sliding[i] else (cos_g, sin_g)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k = k.repeat_interleave(nh // nkv, dim=0)
+        v = v.repeat_interleave(nh // nkv, dim=0)
+        s = (q @ k.transpose(1, 2)) * scaling
+        if softcap:
+            s = torch.tanh(s / softcap) * softcap
+        mask = j_idx > i_idx
+        if sliding[i]:
+            mask = mask | (j_idx <= i_idx - window)
+        s = s.masked_fill(mask, float("-inf"))
+        a = torch.softmax(s.float(), dim=-1) @ v
+        a = a.transpose(0, 1).reshape(T, nh * hd)
+        o = linear(a, W, p + "self_attn.o_proj")
+        if gemma:
+            o = rms_norm(o, W[p + "post_attention_layernorm.weight"], eps, gemma)
+        h = res + o
+        res = h
+        norm = p + ("pre_feedforward_layernorm.weight" if gemma else "post_attention_layernorm.weight")
+        x = rms_norm(h, W[norm], eps, gemma)
+        g = linear(x, W, p + "mlp.gate_proj")
+        act = torch.nn.functional.gelu(g, approximate="tanh") if gemma else torch.nn.functional.silu(g)
+        m = linear(act * linear(x, W, p + "mlp.up_proj"), W, p + "mlp.down_proj")
+        if gemma:
+            m = rms_norm(m, W[p + "post_feedforward_layernorm.weight"], eps, gemma)
+        h = res + m
+    h = rms_norm(h, W["model.norm.weight"], eps, gemma)
+    head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+    logits = h @ head.T
+    cap = cfg.get("final_logit_softcapping") if mt == "gemma2" or mt == "gemma3_text" else None
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def main():
+    src, dst = sys.argv[1], sys.argv[2]
+    os.makedirs(dst, exist_ok=True)
+    for family in sorted(os.listdir(src)):
+        d = os.path.join(src, family)
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        W = load_safetensors(os.path.join(d, "model.safetensors"))
+        tokens = json.load(open(os.path.join(d, "tokens.json")))
+        with torch.no_grad():
+            logits = forward(cfg, W, tokens)
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            nll = -logp[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])].mean().item()
+        out = {"family": family, "tokens": tokens, "nll_mean": nll, "ppl": math.exp(nll),
+               "logits": [[round(float(v), 6) for v in row] for row in logits]}
+        with open(os.path.join(dst, family + ".json"), "w") as f:
+            json.dump(out, f)
+        print(f"{family}: ppl {math.exp(nll):.6f}")
+
+
+if __name__ == "__main__":
+    main()
