@@ -161,7 +161,40 @@ namespace {
 
 // llama.cpp's architecture for a model_type, as convert_hf_to_gguf.py registers them
 // (MistralForCausalLM converts as llama).
-std::string gguf_arch(const ModelConfig& c) { return c.model_type == "qwen2" ? "qwen2" : "llama"; }
+std::string gguf_arch(const ModelConfig& c) {
+  if (c.model_type == "qwen2" || c.model_type == "qwen3" || c.model_type == "gemma2") return c.model_type;
+  return "llama";
+}
+
+// Gemma 2 as llama.cpp (c392e50) runs it, each rule from the code that imposes it:
+// - llama-model.cpp load_hparams(LLM_ARCH_GEMMA2): the model type comes from n_layer (26: 2B,
+//   42: 9B, 46: 27B); build_gemma2 (llama.cpp) aborts on any other type;
+// - build_gemma2 scales q by 1/sqrt(head_dim) for 2B/9B and 1/sqrt(hidden/heads) for 27B,
+//   ignoring query_pre_attn_scalar, so the config must agree with that;
+// - build_gemma2 uses the sliding-window mask on even layers (il % 2 == 0) and no RoPE scaling;
+// - load_tensors(LLM_ARCH_GEMMA2) has no output.weight: the head is token_embd (tied).
+void check_gemma2(const Model& model) {
+  const ModelConfig& c = model.config();
+  const std::string dir = model.dir().string();
+  if (c.n_layers != 26 && c.n_layers != 42 && c.n_layers != 46) {
+    fail("{}: llama.cpp runs gemma2 only with 26, 42 or 46 layers (the released 2B/9B/27B sizes; others abort in its "
+         "graph), this model has {}", dir, c.n_layers);
+  }
+  const double llama_cpp_scale = c.n_layers == 46 ? 1.0 / std::sqrt(static_cast<double>(c.hidden_size / c.n_heads))
+                                                  : 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  if (std::abs(llama_cpp_scale - c.attn_scale) > 1e-9 * llama_cpp_scale) {
+    fail("{}: query_pre_attn_scalar gives attention scale {:.6g}, but llama.cpp's gemma2 uses {:.6g} for a {}-layer model",
+         dir, c.attn_scale, llama_cpp_scale, c.n_layers);
+  }
+  for (std::int64_t i = 0; i < c.n_layers; ++i) {
+    if (c.is_sliding(i) != (i % 2 == 0)) {
+      fail("{}: layer {} is {} but llama.cpp's gemma2 uses sliding-window attention exactly on the even layers", dir, i,
+           c.is_sliding(i) ? "sliding" : "full attention");
+    }
+  }
+  if (!model.layout().tied) fail("{}: llama.cpp's gemma2 reads the output head from token_embd; an untied lm_head cannot be exported", dir);
+  if (c.rope_scaling.type != "none") fail("{}: llama.cpp's gemma2 takes no RoPE scaling (rope_scaling '{}')", dir, c.rope_scaling.type);
+}
 
 // llama.cpp's llama architecture is exported without linear biases (quant refuses them), qwen2
 // with its q/k/v biases; RoPE scaling: none, linear (rope.scaling.* keys) and llama3 (the
@@ -169,9 +202,11 @@ std::string gguf_arch(const ModelConfig& c) { return c.model_type == "qwen2" ? "
 // re-quantized.
 void check_exportable(const Model& model) {
   const ModelConfig& c = model.config();
-  if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2") {
-    fail("{}: GGUF export supports llama, mistral and qwen2 models (model_type '{}')", model.dir().string(), c.model_type);
+  if (c.model_type == "gemma3_text") {
+    fail("{}: GGUF export of gemma3_text is not supported yet (the llama.cpp build quant is checked against predates "
+         "Gemma 3, so quant cannot verify the file it would write)", model.dir().string());
   }
+  if (c.model_type == "gemma2") check_gemma2(model);
   const std::string& rope = c.rope_scaling.type;
   if (rope != "none" && rope != "linear" && rope != "llama3") {
     fail("{}: rope_scaling type '{}' cannot be exported to GGUF (supported: linear, llama3)", model.dir().string(), rope);
@@ -179,7 +214,7 @@ void check_exportable(const Model& model) {
   for (const auto& layer : model.layout().layers) {
     for (const auto& l : layer.linears) {
       const bool qkv = l.kind == LinearKind::q || l.kind == LinearKind::k || l.kind == LinearKind::v;
-      if (l.bias && !(c.model_type == "qwen2" && qkv)) fail("{}: '{}' has a bias, which llama.cpp's llama architecture does not load", model.dir().string(), l.prefix);
+      if (l.bias && !(c.model_type == "qwen2" && qkv)) fail("{}: '{}' has a bias, which llama.cpp's {} architecture does not load", model.dir().string(), l.prefix, gguf_arch(c));
       if (model.storage(l) == LinearStorage::packed) {
         log::warn("{}: '{}' is stored quantized; it is dequantized and re-quantized for GGUF", model.dir().string(), l.prefix);
       }
@@ -209,9 +244,14 @@ void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
   w.set(arch + ".attention.head_count_kv", Value::u32(static_cast<std::uint32_t>(c.n_kv_heads)));
   w.set(arch + ".attention.layer_norm_rms_epsilon", Value::f32(static_cast<float>(c.rms_norm_eps)));
   w.set(arch + ".vocab_size", Value::u32(static_cast<std::uint32_t>(c.vocab_size)));
-  if (c.head_dim * c.n_heads != c.hidden_size) {
+  if (c.head_dim * c.n_heads != c.hidden_size || c.model_type == "gemma2") {
     w.set(arch + ".attention.key_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
     w.set(arch + ".attention.value_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+  }
+  if (c.model_type == "gemma2") {  // convert_hf_to_gguf.py Gemma2Model.set_gguf_parameters
+    w.set(arch + ".attn_logit_softcapping", Value::f32(static_cast<float>(c.attn_softcap)));
+    w.set(arch + ".final_logit_softcapping", Value::f32(static_cast<float>(c.final_softcap)));
+    w.set(arch + ".attention.sliding_window", Value::u32(static_cast<std::uint32_t>(c.sliding_window)));
   }
   if (c.rope_scaling.type == "linear") {
     w.set(arch + ".rope.scaling.type", Value::str("linear"));
@@ -275,6 +315,14 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
       return Mat(Eigen::Map<const Mat>(v.data(), 1, v.size()));
     };
   };
+  // Norm weights as llama.cpp multiplies them: Gemma's (1 + w) is stored as w + 1
+  // (convert_hf_to_gguf.py Gemma2Model.modify_tensors: every "norm.weight" gets + 1).
+  auto norm = [&](const std::string& name) {
+    return [&model, name] {
+      const Vec v = (load_vector(model, name).array() + model.config().norm_offset).matrix();
+      return Mat(Eigen::Map<const Mat>(v.data(), 1, v.size()));
+    };
+  };
   // Loaded weights are already checked finite (load_linear names the file and tensor).
   auto mat = [&](const LinearDesc& l, std::int64_t permute_heads) {
     return [&model, &l, permute_heads] {
@@ -301,7 +349,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   }, L.embed);
   for (const auto& layer : L.layers) {
     const std::string b = fmt::format("blk.{}.", layer.index);
-    add(b + "attn_norm.weight", {H}, GgmlType::F32, vec(layer.attn_norm));
+    add(b + "attn_norm.weight", {H}, GgmlType::F32, norm(layer.attn_norm));
     for (LinearKind k : kAllLinearKinds) {
       const LinearDesc& l = layer.linear(k);
       // llama's q/k rows are permuted to llama.cpp's RoPE pairing; qwen2 uses NEOX RoPE (HF's layout).
@@ -314,10 +362,18 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
         add(fmt::format("blk.{}.{}.bias", layer.index, k == LinearKind::q ? "attn_q" : k == LinearKind::k ? "attn_k" : "attn_v"), {l.out},
             GgmlType::F32, vec(l.bias_name()));
       }
-      if (k == LinearKind::o) add(b + "ffn_norm.weight", {H}, GgmlType::F32, vec(layer.mlp_norm));
+      if (k == LinearKind::k && !layer.q_norm.empty()) {  // qwen3: blk.N.attn_{q,k}_norm (llama-arch.cpp LLM_ARCH_QWEN3)
+        add(b + "attn_q_norm.weight", {c.head_dim}, GgmlType::F32, norm(layer.q_norm));
+        add(b + "attn_k_norm.weight", {c.head_dim}, GgmlType::F32, norm(layer.k_norm));
+      }
+      if (k == LinearKind::o) {
+        if (!layer.post_attn_norm.empty()) add(b + "post_attention_norm.weight", {H}, GgmlType::F32, norm(layer.post_attn_norm));
+        add(b + "ffn_norm.weight", {H}, GgmlType::F32, norm(layer.mlp_norm));
+      }
+      if (k == LinearKind::down && !layer.post_mlp_norm.empty()) add(b + "post_ffw_norm.weight", {H}, GgmlType::F32, norm(layer.post_mlp_norm));
     }
   }
-  add("output_norm.weight", {H}, GgmlType::F32, vec(L.final_norm));
+  add("output_norm.weight", {H}, GgmlType::F32, norm(L.final_norm));
   if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, tensor_type(o.type, {Role::output, 0, n_layers}, H, imatrix), mat(L.lm_head, 0),
                     L.lm_head.weight_name());
 

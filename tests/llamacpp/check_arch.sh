@@ -2,7 +2,8 @@
 # quant's GGUF export checked in llama.cpp itself (issue: loader contract, GGUF rope scaling and
 # qwen2): for each variant of a real model — the model as is, with Llama-3.1 RoPE scaling
 # (rope_freqs.weight), with linear RoPE scaling (rope.scaling.* keys), and converted to qwen2
-# (q/k/v biases, NEOX RoPE) — `llama-perplexity` on quant's F32 GGUF must agree with
+# (q/k/v biases, NEOX RoPE), and rebuilt as a 26-layer gemma2 (Gemma norms, soft-capping, sliding
+# window, GELU) — `llama-perplexity` on quant's F32 GGUF must agree with
 # `quant eval --protocol llamacpp` on the HF checkpoint within 0.1 %.
 # Usage: tests/llamacpp/check_arch.sh [LLAMA_BUILD_DIR [QUANT_BUILD_DIR [MODEL TEXT]]]
 # LLAMA_BUILD_DIR (default $QUANT_LLAMA_CPP_BUILD) is a llama.cpp CMake build with
@@ -47,13 +48,44 @@ elif edit == "qwen2":
             data += vals
     h = json.dumps(hdr).encode(); h += b" " * ((8 - len(h) % 8) % 8)
     open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + data)
+elif edit == "gemma2":
+    # Gemma 2 from the same weights: 26 layers (llama.cpp runs gemma2 only at 26/42/46), layer i
+    # reusing layer i % 6; norms in Gemma's 1 + w form (w − 1), the post-block norms 1 + 0; a
+    # 64-token sliding window on even layers so that the 512-token windows exercise it.
+    raw = open(f"{d}/model.safetensors", "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]; hdr = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+    def get(name):
+        a, b = hdr[name]["data_offsets"]; return hdr[name]["dtype"], hdr[name]["shape"], data[a:b]
+    def minus_one(blob):
+        vals = struct.unpack(f"<{len(blob) // 2}e", blob); return struct.pack(f"<{len(vals)}e", *[v - 1 for v in vals])
+    L0 = cfg["num_hidden_layers"]; H = cfg["hidden_size"]; hd = H // cfg["num_attention_heads"]
+    out = {"model.embed_tokens.weight": get("model.embed_tokens.weight")}
+    dt, sh, blob = get("model.norm.weight"); out["model.norm.weight"] = (dt, sh, minus_one(blob))
+    zeros = struct.pack(f"<{H}e", *([0.0] * H))
+    for l in range(26):
+        s, p = f"model.layers.{l % L0}.", f"model.layers.{l}."
+        for t in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+            out[p + t + ".weight"] = get(s + t + ".weight")
+        dt, sh, blob = get(s + "input_layernorm.weight"); out[p + "input_layernorm.weight"] = (dt, sh, minus_one(blob))
+        dt, sh, blob = get(s + "post_attention_layernorm.weight"); out[p + "pre_feedforward_layernorm.weight"] = (dt, sh, minus_one(blob))
+        out[p + "post_attention_layernorm.weight"] = ("F16", [H], zeros)
+        out[p + "post_feedforward_layernorm.weight"] = ("F16", [H], zeros)
+    hdr2, body = {}, bytearray()
+    for name, (dt, sh, blob) in out.items():
+        hdr2[name] = {"dtype": dt, "shape": sh, "data_offsets": [len(body), len(body) + len(blob)]}; body += blob
+    h = json.dumps(hdr2).encode(); h += b" " * ((8 - len(h) % 8) % 8)
+    open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + body)
+    cfg.update({"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"], "num_hidden_layers": 26, "head_dim": hd,
+                "query_pre_attn_scalar": hd, "sliding_window": 64, "attn_logit_softcapping": 50.0,
+                "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True})
+    cfg.pop("hidden_act", None)
 json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
 PY
 }
 
 status=0
 printf '%-8s %12s %16s %9s\n' variant quant llama-perplexity rel.diff
-for v in base llama3 linear qwen2; do
+for v in base llama3 linear qwen2 gemma2; do
   variant "$v" "$v"
   "$Q" -q gguf "$tmp/$v" -t f32 -o "$tmp/$v.gguf" > /dev/null
   q=$("$Q" -q -t $T eval "$tmp/$v" --text "$tmp/text.txt" --ctx $CTX --protocol llamacpp --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
