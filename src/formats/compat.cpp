@@ -36,6 +36,34 @@ struct Checker {
   }
 };
 
+// Each loader has a model class for the model_type (docs/architectures.md lists the sources).
+struct Known {
+  const char* loader;
+  std::vector<std::string> types;
+  const char* source;
+};
+const std::vector<Known> kKnown = {
+      {"transformers", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"}, "transformers models/auto/modeling_auto.py MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"},
+      {"vllm", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"}, "vllm model_executor/models/registry.py _TEXT_GENERATION_MODELS"},
+      {"gptqmodel", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"}, "GPTQModel models/auto.py MODEL_MAP"},
+      {"autoawq", {"llama", "mistral", "qwen2", "gemma2"}, "AutoAWQ awq/models/auto.py AWQ_CAUSAL_LM_MODEL_MAP (00c3dfa)"},
+};
+
+bool has_model_class(const std::string& loader, const std::string& model_type) {
+  for (const Known& kn : kKnown) {
+    if (kn.loader == loader) return std::find(kn.types.begin(), kn.types.end(), model_type) != kn.types.end();
+  }
+  return true;
+}
+
+void check_model_type(const Model& m, Checker& k) {
+  const std::string& t = m.config().model_type;
+  for (const Known& kn : kKnown) {
+    const bool ok = std::find(kn.types.begin(), kn.types.end(), t) != kn.types.end();
+    k.add(kn.loader, "has a model class for model_type '" + t + "'", ok, ok ? "yes" : "no entry for '" + t + "'", kn.source);
+  }
+}
+
 // The tensors agree with the config as every loader reads it (verify_against_config and the
 // codecs' per-tensor checks).
 std::string tensors_disagree(const Model& m) {
@@ -169,7 +197,11 @@ CheckReport check_checkpoint(const fs::path& path, std::vector<std::string> load
   else if (rep.format == "awq") rep.loaders = {"vllm", "autoawq", "transformers"};
   else if (rep.format == "lut") rep.loaders = {"quant"};
   else rep.loaders = {"transformers", "vllm"};
+  // By default only the loaders that have a class for this family (a qwen3 AWQ checkpoint is for
+  // vLLM and transformers; AutoAWQ has no Qwen3 class); --for LOADER checks it regardless.
+  std::erase_if(rep.loaders, [&](const std::string& l) { return !has_model_class(l, m.config().model_type); });
   if (!loaders.empty()) rep.loaders = loaders;
+  check_model_type(m, k);
   if (rep.format == "gptq") check_gptq(m, k);
   else if (rep.format == "awq") check_awq(m, k);
   else if (rep.format == "lut") {

@@ -1,4 +1,5 @@
 // quant inspect PATH: architecture summary, parameter count, per-tensor table.
+#include <algorithm>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -68,6 +69,11 @@ void run_inspect(const InspectOptions& o) {
   j["rope_scaling"] = c.rope_scaling.type;
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["torch_dtype"] = c.torch_dtype;
+  const std::int64_t n_sliding = std::count(c.layer_sliding.begin(), c.layer_sliding.end(), true);
+  j["family"] = {{"qk_norm", c.qk_norm}, {"sandwich_norms", c.sandwich_norms}, {"norm_offset", c.norm_offset},
+                 {"mlp_activation", c.gelu_tanh ? "gelu_pytorch_tanh" : "silu"}, {"embed_scale", c.embed_scale},
+                 {"attn_scale", c.attn_scale}, {"attn_softcap", c.attn_softcap}, {"final_softcap", c.final_softcap},
+                 {"sliding_window", c.sliding_window}, {"sliding_layers", n_sliding}, {"rope_local_theta", c.rope_local_theta}};
   j["n_params"] = model.n_params();
   std::map<std::string, std::int64_t> dtype_counts;
   std::uint64_t total_bytes = 0;
@@ -95,6 +101,12 @@ void run_inspect(const InspectOptions& o) {
              c.hidden_size, c.intermediate_size, c.vocab_size);
   fmt::print("attention   {} heads, {} kv heads, head_dim {}, rope theta {} scaling {}\n",
              c.n_heads, c.n_kv_heads, c.head_dim, c.rope_theta, c.rope_scaling.type);
+  if (c.qk_norm || c.sandwich_norms || n_sliding > 0) {
+    fmt::print("family      q/k norms: {}  norms: {}  mlp: {}  attention scale {:.4g}  soft-cap {}/{}  sliding window {} on {} of {} layers{}\n",
+               c.qk_norm ? "yes" : "no", c.sandwich_norms ? "4 per layer, (1 + w)" : "2 per layer",
+               c.gelu_tanh ? "gelu_tanh" : "silu", c.attn_scale, c.attn_softcap, c.final_softcap, c.sliding_window,
+               n_sliding, c.n_layers, c.rope_local_theta > 0 ? fmt::format(" (local rope theta {})", c.rope_local_theta) : "");
+  }
   fmt::print("context     {}   tied embeddings: {}   torch_dtype: {}\n", c.max_position_embeddings,
              c.tie_word_embeddings ? "yes" : "no", c.torch_dtype.empty() ? "-" : c.torch_dtype);
   fmt::print("parameters  {} ({:.2f} M)\n", model.n_params(), model.n_params() / 1e6);
