@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <system_error>
 #include <vector>
 
@@ -244,6 +245,13 @@ bool within(const fs::path& child, const fs::path& parent) {
 }
 
 bool is_quant_gguf(const fs::path& file) {
+  {  // a text report quant wrote (eval --junit) starts with its marker within the first line or two
+    std::ifstream in(file, std::ios::binary);
+    std::string head(256, '\0');
+    in.read(head.data(), static_cast<std::streamsize>(head.size()));
+    head.resize(static_cast<std::size_t>(in.gcount()));
+    if (head.find(kQuantReportMarker) != std::string::npos) return true;
+  }
   try {
     const gguf::File g = gguf::File::open(file);
     const gguf::Value* v = g.find("general.quantized_by");

@@ -23,6 +23,10 @@ struct Window {
 
 struct WindowStats {
   double nll = 0;
+  double nll2 = 0;   // Σ nll² over the window's scored tokens
+  double bnll2 = 0;  // the base's
+  double d = 0;      // Σ (nll − base nll)
+  double d2 = 0;     // Σ (nll − base nll)²
   double kl = 0;
   std::int64_t top1 = 0;
   std::vector<double> kl_tokens;
@@ -49,6 +53,20 @@ void log_softmax(const float* row, Eigen::Index n, std::vector<double>& out) {
   for (Eigen::Index i = 0; i < n; ++i) sum += std::exp(row[i] - mx);
   const double lse = mx + std::log(sum);
   for (Eigen::Index i = 0; i < n; ++i) out[static_cast<std::size_t>(i)] = row[i] - lse;
+}
+
+// sqrt((mean x² − mean²)/(n − 1)) from Σx and Σx² (llama-perplexity's uncertainty).
+double stderr_of_mean(double sum, double sum2, double n) {
+  if (n < 2) return 0.0;
+  const double mean = sum / n;
+  const double var = sum2 / n - mean * mean;
+  return var > 0 ? std::sqrt(var / (n - 1)) : 0.0;
+}
+
+// The q-quantile of sorted values: the smallest value with at least q of them at or below it.
+double quantile(const std::vector<double>& sorted, double q) {
+  const std::size_t k = static_cast<std::size_t>(std::ceil(q * static_cast<double>(sorted.size())));
+  return sorted[std::clamp<std::size_t>(k, 1, sorted.size()) - 1];
 }
 
 }  // namespace
@@ -124,10 +142,16 @@ EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
       for (std::int64_t p = win.first_scored; p + 1 < ctx; ++p) {
         const std::int32_t target = win.tokens[static_cast<std::size_t>(p + 1)];
         log_softmax(logits.row(p).data(), logits.cols(), lp);
-        st.nll -= lp[static_cast<std::size_t>(target)];
+        const double tok_nll = -lp[static_cast<std::size_t>(target)];
+        st.nll += tok_nll;
+        st.nll2 += tok_nll * tok_nll;
         if (!base) continue;
         log_softmax(blogits.row(p).data(), blogits.cols(), blp);
-        base_nll[w] -= blp[static_cast<std::size_t>(target)];
+        const double tok_bnll = -blp[static_cast<std::size_t>(target)];
+        base_nll[w] += tok_bnll;
+        st.bnll2 += tok_bnll * tok_bnll;
+        st.d += tok_nll - tok_bnll;
+        st.d2 += (tok_nll - tok_bnll) * (tok_nll - tok_bnll);
         double kl = 0;
         for (std::size_t i = 0; i < lp.size(); ++i) kl += std::exp(blp[i]) * (blp[i] - lp[i]);
         st.kl += kl;
@@ -144,11 +168,15 @@ EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
   r.ctx = ctx;
   r.windows = n_windows;
   r.tokens_scored = n_windows * (ctx - 1 - windows[0].first_scored);
-  double nll = 0, kl = 0, bnll = 0;
+  double nll = 0, kl = 0, bnll = 0, nll2 = 0, bnll2 = 0, d = 0, d2 = 0;
   std::int64_t top1 = 0;
   std::vector<double> kls;
   for (std::size_t w = 0; w < stats.size(); ++w) {
     nll += stats[w].nll;
+    nll2 += stats[w].nll2;
+    bnll2 += stats[w].bnll2;
+    d += stats[w].d;
+    d2 += stats[w].d2;
     kl += stats[w].kl;
     bnll += base_nll[w];
     top1 += stats[w].top1;
@@ -157,14 +185,24 @@ EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
   const double n = static_cast<double>(r.tokens_scored);
   r.nll = nll / n;
   r.ppl = std::exp(r.nll);
+  r.ppl_stderr = r.ppl * stderr_of_mean(nll, nll2, n);
   if (base) {
     r.has_base = true;
     r.base_ppl = std::exp(bnll / n);
+    r.base_ppl_stderr = r.base_ppl * stderr_of_mean(bnll, bnll2, n);
     r.kl_mean = kl / n;
+    double kl2 = 0;
+    for (double v : kls) kl2 += v * v;
+    r.kl_stderr = stderr_of_mean(kl, kl2, n);
     r.top1_agreement = static_cast<double>(top1) / n;
-    const std::size_t k = std::min(kls.size() - 1, static_cast<std::size_t>(std::ceil(0.99 * static_cast<double>(kls.size()))) - 1);
-    std::nth_element(kls.begin(), kls.begin() + static_cast<std::ptrdiff_t>(k), kls.end());
-    r.kl_p99 = kls[k];
+    r.top1_stderr = n > 1 ? std::sqrt(r.top1_agreement * (1.0 - r.top1_agreement) / (n - 1)) : 0.0;
+    r.log_ppl_ratio = d / n;
+    r.log_ppl_ratio_stderr = stderr_of_mean(d, d2, n);
+    std::sort(kls.begin(), kls.end());
+    r.kl_median = quantile(kls, 0.5);
+    r.kl_p90 = quantile(kls, 0.9);
+    r.kl_p99 = quantile(kls, 0.99);
+    r.kl_max = kls.back();
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.tokens_per_second = static_cast<double>(n_windows * ctx) * (base ? 2 : 1) / r.seconds;

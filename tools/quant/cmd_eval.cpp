@@ -32,9 +32,52 @@ struct EvalCliOptions {
   std::int64_t limit_bytes = 0;
   double max_ppl = 0;
   double max_ppl_increase = -1;
+  double gate_sigmas = 0;  // --max-ppl-increase fails only when the increase exceeds the limit by this many standard errors
+  std::string junit;
+  bool force = false;
   bool json = false;
   bool no_memory_check = false;
 };
+
+std::string xml_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+// JUnit XML (the schema Jenkins, GitLab and GitHub test reporters read): one <testcase> per gate,
+// a <failure> when it failed; a non-finite metric fails every gate.
+void write_junit(const EvalCliOptions& o, const std::vector<std::pair<std::string, std::string>>& gates,
+                 const std::string& non_finite, const EvalResult& r) {
+  std::size_t failures = 0;
+  std::string cases;
+  for (const auto& [name, msg] : gates) {
+    const std::string m = non_finite.empty() ? msg : non_finite;
+    failures += !m.empty();
+    cases += fmt::format("    <testcase classname=\"quant.eval\" name=\"{}\" time=\"{:.3f}\">\n", xml_escape(name), r.seconds);
+    if (!m.empty()) cases += fmt::format("      <failure message=\"{}\" type=\"regression\"/>\n", xml_escape(m));
+    cases += "    </testcase>\n";
+  }
+  const std::string xml = fmt::format(
+      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{}\n<testsuites name=\"quant eval\" tests=\"{}\" failures=\"{}\">\n"
+      "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" time=\"{:.3f}\">\n"
+      "    <properties><property name=\"ppl\" value=\"{:.6f}\"/><property name=\"ppl_stderr\" value=\"{:.6f}\"/>{}</properties>\n"
+      "{}  </testsuite>\n</testsuites>\n",
+      kQuantReportMarker, gates.size(), failures, xml_escape(o.model), gates.size(), failures, r.seconds, r.ppl, r.ppl_stderr,
+      r.has_base ? fmt::format("<property name=\"base_ppl\" value=\"{:.6f}\"/><property name=\"kl_mean\" value=\"{:.6f}\"/>", r.base_ppl, r.kl_mean) : "",
+      cases);
+  StagedFile out(o.junit, OutputPolicy{o.force, false, {o.model, o.base, o.text, o.tokens, o.tokenizer}});
+  out.file().write(xml.data(), xml.size());
+  out.commit();
+}
 
 // Tokenizes as much of `text` as `needed` tokens take (all of it when 0): with --max-windows a
 // 50 MB text is not tokenized whole. Prefixes end at a line break, and hold 64 tokens more than
@@ -60,6 +103,10 @@ void run_eval(const EvalCliOptions& o) {
   if (o.max_ppl_increase >= 0 && o.base.empty()) fail<UsageError>("--max-ppl-increase needs --base MODEL");
   if (std::isnan(o.max_ppl_increase) || std::isinf(o.max_ppl_increase)) fail<UsageError>("--max-ppl-increase must be a finite percentage, got {}", o.max_ppl_increase);
   if (!(o.max_ppl >= 0) || std::isinf(o.max_ppl)) fail<UsageError>("--max-ppl must be a positive finite number, got {}", o.max_ppl);
+  if (!(o.gate_sigmas >= 0) || std::isinf(o.gate_sigmas)) fail<UsageError>("--gate-sigmas must be a finite number ≥ 0, got {}", o.gate_sigmas);
+  if (!o.junit.empty()) {  // before any work: never an input, never a foreign file
+    check_output(o.junit, OutputKind::file, OutputPolicy{o.force, false, {o.model, o.base, o.text, o.tokens, o.tokenizer}});
+  }
   const Model model = formats::open_model(o.model);
   std::optional<Model> base;
   if (!o.base.empty()) base.emplace(formats::open_model(o.base));
@@ -109,12 +156,14 @@ void run_eval(const EvalCliOptions& o) {
   if (pb) pb->finish();
 
   nlohmann::ordered_json j;
+  j["schema"] = "quant.eval/1";
   j["model"] = o.model;
   j["protocol"] = protocol_name(opt.protocol);
   j["ctx"] = r.ctx;
   j["windows"] = r.windows;
   j["tokens"] = r.tokens_scored;
   j["ppl"] = r.ppl;
+  j["ppl_stderr"] = r.ppl_stderr;
   j["nll"] = r.nll;
   j["input_sha256"] = input_hash;
   j["model_sha256"] = sha256_file(model.store().files().front().path());
@@ -123,15 +172,25 @@ void run_eval(const EvalCliOptions& o) {
   if (r.has_base) {
     j["base"] = o.base;
     j["base_ppl"] = r.base_ppl;
+    j["base_ppl_stderr"] = r.base_ppl_stderr;
+    j["ppl_ratio"] = std::exp(r.log_ppl_ratio);
+    j["ppl_ratio_stderr"] = std::exp(r.log_ppl_ratio) * r.log_ppl_ratio_stderr;
     j["kl_mean"] = r.kl_mean;
+    j["kl_stderr"] = r.kl_stderr;
+    j["kl_median"] = r.kl_median;
+    j["kl_p90"] = r.kl_p90;
     j["kl_p99"] = r.kl_p99;
+    j["kl_max"] = r.kl_max;
     j["top1_agreement"] = r.top1_agreement;
+    j["top1_stderr"] = r.top1_stderr;
   }
-  log::info("perplexity {:.4f} (nll {:.5f}) over {} tokens in {} windows of {} ({} protocol), {:.1f}s, {:.0f} tok/s",
-            r.ppl, r.nll, r.tokens_scored, r.windows, r.ctx, protocol_name(opt.protocol), r.seconds, r.tokens_per_second);
+  log::info("perplexity {:.4f} ± {:.4f} (nll {:.5f}) over {} tokens in {} windows of {} ({} protocol), {:.1f}s, {:.0f} tok/s",
+            r.ppl, r.ppl_stderr, r.nll, r.tokens_scored, r.windows, r.ctx, protocol_name(opt.protocol), r.seconds, r.tokens_per_second);
   if (r.has_base) {
-    log::info("base perplexity {:.4f}; KL mean {:.6f} p99 {:.6f}; top-1 agreement {:.4f}", r.base_ppl,
-              r.kl_mean, r.kl_p99, r.top1_agreement);
+    log::info("base perplexity {:.4f} ± {:.4f}; ppl ratio {:.5f} ± {:.5f}; KL mean {:.6f} ± {:.6f} (median {:.6f}, p90 {:.6f}, "
+              "p99 {:.6f}, max {:.6f}); top-1 agreement {:.4f} ± {:.4f}", r.base_ppl, r.base_ppl_stderr, std::exp(r.log_ppl_ratio),
+              std::exp(r.log_ppl_ratio) * r.log_ppl_ratio_stderr, r.kl_mean, r.kl_stderr, r.kl_median, r.kl_p90, r.kl_p99,
+              r.kl_max, r.top1_agreement, r.top1_stderr);
   }
   std::string gate;
   const bool gated = o.max_ppl > 0 || o.max_ppl_increase >= 0;
@@ -139,10 +198,30 @@ void run_eval(const EvalCliOptions& o) {
   if (!std::isfinite(r.ppl)) non_finite = fmt::format("perplexity is {}", r.ppl);
   else if (r.has_base && !std::isfinite(r.base_ppl)) non_finite = fmt::format("the base's perplexity is {}", r.base_ppl);
   else if (r.has_base && !std::isfinite(r.kl_mean)) non_finite = fmt::format("KL divergence is {}", r.kl_mean);
-  if (o.max_ppl > 0 && r.ppl > o.max_ppl) gate = fmt::format("perplexity {:.4f} exceeds --max-ppl {}", r.ppl, o.max_ppl);
-  if (o.max_ppl_increase >= 0 && r.ppl > r.base_ppl * (1.0 + o.max_ppl_increase / 100.0)) {
-    gate = fmt::format("perplexity {:.4f} is {:.2f}% above the base's {:.4f} (limit {}%)", r.ppl,
-                       100.0 * (r.ppl / r.base_ppl - 1.0), r.base_ppl, o.max_ppl_increase);
+  // One entry per gate, for the JSON and JUnit reports: name, failure message (empty: passed).
+  std::vector<std::pair<std::string, std::string>> gates;
+  if (o.max_ppl > 0) {
+    gates.emplace_back("max-ppl", r.ppl > o.max_ppl ? fmt::format("perplexity {:.4f} exceeds --max-ppl {}", r.ppl, o.max_ppl) : "");
+  }
+  if (o.max_ppl_increase >= 0) {
+    // ln(ppl/base) against ln(1 + limit): with --gate-sigmas K the excess must exceed K standard
+    // errors of the per-token NLL difference before it fails.
+    const double limit = std::log1p(o.max_ppl_increase / 100.0);
+    const double se = r.log_ppl_ratio_stderr;
+    const double pct = 100.0 * (std::exp(r.log_ppl_ratio) - 1.0), pct_se = 100.0 * std::exp(r.log_ppl_ratio) * se;
+    std::string msg;
+    if (r.log_ppl_ratio - o.gate_sigmas * se > limit) {
+      msg = fmt::format("perplexity {:.4f} is {:.2f}% ± {:.2f}% above the base's {:.4f} (limit {}%{})", r.ppl, pct, pct_se,
+                        r.base_ppl, o.max_ppl_increase,
+                        o.gate_sigmas > 0 ? fmt::format(", exceeded by more than {} standard errors", o.gate_sigmas) : "");
+    } else if (r.log_ppl_ratio > limit) {
+      log::warn("perplexity is {:.2f}% ± {:.2f}% above the base's, over the {}% limit but within {} standard errors: passing", pct,
+                pct_se, o.max_ppl_increase, o.gate_sigmas);
+    }
+    gates.emplace_back("max-ppl-increase", msg);
+  }
+  for (const auto& g : gates) {
+    if (!g.second.empty()) gate = g.second;
   }
   if (!non_finite.empty()) {
     j["gate"] = gated ? "fail" : "none";
@@ -150,6 +229,12 @@ void run_eval(const EvalCliOptions& o) {
   } else {
     j["gate"] = !gated ? "none" : gate.empty() ? "pass" : "fail";
   }
+  if (!gates.empty()) {
+    nlohmann::ordered_json gj = nlohmann::ordered_json::array();
+    for (const auto& [name, msg] : gates) gj.push_back({{"name", name}, {"pass", msg.empty() && non_finite.empty()}, {"message", non_finite.empty() ? msg : non_finite}});
+    j["gates"] = gj;
+  }
+  if (!o.junit.empty()) write_junit(o, gates, non_finite, r);
   if (o.json) std::cout << j.dump(2) << "\n";
   else fmt::print("ppl {:.4f}\n", r.ppl);
   if (!non_finite.empty()) {
@@ -175,6 +260,9 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--limit-bytes", o->limit_bytes, "use only the first N bytes of --text")->check(CLI::PositiveNumber);
   cmd->add_option("--max-ppl", o->max_ppl, "exit with status 4 if perplexity exceeds this");
   cmd->add_option("--max-ppl-increase", o->max_ppl_increase, "exit with status 4 if perplexity exceeds the base's by more than PCT percent");
+  cmd->add_option("--gate-sigmas", o->gate_sigmas, "--max-ppl-increase fails only when the increase exceeds the limit by more than K standard errors (default 0)");
+  cmd->add_option("--junit", o->junit, "also write the gates as a JUnit XML report to FILE");
+  cmd->add_flag("-f,--force", o->force, "replace an existing --junit report that quant wrote");
   cmd->add_flag("--json", o->json, "print the result as JSON on stdout");
   cmd->add_flag("--no-memory-check", o->no_memory_check, "start even when the estimated memory exceeds what is available");
   cmd->callback([o] { run_eval(*o); });

@@ -62,6 +62,9 @@ void check_memory_estimate(std::uint64_t estimate, const std::string& what, bool
 // ---- outputs -----------------------------------------------------------------------------------
 
 // What may be replaced, and what must never be touched.
+// The first line of text reports quant writes (JUnit XML): --force may replace such a file.
+inline constexpr const char* kQuantReportMarker = "<!-- written by quant eval -->";
+
 struct OutputPolicy {
   bool force = false;            // replace an existing output that quant wrote
   bool replace_foreign = false;  // with force: also replace an existing directory/file quant did not write

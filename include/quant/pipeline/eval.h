@@ -42,6 +42,17 @@ struct EvalResult {
   double kl_mean = 0;  // mean KL(base ‖ model) per scored token, nats
   double kl_p99 = 0;
   double top1_agreement = 0;  // fraction of scored positions whose argmax matches
+  // Uncertainties, as llama-perplexity computes them (examples/perplexity/perplexity.cpp): the
+  // standard error of a mean over the N scored tokens, sqrt((mean x² − mean²)/(N − 1)).
+  double ppl_stderr = 0;       // ppl · stderr(nll)
+  double base_ppl_stderr = 0;
+  double kl_stderr = 0;
+  double kl_median = 0, kl_p90 = 0, kl_max = 0;
+  double top1_stderr = 0;      // sqrt(p(1 − p)/(N − 1))
+  // ln(ppl/base_ppl) is the mean per-token NLL difference; its standard error comes from the
+  // per-token differences (the two models are scored on the same tokens, so they correlate).
+  double log_ppl_ratio = 0;
+  double log_ppl_ratio_stderr = 0;
 };
 
 using ProgressFn = std::function<void(std::int64_t done, std::int64_t total)>;

@@ -1,0 +1,134 @@
+// quant eval's uncertainties against a direct computation from per-token NLLs, the noise-aware
+// gate, and the JUnit report.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "cli_helpers.h"
+#include "fixtures.h"
+#include "quant/io/io.h"
+#include "quant/model/forward.h"
+#include "quant/model/model.h"
+#include "quant/pipeline/eval.h"
+
+namespace quant {
+namespace {
+
+using testing::run_quant;
+using testing::TempDir;
+
+std::vector<std::int32_t> ids(int n, std::uint32_t seed) {
+  std::vector<std::int32_t> t;
+  for (int i = 0; i < n; ++i) {
+    seed = seed * 1664525u + 1013904223u;
+    t.push_back(static_cast<std::int32_t>((seed >> 9) % 96));
+  }
+  return t;
+}
+
+// Per-token NLLs of one window, from the forward pass directly.
+std::vector<double> token_nlls(const Model& m, const std::vector<std::int32_t>& w) {
+  const HeadWeights head = load_head(m);
+  const RopeTable rope = build_rope(m.config(), static_cast<std::int64_t>(w.size()));
+  Mat h = embed_tokens(head, w);
+  for (const auto& layer : m.layout().layers) decoder_layer_forward(m.config(), load_layer(m, layer.index), rope, h);
+  const Mat logits = final_logits(m.config(), head, h);
+  std::vector<double> out;
+  for (Eigen::Index p = 0; p + 1 < logits.rows(); ++p) {
+    const Eigen::VectorXd row = logits.row(p).transpose().cast<double>();
+    const double lse = row.maxCoeff() + std::log((row.array() - row.maxCoeff()).exp().sum());
+    out.push_back(lse - row(w[static_cast<std::size_t>(p + 1)]));
+  }
+  return out;
+}
+
+double sem(const std::vector<double>& x) {  // sample standard deviation / sqrt(n)
+  double mean = 0;
+  for (double v : x) mean += v;
+  mean /= static_cast<double>(x.size());
+  double ss = 0;
+  for (double v : x) ss += (v - mean) * (v - mean);
+  return std::sqrt(ss / static_cast<double>(x.size() - 1) / static_cast<double>(x.size()));
+}
+
+TEST(EvalUncertainty, StandardErrorsMatchPerTokenComputation) {
+  TempDir dir;
+  testing::TinyModelSpec spec;
+  spec.seed = 3;
+  spec.weight_scale = 0.3f;
+  testing::write_tiny_model(dir / "base", spec);
+  spec.seed = 4;  // a different model on the same shapes stands in for a quantized one
+  spec.weight_scale = 0.3f;
+  testing::write_tiny_model(dir / "q", spec);
+  const Model base = Model::open(dir / "base"), q = Model::open(dir / "q");
+  const auto tokens = ids(96, 5);
+  EvalOptions opt;
+  opt.ctx = 32;
+  const EvalResult r = evaluate(q, tokens, opt, &base);
+
+  std::vector<double> nq, nb, diff;
+  for (int w = 0; w < 3; ++w) {
+    const std::vector<std::int32_t> win(tokens.begin() + w * 32, tokens.begin() + (w + 1) * 32);
+    for (double v : token_nlls(q, win)) nq.push_back(v);
+    for (double v : token_nlls(base, win)) nb.push_back(v);
+  }
+  for (std::size_t i = 0; i < nq.size(); ++i) diff.push_back(nq[i] - nb[i]);
+  ASSERT_EQ(static_cast<std::int64_t>(nq.size()), r.tokens_scored);
+  // llama-perplexity's sqrt((mean x² − mean²)/(N − 1)) is the sample standard error of the mean.
+  const double n = static_cast<double>(nq.size());
+  EXPECT_NEAR(r.ppl_stderr / r.ppl, sem(nq), 1e-6);
+  EXPECT_NEAR(r.base_ppl_stderr / r.base_ppl, sem(nb), 1e-6);
+  EXPECT_NEAR(r.log_ppl_ratio_stderr, sem(diff), 1e-6);
+  EXPECT_NEAR(std::exp(r.log_ppl_ratio), r.ppl / r.base_ppl, 1e-9);
+  EXPECT_GT(r.ppl_stderr, 0.0);
+  EXPECT_LE(r.kl_median, r.kl_p90);
+  EXPECT_LE(r.kl_p90, r.kl_p99);
+  EXPECT_LE(r.kl_p99, r.kl_max);
+  EXPECT_GT(r.kl_stderr, 0.0);
+  EXPECT_NEAR(r.top1_stderr, std::sqrt(r.top1_agreement * (1 - r.top1_agreement) / (n - 1)), 1e-12);
+}
+
+TEST(EvalUncertainty, NoiseAwareGateAndJUnitReport) {
+  TempDir dir;
+  testing::TinyModelSpec spec;
+  spec.weight_scale = 0.3f;
+  testing::write_tiny_model(dir / "base", spec);
+  spec.seed = 2;
+  testing::write_tiny_model(dir / "q", spec);
+  std::string t;
+  for (auto v : ids(640, 9)) t += std::to_string(v) + " ";
+  write_file_atomic(dir / "ids.txt", t);
+  const std::string common = "eval " + (dir / "q").string() + " --tokens " + (dir / "ids.txt").string() +
+                             " --ctx 64 --base " + (dir / "base").string() + " --max-ppl-increase 0 --json";
+  const fs::path report = dir / "report.xml";
+  // A zero-percent limit on a different model: fails plainly, and the report says so.
+  auto r = run_quant(common + " --junit " + report.string());
+  EXPECT_EQ(r.rc, 4) << r.err;
+  const std::string xml = read_text_file(report);
+  EXPECT_NE(xml.find("<testcase classname=\"quant.eval\" name=\"max-ppl-increase\""), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<failure message=\"perplexity"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("failures=\"1\""), std::string::npos) << xml;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["schema"], "quant.eval/1");
+  EXPECT_EQ(j["gates"][0]["pass"], false);
+  // The report exists: refused without --force (before any work), replaced with it.
+  r = run_quant(common + " --junit " + report.string());
+  EXPECT_EQ(r.rc, 2) << r.err;
+  // A huge sigma requirement: the increase is within its noise, so the gate passes.
+  r = run_quant(common + " --gate-sigmas 1000 --junit " + report.string() + " -f");
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(read_text_file(report).find("failures=\"0\""), std::string::npos);
+  EXPECT_NE(r.err.find("within 1000 standard errors"), std::string::npos) << r.err;
+  // A file quant did not write is never replaced, even with --force.
+  write_file_atomic(dir / "mine.xml", "<results/>");
+  r = run_quant(common + " --junit " + (dir / "mine.xml").string() + " -f");
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_EQ(read_text_file(dir / "mine.xml"), "<results/>");
+  // Nor an input.
+  r = run_quant(common + " --junit " + (dir / "ids.txt").string() + " -f");
+  EXPECT_EQ(r.rc, 2);
+}
+
+}  // namespace
+}  // namespace quant
