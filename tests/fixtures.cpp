@@ -49,7 +49,9 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
   const bool qk_norm = s.model_type == "qwen3" || s.model_type == "gemma3_text";
   static const std::map<std::string, std::string> kArch = {
       {"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"},
-      {"qwen3", "Qwen3ForCausalLM"}, {"gemma2", "Gemma2ForCausalLM"}, {"gemma3_text", "Gemma3ForCausalLM"}};
+      {"qwen3", "Qwen3ForCausalLM"}, {"gemma2", "Gemma2ForCausalLM"}, {"gemma3_text", "Gemma3ForCausalLM"},
+      {"phi3", "Phi3ForCausalLM"}};
+  const bool phi3 = s.model_type == "phi3";
   const auto arch = kArch.find(s.model_type);
   nlohmann::json config = {
       {"architectures", {arch == kArch.end() ? std::string("LlamaForCausalLM") : arch->second}}, {"model_type", s.model_type},
@@ -74,6 +76,7 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
       config["sliding_window_pattern"] = 2;
     }
   }
+  if (phi3) config["sliding_window"] = s.sliding_window;
   for (const auto& [k, v] : s.extra_config.items()) config[k] = v;
   write_file_atomic(dir / "config.json", config.dump(2));
 
@@ -107,9 +110,13 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
       rand_tensor(p + "self_attn.q_norm.weight", {head_dim}, 0.1f, norm_center);
       rand_tensor(p + "self_attn.k_norm.weight", {head_dim}, 0.1f, norm_center);
     }
-    rand_tensor(p + "self_attn.q_proj.weight", {qo, H}, s.weight_scale);
-    rand_tensor(p + "self_attn.k_proj.weight", {kvo, H}, s.weight_scale);
-    rand_tensor(p + "self_attn.v_proj.weight", {kvo, H}, s.weight_scale);
+    if (phi3) {  // Phi3Attention.qkv_proj = [q; k; v]
+      rand_tensor(p + "self_attn.qkv_proj.weight", {qo + 2 * kvo, H}, s.weight_scale);
+    } else {
+      rand_tensor(p + "self_attn.q_proj.weight", {qo, H}, s.weight_scale);
+      rand_tensor(p + "self_attn.k_proj.weight", {kvo, H}, s.weight_scale);
+      rand_tensor(p + "self_attn.v_proj.weight", {kvo, H}, s.weight_scale);
+    }
     rand_tensor(p + "self_attn.o_proj.weight", {H, qo}, s.weight_scale);
     if (qkv_bias) {
       rand_tensor(p + "self_attn.q_proj.bias", {qo}, 0.1f);
@@ -117,8 +124,12 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
       rand_tensor(p + "self_attn.v_proj.bias", {kvo}, 0.1f);
     }
     if (o_bias) rand_tensor(p + "self_attn.o_proj.bias", {H}, 0.1f);
-    rand_tensor(p + "mlp.gate_proj.weight", {F, H}, s.weight_scale);
-    rand_tensor(p + "mlp.up_proj.weight", {F, H}, s.weight_scale);
+    if (phi3) {  // Phi3MLP.gate_up_proj = [gate; up]
+      rand_tensor(p + "mlp.gate_up_proj.weight", {2 * F, H}, s.weight_scale);
+    } else {
+      rand_tensor(p + "mlp.gate_proj.weight", {F, H}, s.weight_scale);
+      rand_tensor(p + "mlp.up_proj.weight", {F, H}, s.weight_scale);
+    }
     rand_tensor(p + "mlp.down_proj.weight", {H, F}, s.weight_scale);
   }
   rand_tensor("model.norm.weight", {H}, 0.1f, gemma ? 0.0f : 1.0f);

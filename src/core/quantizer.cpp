@@ -84,6 +84,34 @@ GroupParams find_params(const float* x, std::int64_t n, const QuantSpec& spec, c
   return best;
 }
 
+QuantizedMatrix QuantizedMatrix::stack_rows(const std::vector<const QuantizedMatrix*>& parts) {
+  if (parts.empty()) fail<Error>("stack_rows: no parts");
+  QuantizedMatrix r = *parts.front();
+  for (std::size_t i = 1; i < parts.size(); ++i) {
+    const QuantizedMatrix& p = *parts[i];
+    if (p.bits != r.bits || p.sym != r.sym || p.in != r.in || p.n_groups != r.n_groups || p.group_size != r.group_size ||
+        p.g_idx != r.g_idx || p.non_uniform() != r.non_uniform()) {
+      fail<Error>("stack_rows: part {} does not share the first part's quantization (bits, groups or act-order)", i);
+    }
+    const bool had_outliers = !r.outlier_rowptr.empty() || !p.outlier_rowptr.empty();
+    if (had_outliers) {
+      if (r.outlier_rowptr.empty()) r.outlier_rowptr.assign(static_cast<std::size_t>(r.out + 1), 0);
+      std::vector<std::int32_t> pr = p.outlier_rowptr;
+      if (pr.empty()) pr.assign(static_cast<std::size_t>(p.out + 1), 0);
+      const std::int32_t base = r.outlier_rowptr.back();
+      for (std::size_t k = 1; k < pr.size(); ++k) r.outlier_rowptr.push_back(base + pr[k]);
+      r.outlier_cols.insert(r.outlier_cols.end(), p.outlier_cols.begin(), p.outlier_cols.end());
+      r.outlier_vals.insert(r.outlier_vals.end(), p.outlier_vals.begin(), p.outlier_vals.end());
+    }
+    r.q.insert(r.q.end(), p.q.begin(), p.q.end());
+    r.scales.insert(r.scales.end(), p.scales.begin(), p.scales.end());
+    r.zeros.insert(r.zeros.end(), p.zeros.begin(), p.zeros.end());
+    r.lut.insert(r.lut.end(), p.lut.begin(), p.lut.end());
+    r.out += p.out;
+  }
+  return r;
+}
+
 QuantizedMatrix QuantizedMatrix::empty(std::int64_t out, std::int64_t in, const QuantSpec& spec) {
   QuantizedMatrix m;
   m.bits = spec.bits;

@@ -105,6 +105,15 @@ std::string describe(const PlannedLinear& p) {
 }  // namespace
 
 std::string plan_refusal(const Codec& codec, const std::vector<PlannedLinear>& linears) {
+  for (const PlannedLinear& p : linears) {  // stored fused (Phi-3): one tensor, one spec, always
+    if (!p.desc->fused()) continue;
+    for (const PlannedLinear& q : linears) {
+      if (q.desc->fused() && q.desc->storage == p.desc->storage && (q.quantize != p.quantize || (p.quantize && !same_spec(q.spec, p.spec)))) {
+        return fmt::format("'{}' and '{}' are stored in one tensor '{}' and need one quantization ({} vs {})", p.desc->prefix,
+                           q.desc->prefix, p.desc->storage, describe(p), describe(q));
+      }
+    }
+  }
   if (codec.fused_share_spec) {
     // vllm/model_executor/models/llama.py packed_modules_mapping fuses q/k/v and gate/up;
     // quantization/utils/gptq_utils.py override_config resolves one config per fused prefix,

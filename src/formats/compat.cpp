@@ -43,10 +43,10 @@ struct Known {
   const char* source;
 };
 const std::vector<Known> kKnown = {
-      {"transformers", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"}, "transformers models/auto/modeling_auto.py MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"},
-      {"vllm", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"}, "vllm model_executor/models/registry.py _TEXT_GENERATION_MODELS"},
-      {"gptqmodel", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"}, "GPTQModel models/auto.py MODEL_MAP"},
-      {"autoawq", {"llama", "mistral", "qwen2", "gemma2"}, "AutoAWQ awq/models/auto.py AWQ_CAUSAL_LM_MODEL_MAP (00c3dfa)"},
+      {"transformers", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"}, "transformers models/auto/modeling_auto.py MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"},
+      {"vllm", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"}, "vllm model_executor/models/registry.py _TEXT_GENERATION_MODELS"},
+      {"gptqmodel", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"}, "GPTQModel models/auto.py MODEL_MAP"},
+      {"autoawq", {"llama", "mistral", "qwen2", "gemma2", "phi3"}, "AutoAWQ awq/models/auto.py AWQ_CAUSAL_LM_MODEL_MAP (00c3dfa)"},
 };
 
 bool has_model_class(const std::string& loader, const std::string& model_type) {

@@ -1,7 +1,9 @@
 #include "quant/formats/gguf_export.h"
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
+#include <deque>
 #include <cstring>
 #include <functional>
 
@@ -83,6 +85,11 @@ FileType parse_file_type(const std::string& name) {
 
 std::string gguf_linear_name(const LinearDesc& l) {
   if (l.layer < 0) return "output.weight";
+  // Phi-3's fused tensors: llama.cpp's attn_qkv, and ffn_up holding [gate; up] (LLM_FFN_SWIGLU
+  // splits it in that order).
+  const std::string& t = l.tensor_prefix();
+  if (t.ends_with(".qkv_proj")) return fmt::format("blk.{}.attn_qkv.weight", l.layer);
+  if (t.ends_with(".gate_up_proj")) return fmt::format("blk.{}.ffn_up.weight", l.layer);
   static const char* kNames[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
   return fmt::format("blk.{}.{}.weight", l.layer, kNames[static_cast<int>(l.kind)]);
 }
@@ -162,7 +169,7 @@ namespace {
 // llama.cpp's architecture for a model_type, as convert_hf_to_gguf.py registers them
 // (MistralForCausalLM converts as llama).
 std::string gguf_arch(const ModelConfig& c) {
-  if (c.model_type == "qwen2" || c.model_type == "qwen3" || c.model_type == "gemma2") return c.model_type;
+  if (c.model_type == "qwen2" || c.model_type == "qwen3" || c.model_type == "gemma2" || c.model_type == "phi3") return c.model_type;
   return "llama";
 }
 
@@ -207,6 +214,16 @@ void check_exportable(const Model& model) {
          "Gemma 3, so quant cannot verify the file it would write)", model.dir().string());
   }
   if (c.model_type == "gemma2") check_gemma2(model);
+  if (c.model_type == "phi3") {
+    // llama-model.cpp load_tensors(LLM_ARCH_PHI3): attn_output is {n_embd, n_embd} and
+    // n_embd_head = n_embd / n_head, so heads × head_dim must be the hidden size; build_phi3
+    // takes RoPE scaling only as longrope factor tensors, which quant does not write.
+    if (c.n_heads * c.head_dim != c.hidden_size) {
+      fail("{}: llama.cpp's phi3 needs num_attention_heads × head_dim = hidden_size ({} × {} ≠ {})", model.dir().string(), c.n_heads,
+           c.head_dim, c.hidden_size);
+    }
+    if (c.rope_scaling.type != "none") fail("{}: rope_scaling '{}' cannot be exported for phi3", model.dir().string(), c.rope_scaling.type);
+  }
   const std::string& rope = c.rope_scaling.type;
   if (rope != "none" && rope != "linear" && rope != "llama3") {
     fail("{}: rope_scaling type '{}' cannot be exported to GGUF (supported: linear, llama3)", model.dir().string(), rope);
@@ -248,6 +265,16 @@ void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
     w.set(arch + ".attention.key_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
     w.set(arch + ".attention.value_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
   }
+  if (c.model_type == "phi3") {
+    // convert_hf_to_gguf.py Phi3MiniModel.set_gguf_parameters; llama.cpp requires a sliding
+    // window for phi3 (load_hparams: "invalid value for sliding_window"): without one in the
+    // config, the context length, which masks nothing.
+    w.set(arch + ".attention.sliding_window",
+          Value::u32(static_cast<std::uint32_t>(c.sliding_window > 0 ? c.sliding_window : c.max_position_embeddings)));
+    if (c.raw.contains("original_max_position_embeddings") && c.raw["original_max_position_embeddings"].is_number_integer()) {
+      w.set(arch + ".rope.scaling.original_context_length", Value::u32(c.raw["original_max_position_embeddings"].get<std::uint32_t>()));
+    }
+  }
   if (c.model_type == "gemma2") {  // convert_hf_to_gguf.py Gemma2Model.set_gguf_parameters
     w.set(arch + ".attn_logit_softcapping", Value::f32(static_cast<float>(c.attn_softcap)));
     w.set(arch + ".final_logit_softcapping", Value::f32(static_cast<float>(c.final_softcap)));
@@ -258,6 +285,21 @@ void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
     w.set(arch + ".rope.scaling.factor", Value::f32(static_cast<float>(c.rope_scaling.factor)));
   }
   add_tokenizer(model, w);
+  // llama-vocab.cpp load (c392e50): a general.name containing "phi-3"/"phi3" sets attributes on
+  // the tokens "</s>", "<unk>", "<s>", "<|endoftext|>" with unordered_map::at, so loading fails
+  // when the vocabulary lacks one.
+  std::string lower = name;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  if (lower.find("phi-3") != std::string::npos || lower.find("phi3") != std::string::npos) {
+    const Value* tokens = w.find("tokenizer.ggml.tokens");
+    for (const char* needed : {"</s>", "<unk>", "<s>", "<|endoftext|>"}) {
+      const bool present = tokens && std::any_of(tokens->arr.begin(), tokens->arr.end(), [&](const Value& t) { return t.s == needed; });
+      if (!present) {
+        fail("{}: the GGUF name '{}' makes llama.cpp treat the vocabulary as Phi-3's, which needs the token '{}' this tokenizer "
+             "lacks; llama.cpp would fail to load the file (rename the model directory)", model.dir().string(), name, needed);
+      }
+    }
+  }
 }
 
 // Llama 3.1's per-frequency RoPE divisors (convert_hf_to_gguf.py LlamaModel.generate_extra_tensors,
@@ -334,6 +376,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     };
   };
   const auto& L = model.layout();
+  std::deque<LinearDesc> fused_descs;  // Phi-3's stored tensors as linears (stable addresses for the loaders)
   const std::int64_t H = c.hidden_size;
   const bool imatrix = !o.importance.empty();
   const int n_layers = static_cast<int>(c.n_layers);
@@ -351,7 +394,9 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     const std::string b = fmt::format("blk.{}.", layer.index);
     add(b + "attn_norm.weight", {H}, GgmlType::F32, norm(layer.attn_norm));
     for (LinearKind k : kAllLinearKinds) {
-      const LinearDesc& l = layer.linear(k);
+      const LinearDesc& part = layer.linear(k);
+      if (part.fused() && part.row_offset != 0) continue;  // written with its storage's first part
+      const LinearDesc& l = part.fused() ? fused_descs.emplace_back(part.storage_desc()) : part;
       // llama's q/k rows are permuted to llama.cpp's RoPE pairing; qwen2 uses NEOX RoPE (HF's layout).
       const bool permute = gguf_arch(c) == "llama";
       const std::int64_t heads = !permute ? 0 : k == LinearKind::q ? c.n_heads : k == LinearKind::k ? c.n_kv_heads : 0;
@@ -376,6 +421,10 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   add("output_norm.weight", {H}, GgmlType::F32, norm(L.final_norm));
   if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, tensor_type(o.type, {Role::output, 0, n_layers}, H, imatrix), mat(L.lm_head, 0),
                     L.lm_head.weight_name());
+  // llama.cpp's phi3 requires output.weight (load_tensors, flag 0): a tied head is written out.
+  else if (c.model_type == "phi3") add("output.weight", {c.vocab_size, H}, tensor_type(o.type, {Role::output, 0, n_layers}, H, imatrix), [&model, &L] {
+    return load_matrix(model, L.embed);
+  });
 
   w.write_to(staged.file(), [&](std::size_t i) {
     check_interrupted();

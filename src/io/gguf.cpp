@@ -182,6 +182,13 @@ std::string Value::to_string(std::size_t max_items) const {
   }
 }
 
+const Value* Writer::find(const std::string& key) const {
+  for (const auto& [k, v] : kv_) {
+    if (k == key) return &v;
+  }
+  return nullptr;
+}
+
 void Writer::set(const std::string& key, Value v) {
   if (key == "general.alignment") alignment_ = v.u;
   for (auto& [k, old] : kv_) {

@@ -55,6 +55,18 @@ void family_details(const json& j, const std::string& source, ModelConfig& c) {
       fail("{}: use_sliding_window = true is not supported for qwen3 (transformers ignores it for Qwen3 too)", source);
     }
   }
+  if (c.model_type == "phi3") {
+    // Phi3Model: fused qkv_proj/gate_up_proj; every layer uses the sliding-window mask when
+    // sliding_window is set (create_sliding_window_causal_mask); partial RoPE (Phi-4-mini) is not
+    // implemented yet.
+    c.fused_qkv_gate_up = true;
+    const double partial = get_num(j, "partial_rotary_factor", source, 1.0);
+    if (partial != 1.0) fail("{}: partial_rotary_factor {} is not supported yet (only 1.0)", source, partial);
+    c.sliding_window = get_int(j, "sliding_window", source, false, 0);
+    if (c.sliding_window < 0) fail("{}: 'sliding_window' must be positive, found {}", source, c.sliding_window);
+    c.layer_sliding.assign(static_cast<std::size_t>(c.n_layers), c.sliding_window > 0);
+    return;
+  }
   if (!gemma2 && !gemma3) return;
   c.norm_offset = 1.0f;
   c.sandwich_norms = true;
@@ -106,7 +118,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   auto mt = j.find("model_type");
   if (mt == j.end() || !mt->is_string()) fail("{}: missing 'model_type'", source);
   c.model_type = mt->get<std::string>();
-  static const std::set<std::string> kTypes = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"};
+  static const std::set<std::string> kTypes = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"};
   if (!kTypes.count(c.model_type)) {
     fail("{}: unsupported model_type '{}' (supported: {})", source, c.model_type, kSupportedModelTypes);
   }

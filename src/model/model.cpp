@@ -22,6 +22,7 @@ std::string_view linear_kind_name(LinearKind kind) {
 }
 
 std::string fused_prefix(const LinearDesc& l) {
+  if (l.fused()) return l.storage;
   if (l.layer < 0) return l.prefix;
   const std::string block = l.prefix.substr(0, l.prefix.rfind('.') + 1);
   switch (l.kind) {
@@ -29,6 +30,16 @@ std::string fused_prefix(const LinearDesc& l) {
     case LinearKind::gate: case LinearKind::up: return block + "gate_up_proj";
     default: return l.prefix;
   }
+}
+
+std::vector<const LinearDesc*> storage_siblings(const LayerDesc& layer, const LinearDesc& l) {
+  if (!l.fused()) return {&l};
+  std::vector<const LinearDesc*> out;
+  for (const auto& s : layer.linears) {
+    if (s.storage == l.storage) out.push_back(&s);
+  }
+  std::sort(out.begin(), out.end(), [](const LinearDesc* a, const LinearDesc* b) { return a->row_offset < b->row_offset; });
+  return out;
 }
 
 std::string block_relative_name(const LinearDesc& l) {
@@ -59,6 +70,19 @@ ModelLayout build_layout(const ModelConfig& c) {
     lin(LinearKind::gate, "mlp.", c.intermediate_size, c.hidden_size, c.mlp_bias);
     lin(LinearKind::up, "mlp.", c.intermediate_size, c.hidden_size, c.mlp_bias);
     lin(LinearKind::down, "mlp.", c.hidden_size, c.intermediate_size, c.mlp_bias);
+    if (c.fused_qkv_gate_up) {  // Phi3Attention.qkv_proj = [q; k; v], Phi3MLP.gate_up_proj = [gate; up]
+      auto fuse = [&](LinearKind k, const std::string& storage, std::int64_t offset, std::int64_t rows) {
+        LinearDesc& d2 = d.linears[static_cast<int>(k)];
+        d2.storage = p + storage;
+        d2.row_offset = offset;
+        d2.storage_rows = rows;
+      };
+      fuse(LinearKind::q, "self_attn.qkv_proj", 0, q_out + 2 * kv_out);
+      fuse(LinearKind::k, "self_attn.qkv_proj", q_out, q_out + 2 * kv_out);
+      fuse(LinearKind::v, "self_attn.qkv_proj", q_out + kv_out, q_out + 2 * kv_out);
+      fuse(LinearKind::gate, "mlp.gate_up_proj", 0, 2 * c.intermediate_size);
+      fuse(LinearKind::up, "mlp.gate_up_proj", c.intermediate_size, 2 * c.intermediate_size);
+    }
     d.attn_norm = p + "input_layernorm.weight";
     if (c.sandwich_norms) {  // Gemma2DecoderLayer: four norms, the MLP's is pre_feedforward_layernorm
       d.post_attn_norm = p + "post_attention_layernorm.weight";
@@ -133,7 +157,7 @@ Model Model::open(const fs::path& dir, PackedLinearReader packed_reader) {
   expect_shape(m.store_, m.layout_.final_norm, {c.hidden_size}, dir);
   auto check_linear = [&](const LinearDesc& l) {
     if (m.storage(l) == LinearStorage::dense) {
-      expect_shape(m.store_, l.weight_name(), {l.out, l.in}, dir);
+      expect_shape(m.store_, l.weight_name(), {l.fused() ? l.storage_rows : l.out, l.in}, dir);
     }
     if (l.bias) expect_shape(m.store_, l.bias_name(), {l.out}, dir);
   };
@@ -152,7 +176,7 @@ Model Model::open(const fs::path& dir, PackedLinearReader packed_reader) {
 
 LinearStorage Model::storage(const LinearDesc& l) const {
   if (store_.contains(l.weight_name())) return LinearStorage::dense;
-  if (store_.contains(l.prefix + ".qweight")) return LinearStorage::packed;
+  if (store_.contains(l.tensor_prefix() + ".qweight")) return LinearStorage::packed;
   fail("{}: tensor '{}' is missing (the config implies it)", dir_.string(), l.weight_name());
 }
 
@@ -178,7 +202,7 @@ std::vector<const LinearDesc*> Model::linears() const {
 std::vector<std::string> Model::unused_tensors(const std::vector<std::string>& linear_suffixes) const {
   std::set<std::string> used = {layout_.embed, layout_.final_norm};
   for (const LinearDesc* l : linears()) {
-    for (const auto& suffix : linear_suffixes) used.insert(l->prefix + suffix);
+    for (const auto& suffix : linear_suffixes) used.insert(l->tensor_prefix() + suffix);
   }
   for (const auto& layer : layout_.layers) {
     for (const auto& norm : layer.norms(config_.hidden_size, config_.head_dim)) used.insert(norm.first);

@@ -58,6 +58,10 @@ Vec load_vector(const Model& model, const std::string& name) {
 }
 
 Mat load_linear(const Model& model, const LinearDesc& linear) {
+  if (linear.fused()) {  // its rows of the stored fused tensor (read whole: dense or packed alike)
+    const Mat all = load_linear(model, linear.storage_desc());
+    return all.middleRows(linear.row_offset, linear.out);
+  }
   if (model.storage(linear) == LinearStorage::packed) {
     if (!model.packed_reader()) {
       fail("{}: '{}' is stored packed (quantized) and this model was opened without a format reader", model.dir().string(), linear.prefix);

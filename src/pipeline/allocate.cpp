@@ -147,8 +147,11 @@ Sensitivity parse_sensitivity(const std::string& name) {
 std::vector<Rule> Allocation::rules() const {
   std::vector<Rule> r;
   for (const auto& c : linears) {
-    for (const auto& m : c.members) {
-      r.push_back(Rule::parse("^" + regex_escape(m) + "$=bits:" + std::to_string(c.bits[static_cast<std::size_t>(c.chosen)])));
+    const std::string bits = std::to_string(c.bits[static_cast<std::size_t>(c.chosen)]);
+    for (const auto& m : c.members) r.push_back(Rule::parse("^" + regex_escape(m) + "$=bits:" + bits));
+    // Stored-fused linears (Phi-3) are planned by their tensor's name, which is the group key.
+    if (std::find(c.members.begin(), c.members.end(), c.linear) == c.members.end()) {
+      r.push_back(Rule::parse("^" + regex_escape(c.linear) + "$=bits:" + bits));
     }
   }
   return r;
@@ -173,7 +176,7 @@ Allocation allocate_bits(const Model& model, const Policy& policy, double target
   auto measure_layer = [&](const LayerDesc& layer, const LayerWeights& lw, const std::map<CapturePoint, Mat>* hess) {
     for (LinearKind k : kAllLinearKinds) {
       const LinearDesc& l = layer.linear(k);
-      const Decision d = policy.decide(l.prefix);
+      const Decision d = policy.decide(l.tensor_prefix());
       if (!d.quantize) continue;
       check_finite(lw.linear(k), l.weight_name());
       if (probe) {

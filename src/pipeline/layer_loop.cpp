@@ -40,8 +40,7 @@ struct Loop {
       for (auto it = extra.begin(); it != extra.end(); ++it) r.extra[it.key()] = it.value();
     }
     if (traits.float_output) {
-      session.put_float(d.weight_name(), r.weight.data(), {d.out, d.in});
-      if (d.bias && bias.size()) session.put_float(d.bias_name(), bias.data(), {d.out});
+      session.put_linear_float(d, r.weight, bias);
       w = std::move(r.weight);
     } else {
       timer.time("pack + write", [&] { session.put_quantized(d, r.q, w, std::move(r.extra), bias.size() ? &bias : nullptr); });

@@ -59,7 +59,9 @@ Plan plan_linears(const Model& model, const Policy& policy, const MethodTraits& 
   for (const LinearDesc* l : model.linears()) {
     LinearPlan p;
     p.desc = l;
-    const Decision d = policy.decide(l->prefix);
+    // Stored-fused linears (Phi-3) are one tensor: rules address it by its own name, and every
+    // part gets the same decision.
+    const Decision d = policy.decide(l->tensor_prefix());
     p.quantize = d.quantize;
     p.spec = d.spec;
     p.reason = d.reason;
@@ -68,7 +70,7 @@ Plan plan_linears(const Model& model, const Policy& policy, const MethodTraits& 
       if (model.storage(*l) == LinearStorage::packed) {
         fail("{}: '{}' is already quantized; quantize the original checkpoint", model.dir().string(), l->prefix);
       }
-      p.unsupported = codec.unsupported(l->out, l->in, p.spec);
+      p.unsupported = codec.unsupported(l->fused() ? l->storage_rows : l->out, l->in, p.spec);
       if (!p.unsupported.empty()) p.quantize = false;
     }
     plan.add(std::move(p));

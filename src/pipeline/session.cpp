@@ -97,11 +97,45 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
   r.extra = std::move(extra);
   reports_.push_back(std::move(r));
 
+  if (l.fused()) {  // Phi-3: written once every part of the stored tensor has arrived
+    if (l.bias) fail<Error>("'{}': biases of fused linears are not supported", l.prefix);
+    auto& parts = fused_q_[l.storage];
+    parts.emplace_back(&l, m);
+    if (parts.size() < n_siblings(l)) return;
+    std::sort(parts.begin(), parts.end(), [](const auto& a, const auto& b) { return a.first->row_offset < b.first->row_offset; });
+    std::vector<const QuantizedMatrix*> ms;
+    for (const auto& part : parts) ms.push_back(&part.second);
+    const QuantizedMatrix all = QuantizedMatrix::stack_rows(ms);
+    formats::codec(plan_.format).write(*writer_, {l.storage_desc(), all, weight_dtype, {}});
+    fused_q_.erase(l.storage);
+    written_.insert(l.weight_name());
+    return;
+  }
   std::vector<float> b;
   if (l.bias) b = bias ? std::vector<float>(bias->data(), bias->data() + bias->size()) : source_.store().read_f32(l.bias_name());
   formats::codec(plan_.format).write(*writer_, {l, m, weight_dtype, b});
   written_.insert(l.weight_name());
   if (l.bias) written_.insert(l.bias_name());
+}
+
+std::size_t OutputSession::n_siblings(const LinearDesc& l) const {
+  if (!l.fused() || l.layer < 0) return 1;
+  return storage_siblings(source_.layout().layers.at(static_cast<std::size_t>(l.layer)), l).size();
+}
+
+void OutputSession::put_linear_float(const LinearDesc& l, const Mat& w, const Vec& bias) {
+  if (!l.fused()) {
+    put_float(l.weight_name(), w.data(), {l.out, l.in});
+    if (l.bias && bias.size()) put_float(l.bias_name(), bias.data(), {l.out});
+    return;
+  }
+  auto& parts = fused_f_[l.storage];
+  parts.emplace_back(&l, w);
+  if (parts.size() < n_siblings(l)) return;
+  Mat all(l.storage_rows, l.in);
+  for (const auto& [d, m] : parts) all.middleRows(d->row_offset, d->out) = m;
+  put_float(l.weight_name(), all.data(), {l.storage_rows, l.in});
+  fused_f_.erase(l.storage);
 }
 
 namespace {

@@ -3,7 +3,8 @@
 # qwen2): for each variant of a real model — the model as is, with Llama-3.1 RoPE scaling
 # (rope_freqs.weight), with linear RoPE scaling (rope.scaling.* keys), and converted to qwen2
 # (q/k/v biases, NEOX RoPE), and rebuilt as a 26-layer gemma2 (Gemma norms, soft-capping, sliding
-# window, GELU) — `llama-perplexity` on quant's F32 GGUF must agree with
+# window, GELU), and in Phi-3's fused layout (qkv_proj, gate_up_proj, sliding window) —
+# `llama-perplexity` on quant's F32 GGUF must agree with
 # `quant eval --protocol llamacpp` on the HF checkpoint within 0.1 %.
 # Usage: tests/llamacpp/check_arch.sh [LLAMA_BUILD_DIR [QUANT_BUILD_DIR [MODEL TEXT]]]
 # LLAMA_BUILD_DIR (default $QUANT_LLAMA_CPP_BUILD) is a llama.cpp CMake build with
@@ -79,13 +80,42 @@ elif edit == "gemma2":
                 "query_pre_attn_scalar": hd, "sliding_window": 64, "attn_logit_softcapping": 50.0,
                 "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True})
     cfg.pop("hidden_act", None)
+elif edit == "fused":  # named so: llama.cpp keys Phi-3 vocabulary quirks on general.name
+    # Phi-3 layout from the same weights: q/k/v stacked into qkv_proj, gate/up into gate_up_proj,
+    # and a 64-token sliding window on every layer (Phi3Model's mask).
+    raw = open(f"{d}/model.safetensors", "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]; hdr = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+    def blob(name):
+        a, b = hdr[name]["data_offsets"]; return data[a:b]
+    out = {}
+    for name, info in hdr.items():
+        if name == "__metadata__": continue
+        if any(name.endswith(f"{t}.weight") for t in ("k_proj", "v_proj", "up_proj")): continue
+        if name.endswith("q_proj.weight"):
+            base = name[: -len("q_proj.weight")]
+            parts = [hdr[base + t + ".weight"] for t in ("q_proj", "k_proj", "v_proj")]
+            out[base + "qkv_proj.weight"] = ("F16", [sum(p["shape"][0] for p in parts), parts[0]["shape"][1]],
+                                             b"".join(blob(base + t + ".weight") for t in ("q_proj", "k_proj", "v_proj")))
+        elif name.endswith("gate_proj.weight"):
+            base = name[: -len("gate_proj.weight")]
+            g, u = hdr[base + "gate_proj.weight"], hdr[base + "up_proj.weight"]
+            out[base + "gate_up_proj.weight"] = ("F16", [g["shape"][0] + u["shape"][0], g["shape"][1]],
+                                                 blob(base + "gate_proj.weight") + blob(base + "up_proj.weight"))
+        else:
+            out[name] = (info["dtype"], info["shape"], blob(name))
+    hdr2, body = {}, bytearray()
+    for name, (dt, sh, b) in out.items():
+        hdr2[name] = {"dtype": dt, "shape": sh, "data_offsets": [len(body), len(body) + len(b)]}; body += b
+    h = json.dumps(hdr2).encode(); h += b" " * ((8 - len(h) % 8) % 8)
+    open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + body)
+    cfg.update({"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "sliding_window": 64})
 json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
 PY
 }
 
 status=0
 printf '%-8s %12s %16s %9s\n' variant quant llama-perplexity rel.diff
-for v in base llama3 linear qwen2 gemma2; do
+for v in base llama3 linear qwen2 gemma2 fused; do
   variant "$v" "$v"
   "$Q" -q gguf "$tmp/$v" -t f32 -o "$tmp/$v.gguf" > /dev/null
   q=$("$Q" -q -t $T eval "$tmp/$v" --text "$tmp/text.txt" --ctx $CTX --protocol llamacpp --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')

@@ -34,7 +34,7 @@ testing::TinyModelSpec family_spec(const std::string& type) {
   s.vocab = 96;
   s.seed = 7;
   s.weight_scale = 0.3f;
-  s.tied = type != "qwen3";
+  s.tied = type != "qwen3" && type != "phi3";
   return s;
 }
 
@@ -95,12 +95,13 @@ TEST_P(FamilyCli, MixedPrecisionAndInspectCount) {
   // By hand (V 96, H 64, F 128, q 4×16, kv 2×16): embed 6144, final norm 64; per layer q 4096,
   // k 2048, v 2048, o 4096, MLP 24576, norms 2×64 (+2×16 q/k norms; Gemma: 4×64).
   const std::int64_t per_layer = 4096 + 2048 + 2048 + 4096 + 24576 +
-                                 (GetParam() == "qwen3" ? 128 + 32 : GetParam() == "gemma2" ? 256 : 256 + 32);
-  const std::int64_t expected = 6144 + 64 + 2 * per_layer + (GetParam() == "qwen3" ? 6144 : 0);
+                                 (GetParam() == "qwen3" ? 128 + 32 : GetParam() == "phi3" ? 128 : GetParam() == "gemma2" ? 256 : 256 + 32);
+  const bool untied = GetParam() == "qwen3" || GetParam() == "phi3";
+  const std::int64_t expected = 6144 + 64 + 2 * per_layer + (untied ? 6144 : 0);
   EXPECT_EQ(json::parse(i.out)["n_params"].get<std::int64_t>(), expected);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, FamilyCli, ::testing::Values("qwen3", "gemma2", "gemma3_text"));
+INSTANTIATE_TEST_SUITE_P(Families, FamilyCli, ::testing::Values("qwen3", "gemma2", "gemma3_text", "phi3"));
 
 TEST(FamilyGguf, Qwen3NamesAndGemmaRefusals) {
   TempDir dir;
@@ -201,6 +202,59 @@ TEST(FamilyResume, Gemma3AwqKilledRunResumesToIdenticalOutput) {
     if (name == "quant_summary.json") continue;
     EXPECT_EQ(read_text_file(e.path()), read_text_file(dir / "res" / name)) << name;
   }
+}
+
+}  // namespace
+}  // namespace quant
+
+namespace quant {
+namespace {
+
+// Phi-3's fused tensors stay fused in every output: GPTQ packs qkv_proj/gate_up_proj whole, and
+// GGUF writes llama.cpp's attn_qkv and ffn_up ([gate; up]) with output.weight even when tied.
+TEST(FamilyPhi3, FusedTensorsStayFused) {
+  TempDir dir;
+  auto spec = family_spec("phi3");
+  spec.tied = true;
+  testing::write_tiny_model(dir / "fused", spec);
+  testing::write_tiny_tokenizer(dir / "fused", 96);
+  std::string ids;
+  for (int i = 0; i < 2000; ++i) ids += std::to_string((i * 29 + i / 5) % 96) + " ";
+  write_file_atomic(dir / "ids.txt", ids);
+  auto r = run_quant("gptq " + (dir / "fused").string() + " -b 4 -g 32 --calib-tokens " + (dir / "ids.txt").string() +
+                     " --nsamples 8 --seqlen 32 -o " + (dir / "q").string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const TensorStore q = TensorStore::open(dir / "q");
+  EXPECT_TRUE(q.contains("model.layers.0.self_attn.qkv_proj.qweight"));
+  EXPECT_EQ(q.get("model.layers.0.self_attn.qkv_proj.scales").shape, (std::vector<std::int64_t>{2, 64 + 2 * 32}));
+  EXPECT_TRUE(q.contains("model.layers.1.mlp.gate_up_proj.qweight"));
+  EXPECT_FALSE(q.contains("model.layers.0.self_attn.q_proj.qweight"));
+  // A rule on one part of a fused tensor is a rule on the tensor: the parts cannot differ.
+  r = run_quant("rtn " + (dir / "fused").string() + " --rule 'self_attn\\.qkv_proj=bits:8' -o " + (dir / "r").string() + " --json");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  int eight = 0;
+  const auto rep = nlohmann::json::parse(r.out);
+  for (const auto& t : rep["tensors"]) eight += t.value("bits", 0) == 8;
+  EXPECT_EQ(eight, 6) << r.out;  // q, k, v of both layers
+
+  r = run_quant("gguf " + (dir / "fused").string() + " -t q8_0 -o " + (dir / "f.gguf").string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const gguf::File g = gguf::File::open(dir / "f.gguf");
+  EXPECT_EQ(g.find("general.architecture")->s, "phi3");
+  EXPECT_EQ(g.tensor("blk.0.attn_qkv.weight").ne, (std::vector<std::int64_t>{64, 128}));
+  EXPECT_EQ(g.tensor("blk.0.ffn_up.weight").ne, (std::vector<std::int64_t>{64, 256}));
+  EXPECT_THROW(g.tensor("blk.0.ffn_gate.weight"), InputError);
+  EXPECT_EQ(g.tensor("output.weight").ne, (std::vector<std::int64_t>{64, 96}));
+  ASSERT_NE(g.find("phi3.attention.sliding_window"), nullptr);
+  EXPECT_EQ(g.find("phi3.attention.sliding_window")->u, 6u);
+
+  // llama.cpp keys Phi-3 vocabulary fixes on the name: a "phi3" directory without those tokens
+  // would not load, so it is refused.
+  fs::rename(dir / "fused", dir / "phi3");
+  r = run_quant("gguf " + (dir / "phi3").string() + " -t q8_0 -o " + (dir / "p.gguf").string());
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("Phi-3's"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "p.gguf"));
 }
 
 }  // namespace

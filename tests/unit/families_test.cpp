@@ -60,6 +60,13 @@ std::vector<Family> families() {
   }
   {
     TinyModelSpec s = base;
+    s.model_type = "phi3";
+    s.tied = false;
+    s.sliding_window = 7;
+    out.push_back({"phi3", s});
+  }
+  {
+    TinyModelSpec s = base;
     s.model_type = "llama";
     s.tied = false;
     s.extra_config["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},

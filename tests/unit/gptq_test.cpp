@@ -150,3 +150,33 @@ TEST(Gptq, NonFiniteActivationsAreAnError) {
 
 }  // namespace
 }  // namespace quant
+
+namespace quant {
+namespace {
+
+// A fused tensor (Phi-3's qkv_proj) quantized by GPTQ as one matrix equals its parts quantized
+// with the same Hessian and stacked: GPTQ's updates act row by row, and act-order comes from H
+// alone. quant quantizes the parts (its forward needs q, k, v apart) and stores the stack.
+TEST(Gptq, FusedTensorEqualsStackedParts) {
+  const Mat H = hessian_of(correlated_inputs(384, 64, 5));
+  const Mat W = randn(56, 64, 6, 0.1f);
+  for (bool act_order : {false, true}) {
+    QuantSpec s;
+    s.group_size = 16;
+    GptqOptions o;
+    o.act_order = act_order;
+    const GptqHessian g = prepare_hessian(H, o, "qkv");
+    const QuantizedMatrix whole = gptq_quantize(W, g, s, o).q;
+    const QuantizedMatrix q = gptq_quantize(W.topRows(32), g, s, o).q, k = gptq_quantize(W.middleRows(32, 8), g, s, o).q,
+                          v = gptq_quantize(W.bottomRows(16), g, s, o).q;
+    const QuantizedMatrix stacked = QuantizedMatrix::stack_rows({&q, &k, &v});
+    EXPECT_EQ(stacked.out, whole.out);
+    EXPECT_EQ(stacked.q, whole.q) << "act_order " << act_order;
+    EXPECT_EQ(stacked.scales, whole.scales);
+    EXPECT_EQ(stacked.zeros, whole.zeros);
+    EXPECT_EQ(stacked.g_idx, whole.g_idx);
+  }
+}
+
+}  // namespace
+}  // namespace quant

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Independent reference forward pass for quant's model families, written from transformers'
-modeling code (modeling_llama.py, modeling_qwen3.py, modeling_gemma2.py, modeling_gemma3.py)
+modeling code (modeling_llama.py, modeling_qwen3.py, modeling_gemma2.py, modeling_gemma3.py,
+modeling_phi3.py)
 in plain torch, without transformers and without any quant code.
 
 It reads the tiny checkpoints the C++ test suite writes (config.json, model.safetensors,
@@ -103,6 +104,10 @@ def forward(cfg, W, tokens):
         sliding = [bool((i + 1) % pat) for i in range(L)]
     else:
         sliding = [False] * L
+    if mt == "phi3" and cfg.get("sliding_window"):
+        # Phi3Model: create_sliding_window_causal_mask on every layer when sliding_window is set
+        window = cfg["sliding_window"]
+        sliding = [True] * L
     if "layer_types" in cfg:
         sliding = [t == "sliding_attention" for t in cfg["layer_types"]]
     cos_g, sin_g = rope(cfg, cfg.get("rope_theta", 10000.0), cfg.get("rope_scaling"), T)
@@ -120,9 +125,16 @@ def forward(cfg, W, tokens):
         p = f"model.layers.{i}."
         res = h
         x = rms_norm(h, W[p + "input_layernorm.weight"], eps, gemma)
-        q = linear(x, W, p + "self_attn.q_proj").view(T, nh, hd)
-        k = linear(x, W, p + "self_attn.k_proj").view(T, nkv, hd)
-        v = linear(x, W, p + "self_attn.v_proj").view(T, nkv, hd)
+        if mt == "phi3":  # Phi3Attention: qkv = qkv_proj(x); q, k, v = split by head counts
+            qkv = x @ W[p + "self_attn.qkv_proj.weight"].T
+            qp = nh * hd
+            q = qkv[:, :qp].reshape(T, nh, hd)
+            k = qkv[:, qp:qp + nkv * hd].reshape(T, nkv, hd)
+            v = qkv[:, qp + nkv * hd:].reshape(T, nkv, hd)
+        else:
+            q = linear(x, W, p + "self_attn.q_proj").view(T, nh, hd)
+            k = linear(x, W, p + "self_attn.k_proj").view(T, nkv, hd)
+            v = linear(x, W, p + "self_attn.v_proj").view(T, nkv, hd)
         if qk_norm:
             q = rms_norm(q, W[p + "self_attn.q_norm.weight"], eps, gemma)
             k = rms_norm(k, W[p + "self_attn.k_norm.weight"], eps, gemma)
@@ -148,9 +160,13 @@ def forward(cfg, W, tokens):
         res = h
         norm = p + ("pre_feedforward_layernorm.weight" if gemma else "post_attention_layernorm.weight")
         x = rms_norm(h, W[norm], eps, gemma)
-        g = linear(x, W, p + "mlp.gate_proj")
-        act = torch.nn.functional.gelu(g, approximate="tanh") if gemma else torch.nn.functional.silu(g)
-        m = linear(act * linear(x, W, p + "mlp.up_proj"), W, p + "mlp.down_proj")
+        if mt == "phi3":  # Phi3MLP: gate, up = gate_up_proj(x).chunk(2); down(up * silu(gate))
+            gate, up = (x @ W[p + "mlp.gate_up_proj.weight"].T).chunk(2, dim=-1)
+            m = linear(up * torch.nn.functional.silu(gate), W, p + "mlp.down_proj")
+        else:
+            g = linear(x, W, p + "mlp.gate_proj")
+            act = torch.nn.functional.gelu(g, approximate="tanh") if gemma else torch.nn.functional.silu(g)
+            m = linear(act * linear(x, W, p + "mlp.up_proj"), W, p + "mlp.down_proj")
         if gemma:
             m = rms_norm(m, W[p + "post_feedforward_layernorm.weight"], eps, gemma)
         h = res + m

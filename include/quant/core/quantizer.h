@@ -93,6 +93,9 @@ struct QuantizedMatrix {
   bool trivial_g_idx() const;
   // Allocates codes and parameters for the given shape and spec, with g_idx = j / group.
   static QuantizedMatrix empty(std::int64_t out, std::int64_t in, const QuantSpec& spec);
+  // The rows of `parts` stacked in order (a fused tensor from its parts). They must share bits,
+  // symmetry, in, groups and g_idx (the same Hessian gives every part the same act-order).
+  static QuantizedMatrix stack_rows(const std::vector<const QuantizedMatrix*>& parts);
 };
 
 // Round-to-nearest quantization of w [out, in] (parallel over rows).

@@ -71,6 +71,7 @@ struct TensorInfo {
 class Writer {
  public:
   void set(const std::string& key, Value v);
+  const Value* find(const std::string& key) const;  // nullptr when not set
   // `shape` in row-major (PyTorch) order, outermost first; stored reversed as ggml ne.
   void add_tensor(const std::string& name, const std::vector<std::int64_t>& shape, GgmlType type);
   const std::vector<TensorInfo>& tensors() const { return tensors_; }

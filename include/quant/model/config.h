@@ -1,5 +1,6 @@
 // config.json of a decoder-only checkpoint: the Llama family (llama, mistral, qwen2) and the
-// families that differ from it in norms, attention and MLP details (qwen3, gemma2, gemma3_text);
+// families that differ from it in norms, attention and MLP details (qwen3, gemma2, gemma3_text,
+// phi3 with its fused projections);
 // docs/architectures.md gives each family's rules and the transformers code they come from.
 #pragma once
 
@@ -40,6 +41,7 @@ struct ModelConfig {
   bool o_bias = false;    // llama attention_bias only
   bool mlp_bias = false;
   // Family details (defaults: plain Llama). See docs/architectures.md.
+  bool fused_qkv_gate_up = false;  // phi3: q/k/v and gate/up stored as qkv_proj and gate_up_proj
   bool qk_norm = false;          // RMSNorm over head_dim of each q and k head, before RoPE (qwen3, gemma3)
   bool sandwich_norms = false;   // post-attention and post-feedforward norms on each block's output (gemma2/3)
   float norm_offset = 0.0f;      // RMSNorm multiplies by (offset + w): 1 for Gemma
@@ -67,6 +69,6 @@ struct ModelConfig {
 };
 
 // The model_type values this toolkit understands.
-inline constexpr const char* kSupportedModelTypes = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text";
+inline constexpr const char* kSupportedModelTypes = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3";
 
 }  // namespace quant

@@ -28,8 +28,20 @@ struct LinearDesc {
   std::int64_t out = 0;
   std::int64_t in = 0;
   bool bias = false;
-  std::string weight_name() const { return prefix + ".weight"; }
-  std::string bias_name() const { return prefix + ".bias"; }
+  // Stored fused (Phi-3's qkv_proj, gate_up_proj): the checkpoint tensor's prefix, this
+  // linear's first row in it, and its row count. Empty `storage`: stored on its own.
+  std::string storage;
+  std::int64_t row_offset = 0;
+  std::int64_t storage_rows = 0;
+  bool fused() const { return !storage.empty(); }
+  const std::string& tensor_prefix() const { return fused() ? storage : prefix; }
+  std::string weight_name() const { return tensor_prefix() + ".weight"; }
+  std::string bias_name() const { return tensor_prefix() + ".bias"; }
+  // The whole stored tensor as one linear (itself when not fused).
+  LinearDesc storage_desc() const {
+    if (!fused()) return *this;
+    return LinearDesc{storage, kind, layer, storage_rows, in, bias};
+  }
 };
 
 struct LayerDesc {
@@ -60,6 +72,9 @@ ModelLayout build_layout(const ModelConfig& config);
 // q/k/v → self_attn.qkv_proj, gate/up → mlp.gate_up_proj), e.g.
 // "model.layers.3.self_attn.qkv_proj"; other linears: their own prefix.
 std::string fused_prefix(const LinearDesc& linear);
+// The linears of `layer` stored in one checkpoint tensor with `linear` (itself included), in
+// row order; just `linear` when it is stored alone.
+std::vector<const LinearDesc*> storage_siblings(const LayerDesc& layer, const LinearDesc& linear);
 // The linear's name inside its decoder block ("self_attn.q_proj"), or its prefix for lm_head.
 std::string block_relative_name(const LinearDesc& linear);
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -88,6 +89,9 @@ class OutputSession {
   // Writes a float tensor that replaces the source's (e.g. an AWQ-rescaled norm) in the
   // source tensor's dtype.
   void put_float(const std::string& name, const float* data, std::vector<std::int64_t> shape);
+  // A linear's float weight [out, in] (and bias) in the source dtype. Linears stored fused
+  // (Phi-3) are held until every sibling has arrived, then written as the one fused tensor.
+  void put_linear_float(const LinearDesc& linear, const Mat& w, const Vec& bias);
 
   // Resuming (layer-sequential methods). enable_resume fingerprints the model, the calibration
   // samples and the settings; resume() replays the journal of an earlier run with the same
@@ -126,6 +130,10 @@ class OutputSession {
   nlohmann::json files_ = nlohmann::json::object();  // journal file → SHA-256
   std::vector<Pending> pending_;
   std::size_t reports_journaled_ = 0;
+  // Parts of fused tensors waiting for their siblings, by storage prefix, in arrival order.
+  std::map<std::string, std::vector<std::pair<const LinearDesc*, QuantizedMatrix>>> fused_q_;
+  std::map<std::string, std::vector<std::pair<const LinearDesc*, Mat>>> fused_f_;
+  std::size_t n_siblings(const LinearDesc& linear) const;
 };
 
 }  // namespace quant
