@@ -40,7 +40,14 @@ struct LinearDesc {
   // The whole stored tensor as one linear (itself when not fused).
   LinearDesc storage_desc() const {
     if (!fused()) return *this;
-    return LinearDesc{storage, kind, layer, storage_rows, in, bias};
+    LinearDesc d;
+    d.prefix = storage;
+    d.kind = kind;
+    d.layer = layer;
+    d.out = storage_rows;
+    d.in = in;
+    d.bias = bias;
+    return d;
   }
 };
 
