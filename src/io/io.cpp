@@ -251,6 +251,7 @@ bool is_quant_gguf(const fs::path& file) {
     in.read(head.data(), static_cast<std::streamsize>(head.size()));
     head.resize(static_cast<std::size_t>(in.gcount()));
     if (head.find(kQuantReportMarker) != std::string::npos) return true;
+    if (head.rfind(kQuantBaseLogitsMagic, 0) == 0) return true;
   }
   try {
     const gguf::File g = gguf::File::open(file);

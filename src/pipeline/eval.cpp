@@ -63,6 +63,49 @@ double stderr_of_mean(double sum, double sum2, double n) {
   return var > 0 ? std::sqrt(var / (n - 1)) : 0.0;
 }
 
+// The k most likely tokens of one position (descending; ties by id) and the target's log-prob.
+TopK top_k(const std::vector<double>& lp, std::int32_t target, int k) {
+  std::vector<std::int32_t> idx(lp.size());
+  for (std::size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<std::int32_t>(i);
+  const auto kk = std::min<std::size_t>(static_cast<std::size_t>(k), idx.size());
+  std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(kk), idx.end(), [&](std::int32_t a, std::int32_t b) {
+    return lp[static_cast<std::size_t>(a)] > lp[static_cast<std::size_t>(b)] || (lp[static_cast<std::size_t>(a)] == lp[static_cast<std::size_t>(b)] && a < b);
+  });
+  TopK t;
+  t.target_logp = static_cast<float>(lp[static_cast<std::size_t>(target)]);
+  for (std::size_t i = 0; i < kk; ++i) {
+    t.ids.push_back(idx[i]);
+    t.logp.push_back(static_cast<float>(lp[static_cast<std::size_t>(idx[i])]));
+  }
+  return t;
+}
+
+// KL(base ‖ model) from the base's top k: the k terms exactly, the rest of the base's mass as one
+// bucket against the rest of the model's (by the log-sum inequality a lower bound of the full
+// KL, equal to it when k covers the vocabulary).
+double topk_kl(const TopK& b, const std::vector<double>& lp) {
+  double kl = 0, pb_top = 0, pq_top = 0;
+  for (std::size_t j = 0; j < b.ids.size(); ++j) {
+    const double lb = b.logp[j], pb = std::exp(lb);
+    const double lq = lp[static_cast<std::size_t>(b.ids[j])];
+    kl += pb * (lb - lq);
+    pb_top += pb;
+    pq_top += std::exp(lq);
+  }
+  const double rb = 1.0 - pb_top, rq = std::max(1.0 - pq_top, 1e-30);
+  if (rb > 1e-12) kl += rb * (std::log(rb) - std::log(rq));
+  return kl;
+}
+
+void check_base_logits(const BaseLogits& b, std::int64_t positions, std::int64_t vocab) {
+  if (static_cast<std::int64_t>(b.positions.size()) != positions) {
+    fail("--base-logits holds {} positions but this evaluation scores {} (different text, ctx or windows)", b.positions.size(), positions);
+  }
+  if (b.header.value("vocab_size", std::int64_t{0}) != vocab) {
+    fail("--base-logits is for a vocabulary of {}, this model has {}", b.header.value("vocab_size", std::int64_t{0}), vocab);
+  }
+}
+
 // The q-quantile of sorted values: the smallest value with at least q of them at or below it.
 double quantile(const std::vector<double>& sorted, double q) {
   const std::size_t k = static_cast<std::size_t>(std::ceil(q * static_cast<double>(sorted.size())));
@@ -123,6 +166,10 @@ EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
     const std::size_t per_window = static_cast<std::size_t>(ctx * c.hidden_size) * sizeof(float) * (base ? 2 : 1);
     batch = std::clamp<std::size_t>((std::size_t{512} << 20) / per_window, 1, 64);
   }
+  const std::int64_t per_window = ctx - 1 - windows[0].first_scored;  // scored positions per window
+  const BaseLogits* stored = opt.base_logits;
+  if (stored) check_base_logits(*stored, n_windows * per_window, c.vocab_size);
+  std::vector<TopK> saved(opt.save_topk > 0 ? static_cast<std::size_t>(n_windows * per_window) : 0);
   std::vector<WindowStats> stats(windows.size());
   std::vector<double> base_nll(windows.size(), 0.0);
   for (std::size_t b0 = 0; b0 < windows.size(); b0 += batch) {
@@ -145,20 +192,30 @@ EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
         const double tok_nll = -lp[static_cast<std::size_t>(target)];
         st.nll += tok_nll;
         st.nll2 += tok_nll * tok_nll;
-        if (!base) continue;
-        log_softmax(blogits.row(p).data(), blogits.cols(), blp);
-        const double tok_bnll = -blp[static_cast<std::size_t>(target)];
+        const std::size_t pos = w * static_cast<std::size_t>(per_window) + static_cast<std::size_t>(p - win.first_scored);
+        if (opt.save_topk > 0) saved[pos] = top_k(lp, target, opt.save_topk);
+        if (!base && !stored) continue;
+        double tok_bnll = 0, kl = 0;
+        bool same_top1 = false;
+        const auto am = std::max_element(lp.begin(), lp.end()) - lp.begin();
+        if (base) {
+          log_softmax(blogits.row(p).data(), blogits.cols(), blp);
+          tok_bnll = -blp[static_cast<std::size_t>(target)];
+          for (std::size_t i = 0; i < lp.size(); ++i) kl += std::exp(blp[i]) * (blp[i] - lp[i]);
+          same_top1 = am == std::max_element(blp.begin(), blp.end()) - blp.begin();
+        } else {
+          const TopK& b = stored->positions[pos];
+          tok_bnll = -static_cast<double>(b.target_logp);
+          kl = topk_kl(b, lp);
+          same_top1 = am == b.ids[0];
+        }
         base_nll[w] += tok_bnll;
         st.bnll2 += tok_bnll * tok_bnll;
         st.d += tok_nll - tok_bnll;
         st.d2 += (tok_nll - tok_bnll) * (tok_nll - tok_bnll);
-        double kl = 0;
-        for (std::size_t i = 0; i < lp.size(); ++i) kl += std::exp(blp[i]) * (blp[i] - lp[i]);
         st.kl += kl;
         st.kl_tokens.push_back(kl);
-        const auto am = std::max_element(lp.begin(), lp.end()) - lp.begin();
-        const auto bm = std::max_element(blp.begin(), blp.end()) - blp.begin();
-        st.top1 += am == bm;
+        st.top1 += same_top1;
       }
     }
     if (progress) progress(static_cast<std::int64_t>(b1), n_windows);
@@ -186,7 +243,8 @@ EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
   r.nll = nll / n;
   r.ppl = std::exp(r.nll);
   r.ppl_stderr = r.ppl * stderr_of_mean(nll, nll2, n);
-  if (base) {
+  r.topk = std::move(saved);
+  if (base || stored) {
     r.has_base = true;
     r.base_ppl = std::exp(bnll / n);
     r.base_ppl_stderr = r.base_ppl * stderr_of_mean(bnll, bnll2, n);

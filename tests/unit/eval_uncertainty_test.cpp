@@ -132,3 +132,57 @@ TEST(EvalUncertainty, NoiseAwareGateAndJUnitReport) {
 
 }  // namespace
 }  // namespace quant
+
+namespace quant {
+namespace {
+
+TEST(EvalBaseLogits, CachedBaseEqualsTwoModelEvaluation) {
+  TempDir dir;
+  testing::TinyModelSpec spec;
+  spec.weight_scale = 0.3f;
+  testing::write_tiny_model(dir / "base", spec);
+  spec.seed = 2;
+  testing::write_tiny_model(dir / "q", spec);
+  std::string t;
+  for (auto v : ids(640, 9)) t += std::to_string(v) + " ";
+  write_file_atomic(dir / "ids.txt", t);
+  const std::string text = " --tokens " + (dir / "ids.txt").string() + " --ctx 64 --json";
+  const auto two = run_quant("eval " + (dir / "q").string() + text + " --base " + (dir / "base").string());
+  ASSERT_EQ(two.rc, 0) << two.err;
+  const auto jt = nlohmann::json::parse(two.out);
+  for (int k : {96, 8}) {
+    const fs::path file = dir / ("base-" + std::to_string(k) + ".bin");
+    auto r = run_quant("eval " + (dir / "base").string() + text + " --save-logits " + file.string() + " --logits-k " + std::to_string(k));
+    ASSERT_EQ(r.rc, 0) << r.err;
+    r = run_quant("eval " + (dir / "q").string() + text + " --base-logits " + file.string());
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);
+    // Perplexity of the base and top-1 agreement are exact at any k; KL is exact when k covers
+    // the vocabulary and a lower bound below it.
+    EXPECT_NEAR(j["base_ppl"].get<double>(), jt["base_ppl"].get<double>(), 1e-4 * jt["base_ppl"].get<double>());
+    EXPECT_DOUBLE_EQ(j["top1_agreement"].get<double>(), jt["top1_agreement"].get<double>());
+    if (k == 96) EXPECT_NEAR(j["kl_mean"].get<double>(), jt["kl_mean"].get<double>(), 1e-5);
+    else EXPECT_LE(j["kl_mean"].get<double>(), jt["kl_mean"].get<double>() + 1e-9);
+  }
+  // Another text: refused, naming the file.
+  write_file_atomic(dir / "other.txt", t + " 5 6 7");
+  auto r = run_quant("eval " + (dir / "q").string() + " --tokens " + (dir / "other.txt").string() + " --ctx 64 --base-logits " +
+                     (dir / "base-96.bin").string());
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("different text"), std::string::npos) << r.err;
+  // A truncated file: refused.
+  const std::string bytes = read_text_file(dir / "base-96.bin");
+  write_file_atomic(dir / "cut.bin", bytes.substr(0, bytes.size() - 100));
+  r = run_quant("eval " + (dir / "q").string() + text + " --base-logits " + (dir / "cut.bin").string());
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
+  // Both a base model and cached logits: a usage error.
+  EXPECT_EQ(run_quant("eval " + (dir / "q").string() + text + " --base " + (dir / "base").string() + " --base-logits " +
+                      (dir / "base-96.bin").string()).rc, 2);
+  // The saved file is quant's: --force replaces it, and without --force it is never overwritten.
+  EXPECT_EQ(run_quant("eval " + (dir / "base").string() + text + " --save-logits " + (dir / "base-8.bin").string()).rc, 2);
+  EXPECT_EQ(run_quant("eval " + (dir / "base").string() + text + " --save-logits " + (dir / "base-8.bin").string() + " -f").rc, 0);
+}
+
+}  // namespace
+}  // namespace quant

@@ -35,6 +35,9 @@ struct EvalCliOptions {
   double max_ppl_increase = -1;
   double gate_sigmas = 0;  // --max-ppl-increase fails only when the increase exceeds the limit by this many standard errors
   std::string junit;
+  std::string save_logits;
+  std::string base_logits;
+  int logits_k = 1024;
   std::vector<std::string> task;  // NAME FILE
   std::int64_t max_tasks = 0;
   std::string task_details;
@@ -196,7 +199,14 @@ void run_eval(const EvalCliOptions& o) {
     return;
   }
   if (o.text.empty() == o.tokens.empty()) fail<UsageError>("pass exactly one of --text FILE or --tokens FILE");
-  if (o.max_ppl_increase >= 0 && o.base.empty()) fail<UsageError>("--max-ppl-increase needs --base MODEL");
+  if (o.max_ppl_increase >= 0 && o.base.empty() && o.base_logits.empty()) fail<UsageError>("--max-ppl-increase needs --base MODEL or --base-logits FILE");
+  if (!o.base.empty() && !o.base_logits.empty()) fail<UsageError>("pass --base MODEL or --base-logits FILE, not both");
+  if (o.logits_k < 1) fail<UsageError>("--logits-k must be at least 1, got {}", o.logits_k);
+  if (!o.save_logits.empty()) {
+    check_output(o.save_logits, OutputKind::file, OutputPolicy{o.force, false, {o.model, o.base, o.text, o.tokens, o.tokenizer, o.base_logits}});
+  }
+  std::optional<BaseLogits> stored;
+  if (!o.base_logits.empty()) stored.emplace(BaseLogits::load(o.base_logits));
   if (std::isnan(o.max_ppl_increase) || std::isinf(o.max_ppl_increase)) fail<UsageError>("--max-ppl-increase must be a finite percentage, got {}", o.max_ppl_increase);
   if (!(o.max_ppl >= 0) || std::isinf(o.max_ppl)) fail<UsageError>("--max-ppl must be a positive finite number, got {}", o.max_ppl);
   if (!(o.gate_sigmas >= 0) || std::isinf(o.gate_sigmas)) fail<UsageError>("--gate-sigmas must be a finite number ≥ 0, got {}", o.gate_sigmas);
@@ -223,6 +233,7 @@ void run_eval(const EvalCliOptions& o) {
   else fail<UsageError>("--protocol must be gptq or llamacpp, got '{}'", o.protocol);
   opt.ctx = o.ctx;
   opt.max_windows = o.max_windows;
+  if (!o.save_logits.empty()) opt.save_topk = std::min<int>(o.logits_k, static_cast<int>(model.config().vocab_size));
 
   std::unique_ptr<Tokenizer> tok;
   if (!o.tokenizer.empty()) tok = Tokenizer::load_file(o.tokenizer);
@@ -244,12 +255,33 @@ void run_eval(const EvalCliOptions& o) {
   opt.bos_id = tok ? tok->bos_id() : static_cast<std::int32_t>(model.config().bos_token_id);
 
   std::unique_ptr<ProgressBar> pb;
+  if (stored) {  // computed on the same text, windows and protocol, or refused
+    const auto& h = stored->header;
+    const std::int64_t ctx = eval_window(model.config(), opt);
+    if (h.value("input_sha256", std::string()) != input_hash) {
+      fail("{}: computed on a different text (sha256 {}), this evaluation reads {}", o.base_logits, h.value("input_sha256", std::string("?")), input_hash);
+    }
+    if (h.value("protocol", std::string()) != protocol_name(opt.protocol) || h.value("ctx", std::int64_t{0}) != ctx) {
+      fail("{}: computed with protocol {} and ctx {}, this evaluation uses {} and {}", o.base_logits, h.value("protocol", std::string("?")),
+           h.value("ctx", std::int64_t{0}), protocol_name(opt.protocol), ctx);
+    }
+    opt.base_logits = &*stored;
+  }
   const EvalResult r = evaluate(model, ids, opt, base ? &*base : nullptr,
                                 [&](std::int64_t done, std::int64_t total) {
                                   if (!pb) pb = std::make_unique<ProgressBar>("eval", total);
                                   pb->update(done);
                                 });
   if (pb) pb->finish();
+  if (!o.save_logits.empty()) {
+    BaseLogits b;
+    b.k = opt.save_topk;
+    b.header = {{"model", o.model}, {"model_sha256", sha256_file(model.store().files().front().path())}, {"input_sha256", input_hash},
+                {"protocol", protocol_name(opt.protocol)}, {"ctx", r.ctx}, {"windows", r.windows}, {"vocab_size", model.config().vocab_size}};
+    b.positions = r.topk;
+    b.save(o.save_logits, OutputPolicy{o.force, false, {o.model, o.text, o.tokens, o.tokenizer}});
+    log::info("base logits (top {} of {} per position) → {}", b.k, model.config().vocab_size, o.save_logits);
+  }
 
   nlohmann::ordered_json j;
   j["schema"] = "quant.eval/1";
@@ -266,7 +298,11 @@ void run_eval(const EvalCliOptions& o) {
   j["seconds"] = r.seconds;
   j["tokens_per_s"] = r.tokens_per_second;
   if (r.has_base) {
-    j["base"] = o.base;
+    j["base"] = stored ? "logits:" + o.base_logits : o.base;
+    if (stored) {
+      j["base_model_sha256"] = stored->header.value("model_sha256", std::string());
+      j["base_logits_k"] = stored->k;
+    }
     j["base_ppl"] = r.base_ppl;
     j["base_ppl_stderr"] = r.base_ppl_stderr;
     j["ppl_ratio"] = std::exp(r.log_ppl_ratio);
@@ -358,12 +394,15 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--max-ppl-increase", o->max_ppl_increase, "exit with status 4 if perplexity exceeds the base's by more than PCT percent");
   cmd->add_option("--gate-sigmas", o->gate_sigmas, "--max-ppl-increase fails only when the increase exceeds the limit by more than K standard errors (default 0)");
   cmd->add_option("--junit", o->junit, "also write the gates as a JUnit XML report to FILE");
+  cmd->add_option("--save-logits", o->save_logits, "write this model's top-k log-probabilities at every scored position to FILE (a cached base)");
+  cmd->add_option("--logits-k", o->logits_k, "tokens kept per position by --save-logits (default 1024; see docs/cli.md for the error it adds)");
+  cmd->add_option("--base-logits", o->base_logits, "compare against a base saved with --save-logits instead of loading it (KL, top-1, ppl ratio)");
   cmd->add_option("--task", o->task, "zero-shot multiple choice instead of perplexity: hellaswag FILE (llama.cpp's text format) or mc FILE (JSONL)")
       ->expected(2);
   cmd->add_option("--max-tasks", o->max_tasks, "score only the first N tasks")->check(CLI::PositiveNumber);
   cmd->add_option("--task-details", o->task_details, "write each task's tokens and log-likelihoods as JSON to FILE");
   cmd->add_option("--max-acc-drop", o->max_acc_drop, "with --task and --base: exit 4 when acc_norm falls more than POINTS below the base's");
-  cmd->add_flag("-f,--force", o->force, "replace an existing --junit report that quant wrote");
+  cmd->add_flag("-f,--force", o->force, "replace an existing --junit/--save-logits/--task-details file that quant wrote");
   cmd->add_flag("--json", o->json, "print the result as JSON on stdout");
   cmd->add_flag("--no-memory-check", o->no_memory_check, "start even when the estimated memory exceeds what is available");
   cmd->callback([o] { run_eval(*o); });

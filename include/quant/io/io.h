@@ -64,6 +64,8 @@ void check_memory_estimate(std::uint64_t estimate, const std::string& what, bool
 // What may be replaced, and what must never be touched.
 // The first line of text reports quant writes (JUnit XML): --force may replace such a file.
 inline constexpr const char* kQuantReportMarker = "<!-- written by quant eval -->";
+// The first bytes of quant eval --save-logits files.
+inline constexpr const char* kQuantBaseLogitsMagic = "QKLBASE1";
 
 struct OutputPolicy {
   bool force = false;            // replace an existing output that quant wrote

@@ -6,6 +6,9 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "quant/io/io.h"
 #include "quant/model/model.h"
 
 namespace quant {
@@ -20,12 +23,34 @@ enum class EvalProtocol {
   llamacpp,
 };
 
+// A base model's distribution at one scored position, compressed to its k most likely tokens
+// (descending) and the exact log-probability of the target token.
+struct TopK {
+  float target_logp = 0;
+  std::vector<std::int32_t> ids;
+  std::vector<float> logp;
+};
+
+// `quant eval BASE --save-logits FILE`: the base's top-k log-probabilities at every scored
+// position, with what they were computed on (header: base model and text hashes, protocol, ctx,
+// windows, vocabulary, k). File: "QKLBASE1", u64 header length, the JSON header, then per
+// position f32 target log-prob, k × i32 ids, k × f32 log-probs (little-endian).
+struct BaseLogits {
+  nlohmann::json header;
+  int k = 0;
+  std::vector<TopK> positions;  // window-major, in scoring order
+  void save(const fs::path& path, const OutputPolicy& policy) const;
+  static BaseLogits load(const fs::path& path);
+};
+
 struct EvalOptions {
   EvalProtocol protocol = EvalProtocol::gptq;
   std::int64_t ctx = 0;          // 0: min(2048, model context) for gptq, 512 for llamacpp
   std::int64_t max_windows = 0;  // 0: all
   std::int32_t bos_id = -1;      // llamacpp protocol: BOS placed at each window's start
   std::size_t windows_per_batch = 0;  // 0: automatic
+  int save_topk = 0;                  // > 0: keep the evaluated model's top-k at each position (EvalResult::topk)
+  const BaseLogits* base_logits = nullptr;  // compare against these instead of a base model
 };
 
 struct EvalResult {
@@ -53,6 +78,7 @@ struct EvalResult {
   // per-token differences (the two models are scored on the same tokens, so they correlate).
   double log_ppl_ratio = 0;
   double log_ppl_ratio_stderr = 0;
+  std::vector<TopK> topk;  // with EvalOptions::save_topk
 };
 
 using ProgressFn = std::function<void(std::int64_t done, std::int64_t total)>;
