@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <map>
 
 #include "quant/core/error.h"
 #include "quant/model/weights.h"
@@ -28,8 +29,15 @@ std::size_t LayerWeights::bytes() const {
 LayerWeights load_layer(const Model& model, int layer) {
   const LayerDesc& d = model.layout().layers.at(static_cast<std::size_t>(layer));
   LayerWeights lw;
+  std::map<std::string, Mat> stored;  // Phi-3: each fused tensor read once, its parts sliced from it
   for (const auto& l : d.linears) {
-    lw.linear(l.kind) = load_linear(model, l);
+    if (l.fused()) {
+      auto it = stored.find(l.storage);
+      if (it == stored.end()) it = stored.emplace(l.storage, load_linear(model, l.storage_desc())).first;
+      lw.linear(l.kind) = it->second.middleRows(l.row_offset, l.out);
+    } else {
+      lw.linear(l.kind) = load_linear(model, l);
+    }
     if (l.bias) lw.b[static_cast<int>(l.kind)] = load_vector(model, l.bias_name());
   }
   lw.attn_norm = load_vector(model, d.attn_norm);

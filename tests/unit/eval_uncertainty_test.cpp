@@ -43,6 +43,20 @@ std::vector<double> token_nlls(const Model& m, const std::vector<std::int32_t>& 
   return out;
 }
 
+// A base and a different model on the same shapes (standing in for a quantized one), and 640
+// token ids in ids.txt (returned as written).
+std::string write_pair(const TempDir& dir) {
+  testing::TinyModelSpec spec;
+  spec.weight_scale = 0.3f;
+  testing::write_tiny_model(dir / "base", spec);
+  spec.seed = 2;
+  testing::write_tiny_model(dir / "q", spec);
+  std::string t;
+  for (auto v : ids(640, 9)) t += std::to_string(v) + " ";
+  write_file_atomic(dir / "ids.txt", t);
+  return t;
+}
+
 double sem(const std::vector<double>& x) {  // sample standard deviation / sqrt(n)
   double mean = 0;
   for (double v : x) mean += v;
@@ -91,14 +105,7 @@ TEST(EvalUncertainty, StandardErrorsMatchPerTokenComputation) {
 
 TEST(EvalUncertainty, NoiseAwareGateAndJUnitReport) {
   TempDir dir;
-  testing::TinyModelSpec spec;
-  spec.weight_scale = 0.3f;
-  testing::write_tiny_model(dir / "base", spec);
-  spec.seed = 2;
-  testing::write_tiny_model(dir / "q", spec);
-  std::string t;
-  for (auto v : ids(640, 9)) t += std::to_string(v) + " ";
-  write_file_atomic(dir / "ids.txt", t);
+  write_pair(dir);
   const std::string common = "eval " + (dir / "q").string() + " --tokens " + (dir / "ids.txt").string() +
                              " --ctx 64 --base " + (dir / "base").string() + " --max-ppl-increase 0 --json";
   const fs::path report = dir / "report.xml";
@@ -138,14 +145,7 @@ namespace {
 
 TEST(EvalBaseLogits, CachedBaseEqualsTwoModelEvaluation) {
   TempDir dir;
-  testing::TinyModelSpec spec;
-  spec.weight_scale = 0.3f;
-  testing::write_tiny_model(dir / "base", spec);
-  spec.seed = 2;
-  testing::write_tiny_model(dir / "q", spec);
-  std::string t;
-  for (auto v : ids(640, 9)) t += std::to_string(v) + " ";
-  write_file_atomic(dir / "ids.txt", t);
+  const std::string t = write_pair(dir);
   const std::string text = " --tokens " + (dir / "ids.txt").string() + " --ctx 64 --json";
   const auto two = run_quant("eval " + (dir / "q").string() + text + " --base " + (dir / "base").string());
   ASSERT_EQ(two.rc, 0) << two.err;
