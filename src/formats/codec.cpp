@@ -5,6 +5,8 @@
 
 #include "codec_detail.h"
 #include "quant/core/dtype.h"
+#include "quant/formats/gguf_import.h"
+#include "quant/io/gguf.h"
 
 namespace quant::formats {
 
@@ -249,7 +251,14 @@ Mat decode_packed_linear(const Model& model, const LinearDesc& linear) {
   return w;
 }
 
-Model open_model(const fs::path& dir) {
+Model open_model(const fs::path& dir, bool allow_gguf) {
+  if (gguf::is_gguf_file(dir)) {
+    if (!allow_gguf) {
+      fail<UsageError>("{}: is a GGUF file; quant reads GGUF input in `quant eval` and `quant inspect` only (quantize from the HF checkpoint)",
+                       dir.string());
+    }
+    return open_gguf_model(dir);
+  }
   Model m = Model::open(dir, &decode_packed_linear);
   verify_against_config(m);
   return m;

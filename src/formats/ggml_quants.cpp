@@ -611,6 +611,7 @@ std::vector<float> dequantize_tensor(const File& file, const std::string& name) 
   std::vector<float> y(static_cast<std::size_t>(t.numel()));
   const std::int64_t rows = t.numel() / t.ne[0];
   const std::uint64_t row_bytes = data_bytes(t.type, t.ne[0]);
+#pragma omp parallel for schedule(static) if (rows > 64)
   for (std::int64_t r = 0; r < rows; ++r) {
     dequantize_row(t.type, file.data(t) + static_cast<std::uint64_t>(r) * row_bytes, t.ne[0], y.data() + r * t.ne[0]);
   }

@@ -17,15 +17,6 @@ using json = nlohmann::json;
 // llama.cpp token types.
 enum TokenType : std::int32_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
 
-// Pre-tokenizer regexes of the tokenizer.json families llama.cpp knows, by its
-// tokenizer.ggml.pre name. GPT-2's is implied by a ByteLevel pre-tokenizer with use_regex.
-const std::pair<const char*, const char*> kPreRegexes[] = {
-    {"llama-bpe",
-     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
-    {"qwen2",
-     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
-};
-
 void set_special_ids(const Model& model, Writer& w, std::int64_t fallback_bos, std::int64_t fallback_eos) {
   const auto& c = model.config();
   const std::int64_t bos = c.bos_token_id >= 0 ? c.bos_token_id : fallback_bos;
@@ -74,7 +65,7 @@ std::string pre_name(const json& pre, const fs::path& file) {
     const json& seq = pre["pretokenizers"];
     if (seq.size() == 2 && seq[0].value("type", "") == "Split" && byte_level(seq[1]) && !seq[1].value("use_regex", true)) {
       const std::string regex = seq[0].value("pattern", json::object()).value("Regex", "");
-      for (const auto& [name, r] : kPreRegexes) {
+      for (const auto& [name, r] : known_pre_regexes()) {
         if (regex == r) return name;
       }
       fail("{}: GGUF export does not know the pre-tokenizer regex '{}' (known: GPT-2, Llama 3, Qwen2)", file.string(), regex);

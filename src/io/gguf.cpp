@@ -1,6 +1,7 @@
 #include "quant/io/gguf.h"
 
 #include <cstring>
+#include <fstream>
 
 #include "quant/core/error.h"
 
@@ -263,6 +264,14 @@ void Writer::write_to(OutFile& f, const std::vector<std::uint8_t>& head, const s
     f.write(bytes.data(), bytes.size());
     pos = t.offset + t.bytes;
   }
+}
+
+bool is_gguf_file(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return false;
+  std::ifstream in(path, std::ios::binary);
+  std::uint32_t magic = 0;
+  return in.read(reinterpret_cast<char*>(&magic), 4) && magic == kMagic;
 }
 
 File File::open(const fs::path& path) {

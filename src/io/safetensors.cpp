@@ -267,9 +267,26 @@ const TensorInfo& TensorStore::get(std::string_view name) const {
   return *t;
 }
 
+TensorStore TensorStore::computed(const fs::path& source, std::vector<Computed> tensors) {
+  TensorStore store;
+  store.source_ = source;
+  for (Computed& c : tensors) {
+    auto info = std::make_unique<TensorInfo>();
+    info->name = c.name;
+    info->dtype = DType::F32;
+    info->shape = c.shape;
+    info->nbytes = static_cast<std::uint64_t>(info->numel()) * 4;
+    if (!store.where_.emplace(c.name, std::make_pair(SIZE_MAX, info.get())).second) fail("{}: tensor '{}' appears twice", source.string(), c.name);
+    store.readers_.emplace(c.name, std::move(c.read));
+    store.computed_infos_.push_back(std::move(info));
+  }
+  return store;
+}
+
 std::span<const std::byte> TensorStore::bytes(std::string_view name) const {
   auto it = where_.find(std::string(name));
   if (it == where_.end()) fail("{}: tensor '{}' not found", source_.string(), name);
+  if (it->second.first == SIZE_MAX) fail("{}: tensor '{}' is computed when read (it has no stored bytes)", source_.string(), name);
   return files_[it->second.first].bytes(*it->second.second);
 }
 
@@ -282,6 +299,7 @@ std::vector<float> TensorStore::read_f32(std::string_view name) const {
 void TensorStore::read_f32_into(std::string_view name, float* dst) const {
   auto it = where_.find(std::string(name));
   if (it == where_.end()) fail("{}: tensor '{}' not found", source_.string(), name);
+  if (it->second.first == SIZE_MAX) return readers_.at(it->first)(dst);
   const SafetensorsFile& file = files_[it->second.first];
   const TensorInfo& t = *it->second.second;
   const std::size_t n = static_cast<std::size_t>(t.numel()), esize = dtype_size(t.dtype);
@@ -321,6 +339,7 @@ void TensorStore::read_f32_into(std::string_view name, float* dst) const {
 const fs::path& TensorStore::file_of(std::string_view name) const {
   auto it = where_.find(std::string(name));
   if (it == where_.end()) fail("{}: tensor '{}' not found", source_.string(), name);
+  if (it->second.first == SIZE_MAX) return source_;
   return files_[it->second.first].path();
 }
 

@@ -95,6 +95,9 @@ std::vector<double> rope_inv_freq(const ModelConfig& c, double theta, const Rope
         f = (1.0 - smooth) * f / rs.factor + smooth * f;
       }
     }
+  } else if (rs.type == "freq_factors") {
+    if (rs.freq_factors.size() != inv_freq.size()) fail("RoPE frequency factors: {} given for {} frequencies", rs.freq_factors.size(), inv_freq.size());
+    for (std::size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] /= rs.freq_factors[i];
   } else if (rs.type != "none") {
     fail("config.json: rope_scaling type '{}' is not supported (supported: linear, llama3)", rs.type);
   }

@@ -129,11 +129,16 @@ void expect_shape(const TensorStore& store, const std::string& name,
 }  // namespace
 
 Model Model::open(const fs::path& dir, PackedLinearReader packed_reader) {
+  return from_store(dir, ModelConfig::load(dir), TensorStore::open(dir), packed_reader, dir / "config.json");
+}
+
+Model Model::from_store(const fs::path& dir, ModelConfig config, TensorStore store, PackedLinearReader packed_reader,
+                        const fs::path& config_source) {
   Model m;
   m.dir_ = dir;
   m.packed_reader_ = packed_reader;
-  m.config_ = ModelConfig::load(dir);
-  m.store_ = TensorStore::open(dir);
+  m.config_ = std::move(config);
+  m.store_ = std::move(store);
   // The layer count against the tensors that exist, before any per-layer state is built (a
   // config edited to 10^9 layers must not allocate for them).
   std::int64_t present = 0;
@@ -146,7 +151,7 @@ Model Model::open(const fs::path& dir, PackedLinearReader packed_reader) {
     if (i > prefix.size()) present = std::max(present, n + 1);
   }
   if (m.config_.n_layers != present) {
-    fail("{}: config.json says num_hidden_layers = {}, but the checkpoint holds tensors for {} layers ({})", (dir / "config.json").string(),
+    fail("{}: the config says num_hidden_layers = {}, but the checkpoint holds tensors for {} layers ({})", config_source.string(),
          m.config_.n_layers, present,
          m.config_.n_layers > present ? fmt::format("model.layers.{}.* is missing", present)
                                       : fmt::format("model.layers.{}.* is not in the config", m.config_.n_layers));

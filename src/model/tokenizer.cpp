@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "quant/core/error.h"
+#include "quant/io/gguf.h"
 #include "quant/io/io.h"
 #include "quant/core/log.h"
 
@@ -27,6 +28,11 @@ class SentencePieceTokenizer : public Tokenizer {
     const auto status = sp_.Load(path.string());
     if (!status.ok()) fail("{}: not a sentencepiece model: {}", path.string(), status.ToString());
     // LlamaTokenizer's defaults: BOS added.
+    set_bos(sp_.bos_id(), sp_.bos_id() >= 0);
+  }
+  SentencePieceTokenizer(const std::string& proto, const std::string& where) {
+    const auto status = sp_.LoadFromSerializedProto(proto);
+    if (!status.ok()) fail("{}: the vocabulary does not make a sentencepiece model: {}", where, status.ToString());
     set_bos(sp_.bos_id(), sp_.bos_id() >= 0);
   }
   std::vector<std::int32_t> encode(std::string_view text) const override {
@@ -55,6 +61,22 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const fs::path& path) {
   return std::make_unique<SentencePieceTokenizer>(path);
 }
 
+std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& proto, const std::string& where) {
+  return std::make_unique<SentencePieceTokenizer>(proto, where);
+}
+
+const std::vector<std::pair<std::string, std::string>>& known_pre_regexes() {
+  // The Split regexes of the byte-level tokenizer.json families llama.cpp names (its
+  // tokenizer.ggml.pre), as their tokenizer.json files spell them.
+  static const std::vector<std::pair<std::string, std::string>> k = {
+      {"llama-bpe",
+       "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+      {"qwen2",
+       "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+  };
+  return k;
+}
+
 std::unique_ptr<Tokenizer> Tokenizer::load_file(const fs::path& path) {
   if (!fs::exists(path)) fail("{}: tokenizer file not found", path.string());
   if (path.extension() == ".json") return load_tokenizer_json(path);
@@ -62,6 +84,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load_file(const fs::path& path) {
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::load(const fs::path& dir) {
+  if (gguf::is_gguf_file(dir)) return load_gguf_tokenizer(dir);
   std::unique_ptr<Tokenizer> tok;
   if (fs::exists(dir / "tokenizer.json")) {
     tok = load_tokenizer_json(dir / "tokenizer.json");

@@ -124,6 +124,7 @@ struct NormStep {
 class BpeTokenizer : public Tokenizer {
  public:
   explicit BpeTokenizer(const fs::path& path);
+  BpeTokenizer(const json& j, std::string where);
   std::vector<std::int32_t> encode(std::string_view text) const override;
   std::int64_t vocab_size() const override { return static_cast<std::int64_t>(n_ids_); }
   std::string kind() const override { return byte_level_ ? "bpe-bytelevel" : "bpe-metaspace"; }
@@ -155,9 +156,11 @@ class BpeTokenizer : public Tokenizer {
   mutable std::unordered_map<std::string, std::vector<std::int32_t>> cache_;
 };
 
-BpeTokenizer::BpeTokenizer(const fs::path& path) : where_(path.string()) {
-  // As Hugging Face tokenizers reads it: a duplicate vocab key keeps the last (serde map).
-  const json j = read_json_file(path, JsonLimits{.reject_duplicate_keys = false});
+BpeTokenizer::BpeTokenizer(const fs::path& path)
+    // As Hugging Face tokenizers reads it: a duplicate vocab key keeps the last (serde map).
+    : BpeTokenizer(read_json_file(path, JsonLimits{.reject_duplicate_keys = false}), path.string()) {}
+
+BpeTokenizer::BpeTokenizer(const json& j, std::string where) : where_(std::move(where)) {
   try {
     parse(j);
   } catch (const json::exception& e) {
@@ -542,6 +545,10 @@ std::vector<std::int32_t> BpeTokenizer::encode(std::string_view text) const {
 
 std::unique_ptr<Tokenizer> load_tokenizer_json(const fs::path& path) {
   return std::make_unique<BpeTokenizer>(path);
+}
+
+std::unique_ptr<Tokenizer> tokenizer_from_json(const json& j, const std::string& where) {
+  return std::make_unique<BpeTokenizer>(j, where);
 }
 
 }  // namespace quant

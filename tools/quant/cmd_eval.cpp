@@ -21,6 +21,12 @@
 namespace quant::cli {
 namespace {
 
+// The checkpoint's first file (a GGUF: the file itself).
+std::string model_sha256(const Model& model) {
+  const auto& files = model.store().files();
+  return sha256_file(files.empty() ? model.store().source() : files.front().path());
+}
+
 // Tokenizes as much of `text` as `needed` tokens take (all of it when 0): with --max-windows a
 // 50 MB text is not tokenized whole. Prefixes end at a line break, and hold 64 tokens more than
 // needed, so the tokens used are those of the whole text.
@@ -61,17 +67,15 @@ void run_eval(const EvalCliOptions& o) {
   if (!o.junit.empty()) {  // before any work: never an input, never a foreign file
     check_output(o.junit, OutputKind::file, OutputPolicy{o.force, false, {o.model, o.base, o.text, o.tokens, o.tokenizer}});
   }
-  const Model model = formats::open_model(o.model);
+  const Model model = formats::open_model(o.model, true);
   std::optional<Model> base;
-  if (!o.base.empty()) base.emplace(formats::open_model(o.base));
+  if (!o.base.empty()) base.emplace(formats::open_model(o.base, true));
 
   // Memory: the layers held as float32 (model and base) and a window's logits.
   std::uint64_t estimate = 0;
   for (const Model* m : std::initializer_list<const Model*>{&model, base ? &*base : nullptr}) {
     if (!m) continue;
-    for (const auto& f : m->store().files()) {
-      for (const auto& t : f.tensors()) estimate += t.nbytes / dtype_size(t.dtype) * 4;
-    }
+    for (const auto& name : m->store().names()) estimate += static_cast<std::uint64_t>(m->store().get(name).numel()) * 4;
   }
   check_memory_estimate(estimate, "evaluating " + o.model + (base ? " against " + o.base : std::string()), !o.no_memory_check);
 
@@ -124,7 +128,7 @@ void run_eval(const EvalCliOptions& o) {
   if (!o.save_logits.empty()) {
     BaseLogits b;
     b.k = opt.save_topk;
-    b.header = {{"model", o.model}, {"model_sha256", sha256_file(model.store().files().front().path())}, {"input_sha256", input_hash},
+    b.header = {{"model", o.model}, {"model_sha256", model_sha256(model)}, {"input_sha256", input_hash},
                 {"protocol", protocol_name(opt.protocol)}, {"ctx", r.ctx}, {"windows", r.windows}, {"vocab_size", model.config().vocab_size}};
     b.positions = r.topk;
     b.save(o.save_logits, OutputPolicy{o.force, false, {o.model, o.text, o.tokens, o.tokenizer}});
@@ -142,7 +146,7 @@ void run_eval(const EvalCliOptions& o) {
   j["ppl_stderr"] = r.ppl_stderr;
   j["nll"] = r.nll;
   j["input_sha256"] = input_hash;
-  j["model_sha256"] = sha256_file(model.store().files().front().path());
+  j["model_sha256"] = model_sha256(model);
   j["seconds"] = r.seconds;
   j["tokens_per_s"] = r.tokens_per_second;
   if (r.has_base) {

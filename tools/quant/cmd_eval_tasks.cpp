@@ -74,9 +74,9 @@ void run_task_eval(const EvalCliOptions& o) {
   const std::string text = read_text_file(file, true);
   std::vector<ChoiceText> raw = kind == "hellaswag" ? parse_hellaswag(text, file) : parse_mc_jsonl(text, file);
   if (o.max_tasks > 0 && static_cast<std::size_t>(o.max_tasks) < raw.size()) raw.resize(static_cast<std::size_t>(o.max_tasks));
-  const Model model = formats::open_model(o.model);
+  const Model model = formats::open_model(o.model, true);
   std::optional<Model> base;
-  if (!o.base.empty()) base.emplace(formats::open_model(o.base));
+  if (!o.base.empty()) base.emplace(formats::open_model(o.base, true));
   const std::unique_ptr<Tokenizer> tok = o.tokenizer.empty() ? Tokenizer::load(o.model) : Tokenizer::load_file(o.tokenizer);
   const std::vector<ChoiceTask> tasks = tokenize_tasks(raw, *tok, -1);  // lm-eval: no BOS
   log::info("{}: {} tasks from {} ({})", kind, tasks.size(), file, tok->kind());

@@ -118,6 +118,8 @@ std::string unsupported_reason(Format format, std::int64_t out, std::int64_t in,
 // compute) from the model's checkpoint, by the codec its quantization_config names.
 Mat decode_packed_linear(const Model& model, const LinearDesc& linear);
 // Model::open with the packed-format reader attached, so packed checkpoints load as float.
-Model open_model(const fs::path& dir);
+// A GGUF file (open_gguf_model) only where `allow_gguf`; elsewhere it is refused with a message
+// naming the commands that read GGUF.
+Model open_model(const fs::path& dir, bool allow_gguf = false);
 
 }  // namespace quant::formats

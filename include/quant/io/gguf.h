@@ -92,6 +92,9 @@ class Writer {
   std::uint64_t alignment_ = 32;
 };
 
+// Whether `path` is a regular file that starts with the GGUF magic.
+bool is_gguf_file(const fs::path& path);
+
 // A GGUF file read and validated as hostile input (sizes, counts, offsets, types, alignment).
 class File {
  public:

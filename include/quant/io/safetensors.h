@@ -96,10 +96,24 @@ class TensorStore {
   const std::vector<SafetensorsFile>& files() const { return files_; }
   const fs::path& source() const { return source_; }
 
+  // A store of computed tensors, e.g. the weights of a GGUF file under their HF names,
+  // dequantized when read: each is F32 to its readers, has no raw bytes (bytes() throws) and
+  // lives in `source` (file_of). The reader writes numel floats.
+  using Reader = std::function<void(float* dst)>;
+  struct Computed {
+    std::string name;
+    std::vector<std::int64_t> shape;
+    Reader read;
+  };
+  static TensorStore computed(const fs::path& source, std::vector<Computed> tensors);
+
  private:
   fs::path source_;
   std::vector<SafetensorsFile> files_;
   std::unordered_map<std::string, std::pair<std::size_t, const TensorInfo*>> where_;
+  // Computed tensors: where_ points into computed_infos_ with file index SIZE_MAX.
+  std::vector<std::unique_ptr<TensorInfo>> computed_infos_;
+  std::unordered_map<std::string, Reader> readers_;
 };
 
 struct WriterOptions {

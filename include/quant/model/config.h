@@ -21,6 +21,9 @@ struct RopeScaling {
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
   std::int64_t original_max_position_embeddings = 8192;
+  // type "freq_factors": a divisor per frequency, as llama.cpp applies a GGUF's
+  // rope_freqs.weight (how convert_hf_to_gguf.py stores Llama 3.1's scaling).
+  std::vector<double> freq_factors;
 };
 
 struct ModelConfig {

@@ -99,6 +99,10 @@ class Model {
   // right shape (quantized linears are checked by their format when loaded). Packed linears
   // load through `packed_reader` (formats::open_model passes the codecs' reader).
   static Model open(const fs::path& dir, PackedLinearReader packed_reader = nullptr);
+  // The same validation over a config and tensors from elsewhere (a GGUF file read as an HF
+  // checkpoint: formats::open_gguf_model); `config_source` names the config in errors.
+  static Model from_store(const fs::path& dir, ModelConfig config, TensorStore store, PackedLinearReader packed_reader,
+                          const fs::path& config_source);
 
   const fs::path& dir() const { return dir_; }
   const ModelConfig& config() const { return config_; }

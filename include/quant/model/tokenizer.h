@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <utility>
+
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -44,6 +47,17 @@ class Tokenizer {
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const fs::path& path);
 std::unique_ptr<Tokenizer> load_tokenizer_json(const fs::path& path);
+// A sentencepiece ModelProto in its serialized (protobuf) form; `where` names it in errors.
+std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& proto, const std::string& where);
+// A tokenizer.json document already parsed.
+std::unique_ptr<Tokenizer> tokenizer_from_json(const nlohmann::json& j, const std::string& where);
+// The tokenizer stored in a GGUF file (tokenizer.ggml.*): "llama" vocabularies as a
+// sentencepiece BPE model, "gpt2" ones as a byte-level BPE tokenizer.json with the
+// pre-tokenizer its tokenizer.ggml.pre names; BOS from bos_token_id / add_bos_token.
+std::unique_ptr<Tokenizer> load_gguf_tokenizer(const fs::path& path);
+
+// llama.cpp's tokenizer.ggml.pre names with the Split regex of their tokenizer.json.
+const std::vector<std::pair<std::string, std::string>>& known_pre_regexes();
 
 // Reads pre-tokenized input: token ids separated by whitespace or commas (a JSON array works).
 std::vector<std::int32_t> read_token_ids(const fs::path& path);
