@@ -14,6 +14,7 @@
 #include "quant/core/error.h"
 #include "quant/pipeline/eval.h"
 #include "quant/io/hash.h"
+#include "quant/pipeline/eval_presets.h"
 #include "quant/io/io.h"
 #include "quant/core/log.h"
 #include "quant/model/tokenizer.h"
@@ -91,14 +92,28 @@ void run_eval(const EvalCliOptions& o) {
   if (!o.tokenizer.empty()) tok = Tokenizer::load_file(o.tokenizer);
   std::vector<std::int32_t> ids;
   std::string input_hash;
+  const EvalPreset preset = o.preset.empty() ? EvalPreset::none : parse_eval_preset(o.preset);
+  if (preset != EvalPreset::none) {
+    if (o.text.empty()) fail<UsageError>("--preset {} builds its text from --text FILE (docs/cli.md names the file each preset reads)", o.preset);
+    if (opt.protocol != EvalProtocol::gptq) fail<UsageError>("--preset {} is the GPTQ papers' protocol; it cannot be combined with --protocol {}", o.preset, o.protocol);
+    if (o.limit_bytes > 0) fail<UsageError>("--limit-bytes cannot be combined with --preset (use --max-windows)");
+  }
   if (!o.text.empty()) {
     std::string text = read_text_file(o.text, true);
     if (o.limit_bytes > 0 && static_cast<std::size_t>(o.limit_bytes) < text.size()) text.resize(static_cast<std::size_t>(o.limit_bytes));
     if (text.empty()) fail("{}: the evaluation text is empty", o.text);
     input_hash = sha256_hex(text);
     if (!tok) tok = Tokenizer::load(o.model);
-    ids = encode_needed(*tok, text, o.max_windows > 0 ? o.max_windows * eval_window(model.config(), opt) : 0);
-    log::info("tokenized {} bytes into {} tokens ({})", text.size(), ids.size(), tok->kind());
+    const std::int64_t ctx = eval_window(model.config(), opt);
+    if (preset == EvalPreset::c4 || preset == EvalPreset::c4_new) {
+      const std::vector<std::string> docs = read_jsonl_texts(text, o.text);
+      ids = preset == EvalPreset::c4 ? c4_windows(docs, *tok, ctx) : c4_new_tokens(docs, *tok, ctx);
+    } else {
+      if (preset != EvalPreset::none) text = preset_text(preset, text);
+      ids = encode_needed(*tok, text, o.max_windows > 0 ? o.max_windows * ctx : 0);
+    }
+    log::info("tokenized {} bytes into {} tokens ({}{})", text.size(), ids.size(), tok->kind(),
+              preset == EvalPreset::none ? "" : ", preset " + o.preset);
   } else {
     ids = read_token_ids(o.tokens);
     input_hash = sha256_file(o.tokens);
@@ -139,6 +154,7 @@ void run_eval(const EvalCliOptions& o) {
   j["schema"] = "quant.eval/1";
   j["model"] = o.model;
   j["protocol"] = protocol_name(opt.protocol);
+  if (preset != EvalPreset::none) j["preset"] = o.preset;
   j["ctx"] = r.ctx;
   j["windows"] = r.windows;
   j["tokens"] = r.tokens_scored;
@@ -238,6 +254,7 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--tokens", o->tokens, "pre-tokenized input: token ids separated by whitespace or commas");
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer file to use instead of the model's (tokenizer.json or tokenizer.model)");
   cmd->add_option("--ctx", o->ctx, "window length in tokens (default: min(2048, model context); llamacpp: 512)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--preset", o->preset, "build the text from --text FILE as the papers' code does: wikitext2 (wiki.test.raw), ptb (ptb.test.txt), c4 or c4-new (C4 validation JSONL)");
   cmd->add_option("--protocol", o->protocol, "gptq (GPTQ/AWQ papers) or llamacpp (llama-perplexity)");
   cmd->add_option("--base", o->base, "base model: also report KL divergence and top-1 agreement against it");
   cmd->add_option("--max-windows", o->max_windows, "evaluate at most this many windows")->check(CLI::PositiveNumber);

@@ -18,6 +18,7 @@ struct EvalCliOptions {
   std::string tokenizer;
   std::string base;
   std::string protocol = "gptq";
+  std::string preset;  // --preset wikitext2|ptb|c4|c4-new: build --text as the papers' code does
   std::int64_t ctx = 0;
   std::int64_t max_windows = 0;
   std::int64_t limit_bytes = 0;
