@@ -1,6 +1,7 @@
 #include "quant/formats/gguf_import.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -188,6 +189,19 @@ Model open_gguf_model(const fs::path& path) {
       if (!(x > 0 && std::isfinite(x))) fail("{}: rope_freqs.weight holds {}, not a positive factor", where, x);
       config.rope_scaling.freq_factors.push_back(x);
     }
+  }
+  // The layer count against the tensors present, before any per-layer state is built (a
+  // block_count edited to 10^9 must not allocate for it).
+  std::int64_t present = 0;
+  for (const auto& t : file->tensors) {
+    if (t.name.rfind("blk.", 0) != 0) continue;
+    std::int64_t n = 0;
+    std::size_t i = 4;
+    for (; i < t.name.size() && std::isdigit(static_cast<unsigned char>(t.name[i])) && n < (std::int64_t{1} << 40); ++i) n = n * 10 + (t.name[i] - '0');
+    if (i > 4) present = std::max(present, n + 1);
+  }
+  if (present != config.n_layers) {
+    fail("{}: {}.block_count is {}, but the file holds tensors for {} blocks", where, arch, config.n_layers, present);
   }
   const ModelLayout layout = build_layout(config);
   const std::map<std::string, Source> sources = tensor_sources(config, layout, arch);

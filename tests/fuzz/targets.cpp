@@ -104,14 +104,28 @@ void tokenizer(const fs::path& scratch, const std::uint8_t* data, std::size_t si
 }
 
 // A GGUF file (header, metadata values and arrays, tensor infos, alignment, offsets), then
-// every tensor dequantized.
+// every tensor dequantized; then the file as `quant eval` reads it: its tokenizer encoding a
+// text, and the model it maps to with every tensor loaded.
 void gguf(const fs::path& scratch, const std::uint8_t* data, std::size_t size) {
   const fs::path path = scratch / "model.gguf";
   write_file(path, data, size);
-  const gguf::File f = gguf::File::open(path);
-  for (const auto& [key, value] : f.metadata) (void)value.to_string();
-  for (const auto& t : f.tensors) {
-    if (t.numel() <= (1 << 20)) (void)gguf::dequantize_tensor(f, t.name);
+  {
+    const gguf::File f = gguf::File::open(path);
+    for (const auto& [key, value] : f.metadata) (void)value.to_string();
+    for (const auto& t : f.tensors) {
+      if (t.numel() <= (1 << 20)) (void)gguf::dequantize_tensor(f, t.name);
+    }
+  }
+  try {
+    const auto tok = Tokenizer::load(path);
+    for (std::int32_t id : tok->encode("Hello world, it's 3.14 caf\xc3\xa9\n\n  x")) {
+      if (id < 0 || id >= tok->vocab_size()) std::abort();
+    }
+  } catch (const quant::InputError&) {
+  }
+  const Model m = formats::open_model(path, true);
+  for (const auto& name : m.store().names()) {
+    if (m.store().get(name).numel() <= (1 << 20)) (void)m.store().read_f32(name);
   }
 }
 

@@ -162,6 +162,19 @@ TEST(GgufInputCli, UnsupportedArchitectureAndMissingTensorNamed) {
   const auto f = run_quant("eval " + (dir / "falcon.gguf").string() + " --text " + (dir / "m" / "config.json").string());
   EXPECT_NE(f.rc, 0);
   EXPECT_NE(f.err.find("architecture 'falcon' is not supported"), std::string::npos) << f.err;
+  // A block count that lies is refused before anything is built for it.
+  {
+    gguf::Writer w;
+    for (const auto& [k, v] : src.metadata) w.set(k, k == "llama.block_count" ? gguf::Value::u32(1000000000) : v);
+    for (const auto& t : src.tensors) w.add_tensor(t.name, std::vector<std::int64_t>(t.ne.rbegin(), t.ne.rend()), t.type);
+    w.write(dir / "lie.gguf", [&](std::size_t i) {
+      const std::uint8_t* p = src.data(src.tensors[i]);
+      return std::vector<std::uint8_t>(p, p + src.tensors[i].bytes);
+    });
+    const auto l = run_quant("eval " + (dir / "lie.gguf").string() + " --text " + (dir / "m" / "config.json").string());
+    EXPECT_NE(l.rc, 0);
+    EXPECT_NE(l.err.find("block_count is 1000000000, but the file holds tensors for 2 blocks"), std::string::npos) << l.err;
+  }
   rewrite(dir / "hole.gguf", "llama", "blk.1.ffn_down.weight");
   const auto m = run_quant("eval " + (dir / "hole.gguf").string() + " --text " + (dir / "m" / "config.json").string());
   EXPECT_NE(m.rc, 0);
