@@ -521,6 +521,11 @@ void quantize_row(GgmlType type, const float* x, std::int64_t n, const float* im
     switch (type) {
       case GgmlType::F32: std::memcpy(p, xb, 4); break;
       case GgmlType::F16: put_f16(p, xb[0]); break;
+      case GgmlType::BF16: {  // ggml_compute_fp32_to_bf16: round to nearest even
+        const std::uint16_t h = f32_to_bf16(xb[0]);
+        std::memcpy(p, &h, 2);
+        break;
+      }
       case GgmlType::Q8_0: {
         float amax = 0;
         for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xb[j]));
@@ -573,6 +578,12 @@ void dequantize_row(GgmlType type, const std::uint8_t* in, std::int64_t n, float
     switch (type) {
       case GgmlType::F32: std::memcpy(yb, p, 4); break;
       case GgmlType::F16: yb[0] = get_f16(p); break;
+      case GgmlType::BF16: {
+        std::uint16_t h;
+        std::memcpy(&h, p, 2);
+        yb[0] = bf16_to_f32(h);
+        break;
+      }
       case GgmlType::Q8_0: {
         const float d = get_f16(p);
         for (int j = 0; j < QK; ++j) yb[j] = d * static_cast<float>(static_cast<std::int8_t>(p[2 + j]));

@@ -6,6 +6,7 @@
 #include <deque>
 #include <cstring>
 #include <functional>
+#include <regex>
 
 #include "quant/core/error.h"
 #include "quant/io/io.h"
@@ -23,9 +24,24 @@ const FileType kFileTypes[] = {
     {"q4_1", 3, GgmlType::Q4_1}, {"q8_0", 7, GgmlType::Q8_0}, {"q5_0", 8, GgmlType::Q5_0},
     {"q5_1", 9, GgmlType::Q5_1}, {"q4_k_s", 14, GgmlType::Q4_K}, {"q4_k_m", 15, GgmlType::Q4_K},
     {"q5_k_s", 16, GgmlType::Q5_K}, {"q5_k_m", 17, GgmlType::Q5_K}, {"q6_k", 18, GgmlType::Q6_K},
+    {"bf16", 32, GgmlType::BF16},
 };
 
-bool is_quantized(GgmlType t) { return t != GgmlType::F32 && t != GgmlType::F16; }
+bool is_quantized(GgmlType t) { return t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16; }
+
+// llama_tensor_get_type's fallback for rows that are not whole blocks: Q4_K → Q5_0,
+// Q5_K → Q5_1, Q6_K → Q8_0, then F16 when the fallback does not fit either (llama.cpp refuses
+// a legacy type there; quant keeps F16 and says so).
+GgmlType fallback_type(GgmlType t, std::int64_t row) {
+  if (row % type_info(t).block == 0) return t;
+  const GgmlType wanted = t;
+  if (t == GgmlType::Q4_K) t = GgmlType::Q5_0;
+  else if (t == GgmlType::Q5_K) t = GgmlType::Q5_1;
+  else if (t == GgmlType::Q6_K) t = GgmlType::Q8_0;
+  if (row % type_info(t).block != 0) t = GgmlType::F16;
+  log::debug("rows of {} are not whole {} blocks: {} instead", row, type_info(wanted).name, type_info(t).name);
+  return t;
+}
 
 // What a tensor is, for llama.cpp's per-tensor type rules.
 enum class Role { token_embd, output, attn_v, ffn_down, other };
@@ -39,18 +55,17 @@ struct Placement {
 bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
 
 // llama.cpp's llama_tensor_get_type for these file types (llama architecture, no experts): the
-// output matrix (or token_embd when tied) goes to Q6_K, or Q8_0 when its rows are not whole
-// 256-blocks; the _M mixes give attn_v and ffn_down Q6_K on use_more_bits layers; Q4_K_S gives
-// the first four attn_v and the first eighth of ffn_down Q5_K; Q4_0/Q5_0 with an imatrix keep
-// the first eighth of ffn_down in Q4_1/Q5_1. Rows that are not whole blocks fall back
-// (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), and to F16 when the fallback does not fit either
-// (llama.cpp refuses legacy types there; quant keeps F16 and says so).
-GgmlType tensor_type(const FileType& ft, const Placement& p, std::int64_t row, bool imatrix) {
+// output matrix (or token_embd when tied) goes to --output-tensor-type when given, else Q6_K, or
+// Q8_0 when its rows are not whole 256-blocks; the _M mixes give attn_v and ffn_down Q6_K on
+// use_more_bits layers; Q4_K_S gives the first four attn_v and the first eighth of ffn_down Q5_K;
+// Q4_0/Q5_0 with an imatrix keep the first eighth of ffn_down in Q4_1/Q5_1; then the fallbacks.
+GgmlType tensor_type(const FileType& ft, const Placement& p, std::int64_t row, bool imatrix, std::optional<GgmlType> output_type) {
   GgmlType t = ft.base;
   const std::string& n = ft.name;
   if (!is_quantized(t)) return t;
   if (p.role == Role::output) {
-    t = row % 256 != 0 ? GgmlType::Q8_0 : (t == GgmlType::Q8_0 ? t : GgmlType::Q6_K);
+    if (output_type) t = *output_type;
+    else t = row % 256 != 0 ? GgmlType::Q8_0 : (t == GgmlType::Q8_0 ? t : GgmlType::Q6_K);
   } else if (p.role == Role::attn_v) {
     if ((n == "q4_k_m" || n == "q5_k_m") && use_more_bits(p.layer, p.n_layers)) t = GgmlType::Q6_K;
     else if (n == "q4_k_s" && p.layer < 4) t = GgmlType::Q5_K;
@@ -59,16 +74,45 @@ GgmlType tensor_type(const FileType& ft, const Placement& p, std::int64_t row, b
     else if (n == "q4_k_s" && p.layer < p.n_layers / 8) t = GgmlType::Q5_K;
     else if ((n == "q4_0" || n == "q5_0") && imatrix && p.layer < p.n_layers / 8) t = n == "q4_0" ? GgmlType::Q4_1 : GgmlType::Q5_1;
   }
-  if (row % type_info(t).block != 0) {
-    const GgmlType wanted = t;
-    if (t == GgmlType::Q4_K) t = GgmlType::Q5_0;
-    else if (t == GgmlType::Q5_K) t = GgmlType::Q5_1;
-    else if (t == GgmlType::Q6_K) t = GgmlType::Q8_0;
-    if (row % type_info(t).block != 0) t = GgmlType::F16;
-    log::debug("rows of {} are not whole {} blocks: {} instead", row, type_info(wanted).name, type_info(t).name);
-  }
-  return t;
+  return fallback_type(t, row);
 }
+
+// The type of one tensor with the user's overrides, in llama-quantize's order
+// (llama-quant.cpp llama_model_quantize_impl / llama_tensor_get_type, c392e50, and the
+// --tensor-type patterns of its later versions): output.weight kept as is with
+// --leave-output-tensor; for a quantized target the first --tensor-type pattern found in the name
+// (std::regex_search), else the mixture rules unless --pure, with the row fallbacks; then
+// --token-embedding-type and --output-tensor-type by name. An explicit type whose blocks do not
+// divide the rows is refused (llama-quantize would abort).
+struct TypeChooser {
+  const ExportOptions& o;
+  std::vector<std::pair<std::regex, GgmlType>> patterns;
+  GgmlType source;  // the checkpoint's dtype, for --leave-output-tensor
+  bool imatrix;
+
+  GgmlType operator()(const std::string& name, const Placement& p, std::int64_t row) const {
+    if (o.leave_output && name == "output.weight") return source;
+    GgmlType t = o.type.base;
+    if (is_quantized(t)) {
+      bool manual = false;
+      for (const auto& [re, type] : patterns) {
+        if (std::regex_search(name, re)) {
+          t = fallback_type(type, row);
+          manual = true;
+          break;
+        }
+      }
+      if (!manual && !o.pure) t = tensor_type(o.type, p, row, imatrix, o.output_tensor_type);
+    }
+    if (o.token_embedding_type && name == "token_embd.weight") t = *o.token_embedding_type;
+    if (o.output_tensor_type && name == "output.weight") t = *o.output_tensor_type;
+    if (row % type_info(t).block != 0) {
+      fail<UsageError>("tensor '{}': rows of {} are not whole {} blocks of {} (llama.cpp cannot store it so); choose another type for it",
+                       name, row, type_info(t).name, type_info(t).block);
+    }
+    return t;
+  }
+};
 
 }  // namespace
 
@@ -152,7 +196,7 @@ QuantSpec awq_spec_for(const FileType& type) {
   QuantSpec s;
   s.group_size = 32;
   switch (type.base) {
-    case GgmlType::F32: case GgmlType::F16:
+    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16:
       fail<UsageError>("--from-awq needs a quantized GGUF type, not {}", type.name);
     case GgmlType::Q4_0: s.bits = 4; s.sym = true; break;
     case GgmlType::Q4_1: case GgmlType::Q4_K: s.bits = 4; break;
@@ -332,7 +376,6 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   const auto start = std::chrono::steady_clock::now();
   const ModelConfig& c = model.config();
   check_exportable(model);
-  StagedFile staged(out, o.output);  // checked against the inputs, locked
   Writer w;
   set_metadata(model, o, w);
 
@@ -378,7 +421,16 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   const auto& L = model.layout();
   std::deque<LinearDesc> fused_descs;  // Phi-3's stored tensors as linears (stable addresses for the loaders)
   const std::int64_t H = c.hidden_size;
-  const bool imatrix = !o.importance.empty();
+  const bool imatrix = !o.importance.empty() || o.importance_planned;
+  const std::string& dt = c.torch_dtype;
+  TypeChooser choose{o, {}, dt == "float32" ? GgmlType::F32 : dt == "bfloat16" ? GgmlType::BF16 : GgmlType::F16, imatrix};
+  for (const auto& [re, type] : o.tensor_types) {
+    try {
+      choose.patterns.emplace_back(std::regex(re), type);
+    } catch (const std::regex_error& e) {
+      fail<UsageError>("--tensor-type '{}': not a regular expression: {}", re, e.what());
+    }
+  }
   const int n_layers = static_cast<int>(c.n_layers);
   if (c.rope_scaling.type == "llama3") {
     add("rope_freqs.weight", {c.head_dim / 2}, GgmlType::F32, [&c] {
@@ -387,7 +439,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     });
   }
   const Placement embed_place{L.tied ? Role::output : Role::token_embd, 0, n_layers};
-  add("token_embd.weight", {c.vocab_size, H}, tensor_type(o.type, embed_place, H, imatrix), [&model, &L] {
+  add("token_embd.weight", {c.vocab_size, H}, choose("token_embd.weight", embed_place, H), [&model, &L] {
     return load_matrix(model, L.embed);
   }, L.embed);
   for (const auto& layer : L.layers) {
@@ -401,7 +453,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
       const bool permute = gguf_arch(c) == "llama";
       const std::int64_t heads = !permute ? 0 : k == LinearKind::q ? c.n_heads : k == LinearKind::k ? c.n_kv_heads : 0;
       const Role role = k == LinearKind::v ? Role::attn_v : k == LinearKind::down ? Role::ffn_down : Role::other;
-      add(gguf_linear_name(l), {l.out, l.in}, tensor_type(o.type, {role, layer.index, n_layers}, l.in, imatrix), mat(l, heads),
+      add(gguf_linear_name(l), {l.out, l.in}, choose(gguf_linear_name(l), {role, layer.index, n_layers}, l.in), mat(l, heads),
           l.weight_name(), heads);
       if (l.bias) {
         add(fmt::format("blk.{}.{}.bias", layer.index, k == LinearKind::q ? "attn_q" : k == LinearKind::k ? "attn_k" : "attn_v"), {l.out},
@@ -419,13 +471,19 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     }
   }
   add("output_norm.weight", {H}, GgmlType::F32, norm(L.final_norm));
-  if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, tensor_type(o.type, {Role::output, 0, n_layers}, H, imatrix), mat(L.lm_head, 0),
+  if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, choose("output.weight", {Role::output, 0, n_layers}, H), mat(L.lm_head, 0),
                     L.lm_head.weight_name());
   // llama.cpp's phi3 requires output.weight (load_tensors, flag 0): a tied head is written out.
-  else if (c.model_type == "phi3") add("output.weight", {c.vocab_size, H}, tensor_type(o.type, {Role::output, 0, n_layers}, H, imatrix), [&model, &L] {
+  else if (c.model_type == "phi3") add("output.weight", {c.vocab_size, H}, choose("output.weight", {Role::output, 0, n_layers}, H), [&model, &L] {
     return load_matrix(model, L.embed);
   });
 
+  rep.tensors = w.tensors();
+  if (o.dry_run) {
+    rep.bytes = w.file_size();
+    return rep;
+  }
+  StagedFile staged(out, o.output);  // checked against the inputs, locked
   w.write_to(staged.file(), [&](std::size_t i) {
     check_interrupted();
     const TensorInfo& t = w.tensors()[i];

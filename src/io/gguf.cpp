@@ -15,7 +15,9 @@ constexpr std::uint32_t kVersion = 3;
 const TypeInfo kTypes[] = {
     {"F32", 1, 4}, {"F16", 1, 2}, {"Q4_0", 32, 18}, {"Q4_1", 32, 20}, {nullptr, 0, 0}, {nullptr, 0, 0},
     {"Q5_0", 32, 22}, {"Q5_1", 32, 24}, {"Q8_0", 32, 34}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0},
-    {"Q4_K", 256, 144}, {"Q5_K", 256, 176}, {"Q6_K", 256, 210},
+    {"Q4_K", 256, 144}, {"Q5_K", 256, 176}, {"Q6_K", 256, 210}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0},
+    {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0},
+    {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {"BF16", 1, 2},
 };
 
 std::size_t scalar_size(ValueType t) {
@@ -212,6 +214,11 @@ void Writer::add_tensor(const std::string& name, const std::vector<std::int64_t>
   t.bytes = data_bytes(type, t.numel());
   t.offset = tensors_.empty() ? 0 : align_up(tensors_.back().offset + tensors_.back().bytes, alignment_);
   tensors_.push_back(std::move(t));
+}
+
+std::uint64_t Writer::file_size() const {
+  const std::uint64_t data = tensors_.empty() ? 0 : tensors_.back().offset + tensors_.back().bytes;
+  return align_up(header().size(), alignment_) + data;
 }
 
 std::vector<std::uint8_t> Writer::header() const {

@@ -14,10 +14,38 @@
 
 namespace quant::cli {
 
+namespace {
+
+// --dry-run: each tensor's type, shape and size (llama-quantize's log lines), then the file size.
+void print_gguf_plan(const gguf::ExportReport& r, const fs::path& out, const std::string& type, bool json) {
+  if (json) {
+    nlohmann::ordered_json j;
+    j["output"] = out.string();
+    j["type"] = type;
+    j["bytes"] = r.bytes;
+    j["tensors"] = nlohmann::json::array();
+    for (const auto& t : r.tensors) {
+      j["tensors"].push_back({{"name", t.name}, {"type", gguf::type_info(t.type).name}, {"shape", std::vector<std::int64_t>(t.ne.rbegin(), t.ne.rend())},
+                              {"bytes", t.bytes}});
+    }
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  for (const auto& t : r.tensors) {
+    std::cout << fmt::format("{:<32} {:<5} [{}] {} bytes\n", t.name, gguf::type_info(t.type).name,
+                             fmt::join(std::vector<std::int64_t>(t.ne.rbegin(), t.ne.rend()), ", "), t.bytes);
+  }
+  std::cout << fmt::format("{} ({}): {} tensors, {} bytes ({:.2f} MiB); nothing written\n", out.string(), type, r.tensors.size(), r.bytes,
+                           static_cast<double>(r.bytes) / (1 << 20));
+}
+
+}  // namespace
+
 void register_gguf(CLI::App& app) {
   struct Options {
-    std::string model, out, type = "q8_0", dense_out, imatrix;
-    bool force = false, replace_foreign = false, json = false, from_awq = false;
+    std::string model, out, type = "q8_0", dense_out, imatrix, output_tensor_type, token_embedding_type;
+    std::vector<std::string> tensor_types;
+    bool force = false, replace_foreign = false, json = false, from_awq = false, pure = false, leave_output = false, dry_run = false;
   };
   auto o = std::make_shared<Options>();
   auto c = std::make_shared<CalibCliOptions>();
@@ -30,6 +58,12 @@ void register_gguf(CLI::App& app) {
   cmd->add_option("--dense-out", o->dense_out, "also write the GGUF's weights, dequantized, as a dense HF checkpoint (for quant eval)");
   cmd->add_option("--imatrix", o->imatrix, "importance from a llama.cpp imatrix file (llama-imatrix's GGUF output) instead of --calib");
   cmd->add_flag("--from-awq", o->from_awq, "search AWQ scales and clipping for the type's bit width on the calibration text and apply them first");
+  cmd->add_option("--tensor-type", o->tensor_types, "REGEX=TYPE: tensors whose llama.cpp name contains a match get TYPE (repeatable; the first match wins)");
+  cmd->add_option("--output-tensor-type", o->output_tensor_type, "type of output.weight (and of token_embd when tied)");
+  cmd->add_option("--token-embedding-type", o->token_embedding_type, "type of token_embd.weight");
+  cmd->add_flag("--pure", o->pure, "no k-quant mixture rules: every quantized tensor gets the type's base type");
+  cmd->add_flag("--leave-output-tensor", o->leave_output, "keep output.weight in the checkpoint's dtype (f32, f16 or bf16)");
+  cmd->add_flag("--dry-run", o->dry_run, "print every tensor's type and the file size; write nothing");
   cmd->add_flag("--json", o->json, "print the summary as JSON on stdout");
   add_calib_options(cmd, *c, 512);
   c->bos_first = true;
@@ -39,6 +73,21 @@ void register_gguf(CLI::App& app) {
     gguf::ExportOptions e;
     e.type = gguf::parse_file_type(o->type);
     e.dense_out = o->dense_out;
+    auto tensor_type = [](const std::string& name, const std::string& flag) {
+      const auto t = gguf::parse_type(name);
+      if (!t) fail<UsageError>("{} '{}': unknown type (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)", flag, name);
+      return *t;
+    };
+    for (const auto& spec : o->tensor_types) {
+      const auto eq = spec.rfind('=');
+      if (eq == std::string::npos || eq == 0) fail<UsageError>("--tensor-type '{}': expected REGEX=TYPE", spec);
+      e.tensor_types.emplace_back(spec.substr(0, eq), tensor_type(spec.substr(eq + 1), "--tensor-type"));
+    }
+    if (!o->output_tensor_type.empty()) e.output_tensor_type = tensor_type(o->output_tensor_type, "--output-tensor-type");
+    if (!o->token_embedding_type.empty()) e.token_embedding_type = tensor_type(o->token_embedding_type, "--token-embedding-type");
+    e.pure = o->pure;
+    e.leave_output = o->leave_output;
+    e.dry_run = o->dry_run;
     fs::path out = o->out;
     if (out.empty()) {
       fs::path m = o->model;
@@ -51,6 +100,14 @@ void register_gguf(CLI::App& app) {
     if (!o->dense_out.empty()) {
       check_output(o->dense_out, OutputKind::directory, e.output);
       check_distinct_outputs({out, o->dense_out}, "quant gguf");
+    }
+    if (o->dry_run) {  // the plan only: no calibration, nothing written
+      if (o->from_awq || !o->dense_out.empty()) fail<UsageError>("--dry-run plans the GGUF only; drop --from-awq/--dense-out");
+      const Model model = formats::open_model(o->model);
+      e.importance_planned = !o->imatrix.empty() || !c->text.empty() || !c->tokens.empty();
+      const gguf::ExportReport r = gguf::export_gguf(model, out, e);
+      print_gguf_plan(r, out, e.type.name, o->json);
+      return;
     }
     const bool to_stdout = out == "-";
     if (to_stdout && o->json) fail<UsageError>("-o - writes the GGUF to stdout; --json would mix with it");

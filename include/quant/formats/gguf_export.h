@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,12 +38,26 @@ struct ExportOptions {
   fs::path dense_out;
   // Called with every HF weight as the GGUF stores it, dequantized and un-permuted ([rows, cols]).
   std::function<void(const std::string& hf_name, const std::vector<float>& values, std::vector<std::int64_t> shape)> dequantized;
+
+  // Per-tensor types as llama-quantize spells them (docs/formats.md "Per-tensor types"):
+  // --tensor-type REGEX=TYPE (the first pattern found in the tensor name wins, then the row
+  // fallbacks), --output-tensor-type, --token-embedding-type, --pure (no mixture rules),
+  // --leave-output-tensor (output.weight in the checkpoint's dtype).
+  std::vector<std::pair<std::string, GgmlType>> tensor_types;
+  std::optional<GgmlType> output_tensor_type, token_embedding_type;
+  bool pure = false;
+  bool leave_output = false;
+  // Plan only: choose every tensor's type and the file size, write nothing. `importance_planned`
+  // says importance would be given (it changes the q4_0/q5_0 mixes) without computing it.
+  bool dry_run = false;
+  bool importance_planned = false;
 };
 
 struct ExportReport {
   fs::path output;
   std::uint64_t bytes = 0;
   std::map<std::string, std::string> tensor_types;  // llama.cpp name → type name
+  std::vector<TensorInfo> tensors;                   // in file order, with types and sizes
   double seconds = 0;
 };
 

@@ -17,7 +17,7 @@ namespace quant::gguf {
 
 // ggml tensor types (the numbering is part of the file format).
 enum class GgmlType : std::uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14,
+  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30,
 };
 struct TypeInfo {
   const char* name;
@@ -75,6 +75,8 @@ class Writer {
   // `shape` in row-major (PyTorch) order, outermost first; stored reversed as ggml ne.
   void add_tensor(const std::string& name, const std::vector<std::int64_t>& shape, GgmlType type);
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  // The size of the file write() would produce: header, padding and tensor data.
+  std::uint64_t file_size() const;
   // produce(i) returns tensor i's bytes (exactly its size).
   void write(const fs::path& path, const std::function<std::vector<std::uint8_t>(std::size_t)>& produce);
   // The same into an open file (a StagedFile's, which renames and syncs it).
