@@ -5,7 +5,8 @@
 # (q/k/v biases, NEOX RoPE), and rebuilt as a 26-layer gemma2 (Gemma norms, soft-capping, sliding
 # window, GELU), and in Phi-3's fused layout (qkv_proj, gate_up_proj, sliding window) —
 # `llama-perplexity` on quant's F32 GGUF must agree with
-# `quant eval --protocol llamacpp` on the HF checkpoint within 0.1 %.
+# `quant eval --protocol llamacpp` on the HF checkpoint within 0.1 %, and so must `quant eval`
+# of the GGUF file itself (GGUF input: config, tokenizer and weights read back from the file).
 # Usage: tests/llamacpp/check_arch.sh [LLAMA_BUILD_DIR [QUANT_BUILD_DIR [MODEL TEXT]]]
 # LLAMA_BUILD_DIR (default $QUANT_LLAMA_CPP_BUILD) is a llama.cpp CMake build with
 # bin/llama-perplexity, built outside the repo. ctest runs this as LlamaCpp.ArchitecturesAgree.
@@ -114,21 +115,22 @@ PY
 }
 
 status=0
-printf '%-8s %12s %16s %9s\n' variant quant llama-perplexity rel.diff
+printf '%-8s %12s %12s %16s %9s %9s\n' variant quant quant-gguf llama-perplexity rel.diff gguf.diff
 for v in base llama3 linear qwen2 gemma2 fused; do
   variant "$v" "$v"
   "$Q" -q gguf "$tmp/$v" -t f32 -o "$tmp/$v.gguf" > /dev/null
   q=$("$Q" -q -t $T eval "$tmp/$v" --text "$tmp/text.txt" --ctx $CTX --protocol llamacpp --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
+  g=$("$Q" -q -t $T eval "$tmp/$v.gguf" --text "$tmp/text.txt" --ctx $CTX --protocol llamacpp --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
   if ! "$LL/bin/llama-perplexity" -m "$tmp/$v.gguf" -f "$tmp/text.txt" -c $CTX -b $CTX -t $T > "$tmp/$v.out" 2> "$tmp/$v.err"; then
     echo "$v: llama-perplexity failed:"; tail -5 "$tmp/$v.err"; status=1; continue
   fi
   l=$(grep -o 'Final estimate: PPL = [0-9.]*' "$tmp/$v.err" | awk '{print $NF}')
-  python3 - "$v" "$q" "$l" <<'PY' || status=1
+  python3 - "$v" "$q" "$l" "$g" <<'PY' || status=1
 import sys
-v, q, l = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-d = abs(q - l) / l
-print(f"{v:<8} {q:12.4f} {l:16.4f} {100*d:8.4f}%")
-sys.exit(0 if d <= 0.001 else 1)
+v, q, l, g = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+d, dg = abs(q - l) / l, abs(g - l) / l
+print(f"{v:<8} {q:12.4f} {g:12.4f} {l:16.4f} {100*d:8.4f}% {100*dg:8.4f}%")
+sys.exit(0 if d <= 0.001 and dg <= 0.001 else 1)
 PY
 done
 exit $status
