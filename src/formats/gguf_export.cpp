@@ -11,6 +11,7 @@
 #include "quant/core/error.h"
 #include "quant/io/io.h"
 #include "quant/formats/ggml_quants.h"
+#include "quant/formats/imatrix.h"
 #include "quant/core/log.h"
 #include "quant/model/weights.h"
 #include "gguf_vocab.h"
@@ -165,31 +166,13 @@ std::vector<float> unpermute_rope_rows(const std::vector<float>& w, std::int64_t
 }
 
 std::map<std::string, std::vector<float>> read_imatrix(const fs::path& path) {
-  const File f = File::open(path);
-  const Value* kind = f.find("general.type");
-  if (!kind || kind->s != "imatrix") fail("{}: not an imatrix file (general.type is not \"imatrix\")", path.string());
-  std::map<std::string, std::vector<float>> imp;
-  const std::string suffix = ".in_sum2";
-  for (const TensorInfo& t : f.tensors) {
-    if (t.name.size() <= suffix.size() || t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
-    const std::string name = t.name.substr(0, t.name.size() - suffix.size());
-    const TensorInfo& c = f.tensor(name + ".counts");
-    if (t.type != GgmlType::F32 || c.type != GgmlType::F32 || t.ne.size() != 1 || c.numel() != 1) {
-      fail("{}: tensor '{}': expected a 1-D F32 in_sum2 and one F32 count (experts are not supported)", path.string(), name);
-    }
-    float count;
-    std::memcpy(&count, f.data(c), 4);
-    if (!(count > 0)) fail("{}: tensor '{}' has count {}", path.string(), name, count);
-    std::vector<float> v(static_cast<std::size_t>(t.numel()));
-    std::memcpy(v.data(), f.data(t), v.size() * 4);
-    for (float& x : v) {
-      if (!std::isfinite(x) || x < 0) fail("{}: tensor '{}' has a negative or non-finite sum of squares", path.string(), name);
-      x /= count;
-    }
-    imp[name] = std::move(v);
+  try {
+    return read_imatrix_file(path).importance();
+  } catch (const InputError& e) {
+    const std::string what = e.what();
+    if (what.rfind(path.string(), 0) == 0) throw;
+    fail("{}: {}", path.string(), what);
   }
-  if (imp.empty()) fail("{}: the imatrix holds no tensors", path.string());
-  return imp;
 }
 
 QuantSpec awq_spec_for(const FileType& type) {

@@ -197,10 +197,10 @@ Mat hessian(const std::vector<Mat>& xs) {
   return H;
 }
 
-std::vector<float> mean_square_inputs(const std::vector<Mat>& xs) {
+std::vector<double> sum_square_inputs(const std::vector<Mat>& xs, std::int64_t& rows) {
   const Eigen::Index in = xs.empty() ? 0 : xs[0].cols();
   std::vector<double> acc(static_cast<std::size_t>(in), 0.0);
-  std::int64_t n = 0;
+  rows = 0;
   for (const Mat& x : xs) {
 #pragma omp parallel for schedule(static)
     for (Eigen::Index j = 0; j < in; ++j) {
@@ -208,8 +208,14 @@ std::vector<float> mean_square_inputs(const std::vector<Mat>& xs) {
       for (Eigen::Index t = 0; t < x.rows(); ++t) s += static_cast<double>(x(t, j)) * x(t, j);
       acc[static_cast<std::size_t>(j)] += s;
     }
-    n += x.rows();
+    rows += x.rows();
   }
+  return acc;
+}
+
+std::vector<float> mean_square_inputs(const std::vector<Mat>& xs) {
+  std::int64_t n = 0;
+  const std::vector<double> acc = sum_square_inputs(xs, n);
   std::vector<float> h(acc.size());
   for (std::size_t j = 0; j < acc.size(); ++j) h[j] = static_cast<float>(acc[j] / static_cast<double>(std::max<std::int64_t>(n, 1)));
   return h;

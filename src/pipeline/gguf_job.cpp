@@ -1,6 +1,7 @@
 // The calibrated steps of a GGUF export: the importance statistic (imatrix) and AWQ's scaling.
 #include "quant/pipeline/gguf_job.h"
 
+#include "quant/core/error.h"
 #include "quant/core/log.h"
 #include "quant/methods/awq.h"
 #include "quant/model/calibration.h"
@@ -10,20 +11,43 @@
 
 namespace quant::gguf {
 
-std::map<std::string, std::vector<float>> collect_importance(const Model& model,
-                                                             const std::vector<std::vector<std::int32_t>>& samples) {
-  std::map<std::string, std::vector<float>> imp;
-  observe_float_model(model, samples, true, [&](const LayerDesc* layer, const LayerWeights*, CapturePoint p, const std::vector<Mat>& xs) {
-    const std::vector<float> h = mean_square_inputs(xs);
-    if (!layer) {
-      imp[model.layout().tied ? "token_embd.weight" : "output.weight"] = h;
+Imatrix compute_imatrix(const Model& model, const std::vector<std::vector<std::int32_t>>& chunks, bool process_output) {
+  Imatrix m;
+  m.chunk_count = static_cast<std::int64_t>(chunks.size());
+  m.chunk_size = chunks.empty() ? 0 : static_cast<std::int64_t>(chunks.front().size());
+  observe_float_model(model, chunks, process_output, [&](const LayerDesc* layer, const LayerWeights*, CapturePoint p, const std::vector<Mat>& xs) {
+    ImatrixEntry e;
+    std::int64_t rows = 0;
+    for (double v : sum_square_inputs(xs, rows)) e.sum2.push_back(static_cast<float>(v));
+    e.count = static_cast<double>(rows);
+    if (!layer) {  // the head's input: llama-imatrix --process-output (a tied head is token_embd.weight)
+      m.entries[model.layout().tied ? "token_embd.weight" : "output.weight"] = e;
       return;
     }
     for (LinearKind k : kAllLinearKinds) {
-      if (capture_point(k) == p) imp[gguf_linear_name(layer->linear(k))] = h;
+      if (capture_point(k) == p) m.entries[gguf_linear_name(layer->linear(k).storage_desc())] = e;
     }
   });
-  return imp;
+  return m;
+}
+
+std::map<std::string, std::vector<float>> collect_importance(const Model& model,
+                                                             const std::vector<std::vector<std::int32_t>>& samples) {
+  return compute_imatrix(model, samples, true).importance();
+}
+
+std::vector<std::vector<std::int32_t>> imatrix_chunks(const std::vector<std::int32_t>& tokens, std::int64_t ctx, std::int64_t max_chunks,
+                                                      std::int32_t bos) {
+  if (ctx < 16) fail<UsageError>("imatrix chunks need at least 16 tokens (llama-imatrix ignores smaller batches), got {}", ctx);
+  std::int64_t n = static_cast<std::int64_t>(tokens.size()) / ctx;
+  if (max_chunks > 0) n = std::min(n, max_chunks);
+  if (n == 0) fail("the calibration text has {} tokens, fewer than one chunk of {}", tokens.size(), ctx);
+  std::vector<std::vector<std::int32_t>> chunks;
+  for (std::int64_t i = 0; i < n; ++i) {
+    chunks.emplace_back(tokens.begin() + i * ctx, tokens.begin() + (i + 1) * ctx);
+    if (bos >= 0) chunks.back()[0] = bos;
+  }
+  return chunks;
 }
 
 void write_awq_scaled(const Model& model, const FileType& type, const fs::path& dir,

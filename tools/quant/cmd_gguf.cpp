@@ -43,7 +43,7 @@ void print_gguf_plan(const gguf::ExportReport& r, const fs::path& out, const std
 
 void register_gguf(CLI::App& app) {
   struct Options {
-    std::string model, out, type = "q8_0", dense_out, imatrix, output_tensor_type, token_embedding_type;
+    std::string model, out, type = "q8_0", dense_out, imatrix, imatrix_out, output_tensor_type, token_embedding_type;
     std::vector<std::string> tensor_types;
     bool force = false, replace_foreign = false, json = false, from_awq = false, pure = false, leave_output = false, dry_run = false;
   };
@@ -57,6 +57,7 @@ void register_gguf(CLI::App& app) {
   cmd->add_flag("--replace-foreign", o->replace_foreign, "with --force: also replace an existing file quant did not write (never an input)");
   cmd->add_option("--dense-out", o->dense_out, "also write the GGUF's weights, dequantized, as a dense HF checkpoint (for quant eval)");
   cmd->add_option("--imatrix", o->imatrix, "importance from a llama.cpp imatrix file (llama-imatrix's GGUF output) instead of --calib");
+  cmd->add_option("--imatrix-out", o->imatrix_out, "also write the importance computed from --calib as an imatrix file (.dat: legacy format, else GGUF)");
   cmd->add_flag("--from-awq", o->from_awq, "search AWQ scales and clipping for the type's bit width on the calibration text and apply them first");
   cmd->add_option("--tensor-type", o->tensor_types, "REGEX=TYPE: tensors whose llama.cpp name contains a match get TYPE (repeatable; the first match wins)");
   cmd->add_option("--output-tensor-type", o->output_tensor_type, "type of output.weight (and of token_embd when tied)");
@@ -101,6 +102,11 @@ void register_gguf(CLI::App& app) {
       check_output(o->dense_out, OutputKind::directory, e.output);
       check_distinct_outputs({out, o->dense_out}, "quant gguf");
     }
+    if (!o->imatrix_out.empty()) {
+      if (c->text.empty() && c->tokens.empty()) fail<UsageError>("--imatrix-out writes the importance computed from --calib; give --calib");
+      check_output(o->imatrix_out, OutputKind::file, e.output);
+      check_distinct_outputs({out, o->imatrix_out}, "quant gguf");
+    }
     if (o->dry_run) {  // the plan only: no calibration, nothing written
       if (o->from_awq || !o->dense_out.empty()) fail<UsageError>("--dry-run plans the GGUF only; drop --from-awq/--dense-out");
       const Model model = formats::open_model(o->model);
@@ -135,7 +141,15 @@ void register_gguf(CLI::App& app) {
     if (!o->imatrix.empty()) {
       if (!c->text.empty() || !c->tokens.empty()) fail<UsageError>("--imatrix and --calib/--calib-tokens are alternatives; give one");
       e.importance = gguf::read_imatrix(o->imatrix);
-    } else if (!c->text.empty() || !c->tokens.empty()) e.importance = gguf::collect_importance(model, load_calib(model, *c));
+    } else if (!c->text.empty() || !c->tokens.empty()) {
+      gguf::Imatrix m = gguf::compute_imatrix(model, load_calib(model, *c), true);
+      if (!o->imatrix_out.empty()) {
+        m.datasets.push_back(c->text.empty() ? c->tokens : c->text);
+        m.write(o->imatrix_out, e.output);
+        log::info("imatrix ({} tensors) → {}", m.entries.size(), o->imatrix_out);
+      }
+      e.importance = m.importance();
+    }
     const gguf::ExportReport r = gguf::export_gguf_job(model, out, e);
     log::info("gguf → {} ({}): {:.1f} MB in {:.1f}s{}", r.output.string(), e.type.name, static_cast<double>(r.bytes) / 1e6, r.seconds,
               e.importance.empty() ? "" : ", importance-weighted");

@@ -23,6 +23,7 @@ void register_gptq(CLI::App& app);
 void register_awq(CLI::App& app);
 void register_kmeans(CLI::App& app);
 void register_gguf(CLI::App& app);
+void register_imatrix(CLI::App& app);
 void register_run(CLI::App& app);
 void register_check(CLI::App& app);
 

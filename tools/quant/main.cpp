@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   cli::register_awq(app);
   cli::register_kmeans(app);
   cli::register_gguf(app);
+  cli::register_imatrix(app);
   cli::register_run(app);
   cli::register_check(app);
   try {

@@ -70,8 +70,8 @@ std::vector<float> permute_rope_rows(const std::vector<float>& w, std::int64_t n
 // The inverse of permute_rope_rows.
 std::vector<float> unpermute_rope_rows(const std::vector<float>& w, std::int64_t n_head, std::int64_t cols);
 
-// A llama.cpp imatrix file (GGUF with general.type "imatrix": `NAME.in_sum2` and `NAME.counts`
-// per tensor, as llama-imatrix writes) as importance: in_sum2 / counts per input column.
+// A llama.cpp imatrix file, GGUF or legacy .dat (formats/imatrix.h), as importance: mean x² per
+// input column, as llama-quantize reads it.
 std::map<std::string, std::vector<float>> read_imatrix(const fs::path& path);
 
 // The AWQ spec matching a GGUF type's base: its bits, groups of 32 (16 for Q6_K), symmetric for

@@ -82,6 +82,8 @@ class LayerRunner {
 // Per input column, the mean over every row of every matrix of x_j² (the Hessian's diagonal / 2,
 // llama.cpp's imatrix statistic); fixed-order double sums, deterministic.
 std::vector<float> mean_square_inputs(const std::vector<Mat>& xs);
+// Σ x² per column over all rows of `xs` (double), and the number of rows.
+std::vector<double> sum_square_inputs(const std::vector<Mat>& xs, std::int64_t& rows);
 
 // H += xᵀx on and below the diagonal of each 128-column block (half the work of the full
 // product; entries above the block diagonals are not all updated): fixed blocks spread over

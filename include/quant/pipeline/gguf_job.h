@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "quant/formats/gguf_export.h"
+#include "quant/formats/imatrix.h"
 
 namespace quant::gguf {
 
@@ -13,6 +14,16 @@ namespace quant::gguf {
 // calibration samples, from the float model layer by layer.
 std::map<std::string, std::vector<float>> collect_importance(const Model& model,
                                                              const std::vector<std::vector<std::int32_t>>& samples);
+
+// The imatrix llama-imatrix computes: Σ x² and the row count of every blk.* linear's input
+// (and the head's with `process_output`: output.weight, or token_embd.weight when tied) over
+// `chunks`, by llama.cpp tensor name.
+Imatrix compute_imatrix(const Model& model, const std::vector<std::vector<std::int32_t>>& chunks, bool process_output);
+// llama-imatrix's chunks: the token stream cut into consecutive windows of `ctx` (at most
+// `max_chunks`, 0: all; a shorter tail dropped), each window's first token replaced by BOS when
+// `bos` ≥ 0 (its compute_imatrix).
+std::vector<std::vector<std::int32_t>> imatrix_chunks(const std::vector<std::int32_t>& tokens, std::int64_t ctx, std::int64_t max_chunks,
+                                                      std::int32_t bos);
 
 // `--from-awq`: AWQ's scale and clipping search for `type` (awq_spec_for; linears whose rows are
 // not whole groups use one group per row), applied to float weights (AutoAWQ's
