@@ -10,14 +10,11 @@
 
 #include "quant/core/dtype.h"
 #include "quant/core/error.h"
+#include "ggml_block_detail.h"
 
 namespace quant::gguf {
 
-namespace {
-
-constexpr int QK = 32;
-constexpr int QK_K = 256;
-constexpr float kGroupMaxEps = 1e-15f;
+namespace detail {
 
 void put_f16(std::uint8_t* p, float v) {
   const std::uint16_t h = f32_to_f16(v);
@@ -247,7 +244,9 @@ void dequantize_q6_k(const std::uint8_t* in, float* y) {
 // [0, nmax] with min ≤ 0, a least-squares (scale, min) refit over nstep+1 candidate inverse
 // scales, keeping the lowest weighted squared error. Returns the scale; *the_min = −min.
 float make_qkx_quants(int n, int nmax, const float* x, const float* weights, std::uint8_t* L, float* the_min,
-                      std::uint8_t* Laux, float rmin, float rdelta, int nstep, bool strict_eq) {
+                      std::uint8_t* Laux, float rmin, float rdelta, int nstep, bool strict_eq, bool use_mad) {
+  // The error of one value: |diff| (use_mad, Q2_K's reference search) or diff².
+  auto err = [use_mad](float diff) { return use_mad ? std::fabs(diff) : diff * diff; };
   auto wt = [&](int i) { return weights ? weights[i] : x[i] * x[i]; };
   float min = x[0], max = x[0];
   float sum_w = wt(0);
@@ -272,7 +271,11 @@ float make_qkx_quants(int n, int nmax, const float* x, const float* weights, std
     const int l = nearest_int(iscale * (x[i] - min));
     L[i] = static_cast<std::uint8_t>(std::max(0, std::min(nmax, l)));
     const float diff = scale * L[i] + min - x[i];
-    best_error += wt(i) * (diff * diff);
+    best_error += wt(i) * err(diff);
+  }
+  if (nstep < 1) {
+    *the_min = -min;
+    return scale;
   }
   for (int is = 0; is <= nstep; ++is) {
     iscale = (rmin + rdelta * is + nmax) / (max - min);
@@ -297,7 +300,7 @@ float make_qkx_quants(int n, int nmax, const float* x, const float* weights, std
       float cur_error = 0;
       for (int i = 0; i < n; ++i) {
         const float diff = this_scale * Laux[i] + this_min - x[i];
-        cur_error += wt(i) * (diff * diff);
+        cur_error += wt(i) * err(diff);
       }
       if (cur_error < best_error) {
         std::copy(Laux, Laux + n, L);
@@ -402,8 +405,8 @@ void quantize_qk(const float* x, const float* imp, int bits, std::uint8_t* out) 
       for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
       const float av_x = std::sqrt(sum_x2 / 32);
       for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
-      scales[j] = bits == 4 ? make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, true)
-                            : make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
+      scales[j] = bits == 4 ? make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, true, false)
+                            : make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true, false);
       max_scale = std::max(max_scale, scales[j]);
       max_min = std::max(max_min, mins[j]);
     }
@@ -424,7 +427,7 @@ void quantize_qk(const float* x, const float* imp, int bits, std::uint8_t* out) 
       float sumw = 0;
       for (int l = 0; l < 32; ++l) sumw += weights[l];
       sw[j] = sumw;
-      scales[j] = make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
+      scales[j] = make_qkx_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false, false);
     }
     dval = make_qp_quants(8, 63, scales, Ls, sw);
     mval = make_qp_quants(8, 63, mins, Lm, sw);
@@ -503,7 +506,9 @@ void dequantize_qk(const std::uint8_t* in, int bits, float* y) {
   }
 }
 
-}  // namespace
+}  // namespace detail
+
+using namespace detail;
 
 void quantize_row(GgmlType type, const float* x, std::int64_t n, const float* imp, std::uint8_t* out) {
   const TypeInfo& ti = type_info(type);
@@ -551,7 +556,7 @@ void quantize_row(GgmlType type, const float* x, std::int64_t n, const float* im
           float weight[QK], the_min;
           std::uint8_t aux[QK];
           for (int j = 0; j < QK; ++j) weight[j] = ib[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
-          d = make_qkx_quants(QK, nmax, xb, weight, codes, &the_min, aux, -0.9f, 0.05f, 36, false);
+          d = make_qkx_quants(QK, nmax, xb, weight, codes, &the_min, aux, -0.9f, 0.05f, 36, false, false);
           m = -the_min;
         } else {
           affine_codes(xb, nmax == 15 ? 4 : 5, d, m, codes);
@@ -564,6 +569,10 @@ void quantize_row(GgmlType type, const float* x, std::int64_t n, const float* im
       case GgmlType::Q4_K: quantize_qk(xb, ib, 4, p); break;
       case GgmlType::Q5_K: quantize_qk(xb, ib, 5, p); break;
       case GgmlType::Q6_K: quantize_q6_k(xb, ib, p); break;
+      case GgmlType::Q2_K: quantize_q2_k(xb, ib, p); break;
+      case GgmlType::Q3_K: quantize_q3_k(xb, ib, p); break;
+      case GgmlType::IQ4_NL: quantize_iq4(xb, ib, 32, p); break;
+      case GgmlType::IQ4_XS: quantize_iq4(xb, ib, QK_K, p); break;
     }
   }
 }
@@ -605,6 +614,10 @@ void dequantize_row(GgmlType type, const std::uint8_t* in, std::int64_t n, float
       case GgmlType::Q4_K: dequantize_qk(p, 4, yb); break;
       case GgmlType::Q5_K: dequantize_qk(p, 5, yb); break;
       case GgmlType::Q6_K: dequantize_q6_k(p, yb); break;
+      case GgmlType::Q2_K: dequantize_q2_k(p, yb); break;
+      case GgmlType::Q3_K: dequantize_q3_k(p, yb); break;
+      case GgmlType::IQ4_NL: dequantize_iq4(p, 32, yb); break;
+      case GgmlType::IQ4_XS: dequantize_iq4(p, QK_K, yb); break;
     }
   }
 }

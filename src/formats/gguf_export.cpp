@@ -21,22 +21,24 @@ namespace quant::gguf {
 namespace {
 
 const FileType kFileTypes[] = {
-    {"f32", 0, GgmlType::F32}, {"f16", 1, GgmlType::F16}, {"q4_0", 2, GgmlType::Q4_0},
-    {"q4_1", 3, GgmlType::Q4_1}, {"q8_0", 7, GgmlType::Q8_0}, {"q5_0", 8, GgmlType::Q5_0},
-    {"q5_1", 9, GgmlType::Q5_1}, {"q4_k_s", 14, GgmlType::Q4_K}, {"q4_k_m", 15, GgmlType::Q4_K},
-    {"q5_k_s", 16, GgmlType::Q5_K}, {"q5_k_m", 17, GgmlType::Q5_K}, {"q6_k", 18, GgmlType::Q6_K},
-    {"bf16", 32, GgmlType::BF16},
+    {"f32", 0, GgmlType::F32},        {"f16", 1, GgmlType::F16},        {"q4_0", 2, GgmlType::Q4_0},
+    {"q4_1", 3, GgmlType::Q4_1},      {"q8_0", 7, GgmlType::Q8_0},      {"q5_0", 8, GgmlType::Q5_0},
+    {"q5_1", 9, GgmlType::Q5_1},      {"q2_k", 10, GgmlType::Q2_K},     {"q3_k_s", 11, GgmlType::Q3_K},
+    {"q3_k_m", 12, GgmlType::Q3_K},   {"q3_k_l", 13, GgmlType::Q3_K},   {"q4_k_s", 14, GgmlType::Q4_K},
+    {"q4_k_m", 15, GgmlType::Q4_K},   {"q5_k_s", 16, GgmlType::Q5_K},   {"q5_k_m", 17, GgmlType::Q5_K},
+    {"q6_k", 18, GgmlType::Q6_K},     {"q2_k_s", 21, GgmlType::Q2_K},   {"iq4_nl", 25, GgmlType::IQ4_NL},
+    {"iq4_xs", 30, GgmlType::IQ4_XS}, {"bf16", 32, GgmlType::BF16},
 };
 
 bool is_quantized(GgmlType t) { return t != GgmlType::F32 && t != GgmlType::F16 && t != GgmlType::BF16; }
 
-// llama_tensor_get_type's fallback for rows that are not whole blocks: Q4_K → Q5_0,
-// Q5_K → Q5_1, Q6_K → Q8_0, then F16 when the fallback does not fit either (llama.cpp refuses
-// a legacy type there; quant keeps F16 and says so).
+// llama_tensor_get_type's fallback for rows that are not whole blocks: Q2_K, Q3_K and IQ4_XS →
+// IQ4_NL, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16 when the fallback does not fit either.
 GgmlType fallback_type(GgmlType t, std::int64_t row) {
   if (row % type_info(t).block == 0) return t;
   const GgmlType wanted = t;
-  if (t == GgmlType::Q4_K) t = GgmlType::Q5_0;
+  if (t == GgmlType::Q2_K || t == GgmlType::Q3_K || t == GgmlType::IQ4_XS) t = GgmlType::IQ4_NL;
+  else if (t == GgmlType::Q4_K) t = GgmlType::Q5_0;
   else if (t == GgmlType::Q5_K) t = GgmlType::Q5_1;
   else if (t == GgmlType::Q6_K) t = GgmlType::Q8_0;
   if (row % type_info(t).block != 0) t = GgmlType::F16;
@@ -45,35 +47,66 @@ GgmlType fallback_type(GgmlType t, std::int64_t row) {
 }
 
 // What a tensor is, for llama.cpp's per-tensor type rules.
-enum class Role { token_embd, output, attn_v, ffn_down, other };
+enum class Role { token_embd, output, attn_v, attn_qkv, attn_output, ffn_down, other };
 struct Placement {
   Role role = Role::other;
   int layer = 0;
   int n_layers = 1;
+  std::int64_t gqa = 1;   // attention heads per KV head (hparams.n_gqa())
+  bool llama_70b = false;  // llama.cpp's LLM_TYPE_70B (an 80-layer llama)
 };
 
 // llama.cpp's use_more_bits: the first and last eighth of the layers and every third between.
 bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
 
-// llama.cpp's llama_tensor_get_type for these file types (llama architecture, no experts): the
-// output matrix (or token_embd when tied) goes to --output-tensor-type when given, else Q6_K, or
-// Q8_0 when its rows are not whole 256-blocks; the _M mixes give attn_v and ffn_down Q6_K on
-// use_more_bits layers; Q4_K_S gives the first four attn_v and the first eighth of ffn_down Q5_K;
-// Q4_0/Q5_0 with an imatrix keep the first eighth of ffn_down in Q4_1/Q5_1; then the fallbacks.
+// llama.cpp's llama_tensor_get_type (llama-quant.cpp, c392e50) for these file types on models
+// without experts, branch for branch: the output matrix (or token_embd when tied) goes to
+// --output-tensor-type when given, else Q6_K (Q8_0 when its rows are not whole 256-blocks);
+// attn_v, ffn_down, attn_output and Phi-3's attn_qkv by the mix's rules; then the fallbacks.
 GgmlType tensor_type(const FileType& ft, const Placement& p, std::int64_t row, bool imatrix, std::optional<GgmlType> output_type) {
-  GgmlType t = ft.base;
+  using T = GgmlType;
+  T t = ft.base;
   const std::string& n = ft.name;
   if (!is_quantized(t)) return t;
-  if (p.role == Role::output) {
-    if (output_type) t = *output_type;
-    else t = row % 256 != 0 ? GgmlType::Q8_0 : (t == GgmlType::Q8_0 ? t : GgmlType::Q6_K);
-  } else if (p.role == Role::attn_v) {
-    if ((n == "q4_k_m" || n == "q5_k_m") && use_more_bits(p.layer, p.n_layers)) t = GgmlType::Q6_K;
-    else if (n == "q4_k_s" && p.layer < 4) t = GgmlType::Q5_K;
-  } else if (p.role == Role::ffn_down) {
-    if ((n == "q4_k_m" || n == "q5_k_m") && use_more_bits(p.layer, p.n_layers)) t = GgmlType::Q6_K;
-    else if (n == "q4_k_s" && p.layer < p.n_layers / 8) t = GgmlType::Q5_K;
-    else if ((n == "q4_0" || n == "q5_0") && imatrix && p.layer < p.n_layers / 8) t = n == "q4_0" ? GgmlType::Q4_1 : GgmlType::Q5_1;
+  const bool more = use_more_bits(p.layer, p.n_layers), iq4 = n == "iq4_nl" || n == "iq4_xs";
+  switch (p.role) {
+    case Role::output:
+      if (output_type) t = *output_type;
+      else t = row % 256 != 0 ? T::Q8_0 : (t == T::Q8_0 ? t : T::Q6_K);
+      break;
+    case Role::attn_v:
+      if (n == "q2_k") t = p.gqa >= 4 ? T::Q4_K : T::Q3_K;
+      else if (n == "q2_k_s" && p.gqa >= 4) t = T::Q4_K;
+      else if (n == "q3_k_m") t = p.layer < 2 ? T::Q5_K : T::Q4_K;
+      else if (n == "q3_k_l") t = T::Q5_K;
+      else if (iq4 && p.gqa >= 4) t = T::Q5_K;
+      else if ((n == "q4_k_m" || n == "q5_k_m") && more) t = T::Q6_K;
+      else if (n == "q4_k_s" && p.layer < 4) t = T::Q5_K;
+      if (p.llama_70b && (t == T::Q3_K || t == T::Q4_K)) t = T::Q5_K;
+      break;
+    case Role::ffn_down:
+      if (n == "q2_k") t = T::Q3_K;
+      else if (n == "q2_k_s") { if (p.layer < p.n_layers / 8) t = T::Q4_K; }
+      else if (n == "q3_k_m") t = p.layer < p.n_layers / 16 ? T::Q5_K : T::Q4_K;
+      else if (n == "q3_k_l") t = T::Q5_K;
+      else if (n == "q4_k_m") { if (more) t = T::Q6_K; }
+      else if (p.layer < p.n_layers / 8 && iq4 && !imatrix) t = T::Q5_K;
+      else if (n == "q5_k_m" && more) t = T::Q6_K;
+      else if (n == "q4_k_s" && p.layer < p.n_layers / 8) t = T::Q5_K;
+      else if ((n == "q4_0" || n == "q5_0") && imatrix && p.layer < p.n_layers / 8) t = n == "q4_0" ? T::Q4_1 : T::Q5_1;
+      break;
+    case Role::attn_output:
+      if (n == "q2_k") t = T::Q3_K;
+      else if (n == "q3_k_m") t = T::Q4_K;
+      else if (n == "q3_k_l") t = T::Q5_K;
+      break;
+    case Role::attn_qkv:
+      if (n == "q3_k_m" || n == "q3_k_l") t = T::Q4_K;
+      else if (n == "q4_k_m") t = T::Q5_K;
+      else if (n == "q5_k_m") t = T::Q6_K;
+      break;
+    case Role::token_embd: case Role::other:
+      break;
   }
   return fallback_type(t, row);
 }
@@ -186,6 +219,9 @@ QuantSpec awq_spec_for(const FileType& type) {
     case GgmlType::Q5_0: s.bits = 5; s.sym = true; break;
     case GgmlType::Q5_1: case GgmlType::Q5_K: s.bits = 5; break;
     case GgmlType::Q6_K: s.bits = 6; s.sym = true; s.group_size = 16; break;
+    case GgmlType::Q2_K: s.bits = 2; s.group_size = 16; break;
+    case GgmlType::Q3_K: s.bits = 3; s.sym = true; s.group_size = 16; break;
+    case GgmlType::IQ4_NL: case GgmlType::IQ4_XS: s.bits = 4; s.sym = true; break;  // a non-linear grid: the nearest uniform search
     case GgmlType::Q8_0: s.bits = 8; s.sym = true; break;
   }
   return s;
@@ -405,6 +441,10 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   std::deque<LinearDesc> fused_descs;  // Phi-3's stored tensors as linears (stable addresses for the loaders)
   const std::int64_t H = c.hidden_size;
   const bool imatrix = !o.importance.empty() || o.importance_planned;
+  // llama-quantize's guard (examples/quantize/quantize.cpp main): Q2_K_S is meant for an imatrix.
+  if (o.type.name == "q2_k_s" && !imatrix) {
+    fail<UsageError>("q2_k_s needs importance weights (--calib or --imatrix), as llama-quantize requires; use q2_k without them");
+  }
   const std::string& dt = c.torch_dtype;
   TypeChooser choose{o, {}, dt == "float32" ? GgmlType::F32 : dt == "bfloat16" ? GgmlType::BF16 : GgmlType::F16, imatrix};
   for (const auto& [re, type] : o.tensor_types) {
@@ -421,7 +461,10 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
       return Mat(Eigen::Map<const Mat>(f.data(), 1, static_cast<Eigen::Index>(f.size())));
     });
   }
-  const Placement embed_place{L.tied ? Role::output : Role::token_embd, 0, n_layers};
+  const std::int64_t gqa = c.n_heads / std::max<std::int64_t>(c.n_kv_heads, 1);
+  const bool llama_70b = gguf_arch(c) == "llama" && c.n_layers == 80;
+  auto place = [&](Role role, int layer) { return Placement{role, layer, n_layers, gqa, llama_70b}; };
+  const Placement embed_place = place(L.tied ? Role::output : Role::token_embd, 0);
   add("token_embd.weight", {c.vocab_size, H}, choose("token_embd.weight", embed_place, H), [&model, &L] {
     return load_matrix(model, L.embed);
   }, L.embed);
@@ -435,8 +478,12 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
       // llama's q/k rows are permuted to llama.cpp's RoPE pairing; qwen2 uses NEOX RoPE (HF's layout).
       const bool permute = gguf_arch(c) == "llama";
       const std::int64_t heads = !permute ? 0 : k == LinearKind::q ? c.n_heads : k == LinearKind::k ? c.n_kv_heads : 0;
-      const Role role = k == LinearKind::v ? Role::attn_v : k == LinearKind::down ? Role::ffn_down : Role::other;
-      add(gguf_linear_name(l), {l.out, l.in}, choose(gguf_linear_name(l), {role, layer.index, n_layers}, l.in), mat(l, heads),
+      const Role role = l.tensor_prefix().ends_with(".qkv_proj") ? Role::attn_qkv
+                        : k == LinearKind::v                        ? Role::attn_v
+                        : k == LinearKind::o                        ? Role::attn_output
+                        : k == LinearKind::down                     ? Role::ffn_down
+                                                                    : Role::other;
+      add(gguf_linear_name(l), {l.out, l.in}, choose(gguf_linear_name(l), place(role, layer.index), l.in), mat(l, heads),
           l.weight_name(), heads);
       if (l.bias) {
         add(fmt::format("blk.{}.{}.bias", layer.index, k == LinearKind::q ? "attn_q" : k == LinearKind::k ? "attn_k" : "attn_v"), {l.out},
@@ -454,10 +501,10 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     }
   }
   add("output_norm.weight", {H}, GgmlType::F32, norm(L.final_norm));
-  if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, choose("output.weight", {Role::output, 0, n_layers}, H), mat(L.lm_head, 0),
+  if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, choose("output.weight", place(Role::output, 0), H), mat(L.lm_head, 0),
                     L.lm_head.weight_name());
   // llama.cpp's phi3 requires output.weight (load_tensors, flag 0): a tied head is written out.
-  else if (c.model_type == "phi3") add("output.weight", {c.vocab_size, H}, choose("output.weight", {Role::output, 0, n_layers}, H), [&model, &L] {
+  else if (c.model_type == "phi3") add("output.weight", {c.vocab_size, H}, choose("output.weight", place(Role::output, 0), H), [&model, &L] {
     return load_matrix(model, L.embed);
   });
 

@@ -14,9 +14,9 @@ constexpr std::uint32_t kVersion = 3;
 
 const TypeInfo kTypes[] = {
     {"F32", 1, 4}, {"F16", 1, 2}, {"Q4_0", 32, 18}, {"Q4_1", 32, 20}, {nullptr, 0, 0}, {nullptr, 0, 0},
-    {"Q5_0", 32, 22}, {"Q5_1", 32, 24}, {"Q8_0", 32, 34}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0},
+    {"Q5_0", 32, 22}, {"Q5_1", 32, 24}, {"Q8_0", 32, 34}, {nullptr, 0, 0}, {"Q2_K", 256, 84}, {"Q3_K", 256, 110},
     {"Q4_K", 256, 144}, {"Q5_K", 256, 176}, {"Q6_K", 256, 210}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0},
-    {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0},
+    {nullptr, 0, 0}, {nullptr, 0, 0}, {"IQ4_NL", 32, 18}, {nullptr, 0, 0}, {nullptr, 0, 0}, {"IQ4_XS", 256, 136}, {nullptr, 0, 0},
     {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {"BF16", 1, 2},
 };
 

@@ -109,9 +109,9 @@ TEST(GgufTypes, OverridesInLlamaQuantizesOrder) {
   r = run_quant(base + "--token-embedding-type q4_0 --tensor-type 'attn_[=q8_0'");
   EXPECT_EQ(r.rc, 2);
   EXPECT_NE(r.err.find("not a regular expression"), std::string::npos) << r.err;
-  r = run_quant(base + "--output-tensor-type q3_k");
+  r = run_quant(base + "--output-tensor-type iq2_xxs");
   EXPECT_EQ(r.rc, 2);
-  EXPECT_NE(r.err.find("--output-tensor-type 'q3_k': unknown type"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--output-tensor-type 'iq2_xxs': unknown type"), std::string::npos) << r.err;
 }
 
 TEST(GgufTypes, Bf16RoundsToNearestEvenAndReadsBack) {

@@ -52,7 +52,7 @@ void register_gguf(CLI::App& app) {
   auto* cmd = app.add_subcommand("gguf", "export a GGUF file for llama.cpp (f16, q8_0, q4_0 … q6_k, q4_k_m, q5_k_m)");
   cmd->add_option("model", o->model, "model directory (config.json + safetensors + tokenizer.model)")->required();
   cmd->add_option("-o,--output", o->out, "output file (default: <model>-<type>.gguf beside the model); - for stdout; a device or FIFO is written in place");
-  cmd->add_option("-t,--type", o->type, "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k")->capture_default_str();
+  cmd->add_option("-t,--type", o->type, "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q2_k_s, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, iq4_xs")->capture_default_str();
   cmd->add_flag("-f,--force", o->force, "replace an existing output file that quant wrote");
   cmd->add_flag("--replace-foreign", o->replace_foreign, "with --force: also replace an existing file quant did not write (never an input)");
   cmd->add_option("--dense-out", o->dense_out, "also write the GGUF's weights, dequantized, as a dense HF checkpoint (for quant eval)");
@@ -76,7 +76,7 @@ void register_gguf(CLI::App& app) {
     e.dense_out = o->dense_out;
     auto tensor_type = [](const std::string& name, const std::string& flag) {
       const auto t = gguf::parse_type(name);
-      if (!t) fail<UsageError>("{} '{}': unknown type (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)", flag, name);
+      if (!t) fail<UsageError>("{} '{}': unknown type (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)", flag, name);
       return *t;
     };
     for (const auto& spec : o->tensor_types) {
