@@ -208,7 +208,9 @@ Model open_gguf_model(const fs::path& path) {
 
   std::vector<TensorStore::Computed> tensors;
   std::set<std::string> used;
-  for (const auto& [hf, src] : sources) {
+  for (const auto& entry : sources) {
+    const std::string& hf = entry.first;
+    const Source src = entry.second;  // a plain variable: clang 14 cannot capture a structured binding
     const gguf::TensorInfo* t = nullptr;
     for (const auto& info : file->tensors) {
       if (info.name == src.gguf) t = &info;
