@@ -6,6 +6,7 @@
 #include <deque>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <regex>
 
 #include "quant/core/error.h"
@@ -514,10 +515,17 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     return rep;
   }
   StagedFile staged(out, o.output);  // checked against the inputs, locked
+  // Tensor i + 1 is read and converted while tensor i is quantized (at most two in memory).
+  std::future<Mat> next;
+  auto prefetch = [&](std::size_t i) {
+    if (i < items.size()) next = std::async(std::launch::async, items[i].load);
+  };
+  prefetch(0);
   w.write_to(staged.file(), [&](std::size_t i) {
     check_interrupted();
     const TensorInfo& t = w.tensors()[i];
-    const Mat x = items[i].load();
+    const Mat x = next.get();
+    prefetch(i + 1);
     const auto it = o.importance.find(t.name);
     const float* imp = it == o.importance.end() ? nullptr : it->second.data();
     if (imp && static_cast<std::int64_t>(it->second.size()) != items[i].row) fail<Error>("importance of '{}' has the wrong size", t.name);
