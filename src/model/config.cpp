@@ -44,6 +44,24 @@ std::int64_t first_id(const json& j, const char* key, const std::string& source)
   return get_int(j, key, source, false, -1);
 }
 
+// layer_types (transformers ≥ 4.53): one "sliding_attention" / "full_attention" per layer.
+bool read_layer_types(const json& j, const std::string& source, ModelConfig& c) {
+  auto lt = j.find("layer_types");
+  if (lt == j.end() || lt->is_null()) return false;
+  if (!lt->is_array() || static_cast<std::int64_t>(lt->size()) != c.n_layers) {
+    fail("{}: 'layer_types' must list one entry per layer ({})", source, c.n_layers);
+  }
+  c.layer_sliding.assign(static_cast<std::size_t>(c.n_layers), false);
+  for (std::size_t i = 0; i < lt->size(); ++i) {
+    const json& t = (*lt)[i];
+    if (t != "sliding_attention" && t != "full_attention") {
+      fail("{}: layer_types[{}] = {} (expected \"sliding_attention\" or \"full_attention\")", source, i, t.dump());
+    }
+    c.layer_sliding[i] = t == "sliding_attention";
+  }
+  return true;
+}
+
 // qwen3: Qwen3Attention (q_norm/k_norm); gemma2: Gemma2Model/Gemma2Attention/Gemma2RMSNorm;
 // gemma3_text: Gemma3TextModel/Gemma3Attention (transformers' modeling_<family>.py).
 void family_details(const json& j, const std::string& source, ModelConfig& c) {
@@ -57,14 +75,31 @@ void family_details(const json& j, const std::string& source, ModelConfig& c) {
   }
   if (c.model_type == "phi3") {
     // Phi3Model: fused qkv_proj/gate_up_proj; every layer uses the sliding-window mask when
-    // sliding_window is set (create_sliding_window_causal_mask); partial RoPE (Phi-4-mini) is not
-    // implemented yet.
+    // sliding_window is set (create_sliding_window_causal_mask).
     c.fused_qkv_gate_up = true;
-    const double partial = get_num(j, "partial_rotary_factor", source, 1.0);
-    if (partial != 1.0) fail("{}: partial_rotary_factor {} is not supported yet (only 1.0)", source, partial);
     c.sliding_window = get_int(j, "sliding_window", source, false, 0);
     if (c.sliding_window < 0) fail("{}: 'sliding_window' must be positive, found {}", source, c.sliding_window);
     c.layer_sliding.assign(static_cast<std::size_t>(c.n_layers), c.sliding_window > 0);
+    return;
+  }
+  if (c.model_type == "mistral") {
+    // MistralConfig.sliding_window defaults to 4096 (null: none); MistralModel masks every layer
+    // with it (create_sliding_window_causal_mask).
+    c.sliding_window = get_int(j, "sliding_window", source, false, j.contains("sliding_window") ? 0 : 4096);
+    if (c.sliding_window < 0) fail("{}: 'sliding_window' must be positive, found {}", source, c.sliding_window);
+    c.layer_sliding.assign(static_cast<std::size_t>(c.n_layers), c.sliding_window > 0);
+    return;
+  }
+  if (c.model_type == "qwen2") {
+    // Qwen2Config: sliding_window applies only with use_sliding_window, and then to the layers
+    // from max_window_layers on (its layer_types default), unless layer_types says otherwise.
+    if (!get_bool(j, "use_sliding_window", source, false)) return;
+    c.sliding_window = get_int(j, "sliding_window", source, false, 4096);
+    if (c.sliding_window < 0) fail("{}: 'sliding_window' must be positive, found {}", source, c.sliding_window);
+    const std::int64_t from = get_int(j, "max_window_layers", source, false, 28);
+    c.layer_sliding.assign(static_cast<std::size_t>(c.n_layers), false);
+    for (std::int64_t i = from < 0 ? 0 : from; i < c.n_layers; ++i) c.layer_sliding[static_cast<std::size_t>(i)] = true;
+    read_layer_types(j, source, c);
     return;
   }
   if (!gemma2 && !gemma3) return;
@@ -82,24 +117,14 @@ void family_details(const json& j, const std::string& source, ModelConfig& c) {
   }
   c.sliding_window = get_int(j, "sliding_window", source, false, 4096);
   if (c.sliding_window < 0) fail("{}: 'sliding_window' must be positive, found {}", source, c.sliding_window);
-  c.layer_sliding.assign(static_cast<std::size_t>(c.n_layers), false);
-  if (auto lt = j.find("layer_types"); lt != j.end() && !lt->is_null()) {
-    if (!lt->is_array() || static_cast<std::int64_t>(lt->size()) != c.n_layers) {
-      fail("{}: 'layer_types' must list one entry per layer ({})", source, c.n_layers);
-    }
-    for (std::size_t i = 0; i < lt->size(); ++i) {
-      const json& t = (*lt)[i];
-      if (t != "sliding_attention" && t != "full_attention") {
-        fail("{}: layer_types[{}] = {} (expected \"sliding_attention\" or \"full_attention\")", source, i, t.dump());
-      }
-      c.layer_sliding[i] = t == "sliding_attention";
-    }
-  } else if (gemma2) {
-    for (std::int64_t i = 0; i < c.n_layers; ++i) c.layer_sliding[static_cast<std::size_t>(i)] = i % 2 == 0;
-  } else {
-    const std::int64_t pattern = get_int(j, "sliding_window_pattern", source, false, 6);
+  if (!read_layer_types(j, source, c)) {
+    c.layer_sliding.assign(static_cast<std::size_t>(c.n_layers), false);
+    const std::int64_t pattern = gemma2 ? 2 : get_int(j, "sliding_window_pattern", source, false, 6);
     if (pattern <= 0) fail("{}: 'sliding_window_pattern' must be positive, found {}", source, pattern);
-    for (std::int64_t i = 0; i < c.n_layers; ++i) c.layer_sliding[static_cast<std::size_t>(i)] = (i + 1) % pattern != 0;
+    // Gemma 2: the even layers; Gemma 3: all but every pattern-th.
+    for (std::int64_t i = 0; i < c.n_layers; ++i) {
+      c.layer_sliding[static_cast<std::size_t>(i)] = gemma2 ? i % 2 == 0 : (i + 1) % pattern != 0;
+    }
   }
   if (gemma3) {
     c.rope_local_theta = get_num(j, "rope_local_base_freq", source, 10000.0);
@@ -107,6 +132,93 @@ void family_details(const json& j, const std::string& source, ModelConfig& c) {
       fail("{}: 'rope_local_base_freq' must be positive, found {}", source, c.rope_local_theta);
     }
   }
+}
+
+double positive(const json& rs, const char* key, const std::string& source, double fallback) {
+  const double v = get_num(rs, key, source, fallback);
+  if (!(v > 0 && std::isfinite(v))) fail("{}: 'rope_scaling.{}' must be a positive finite number, found {}", source, key, v);
+  return v;
+}
+
+std::vector<double> factor_list(const json& rs, const char* key, const std::string& source, std::int64_t n) {
+  auto it = rs.find(key);
+  if (it == rs.end() || !it->is_array()) fail("{}: rope_scaling longrope needs '{}' (a list of {} numbers)", source, key, n);
+  std::vector<double> out;
+  for (const json& v : *it) {
+    if (!v.is_number() || !(v.get<double>() > 0) || !std::isfinite(v.get<double>())) {
+      fail("{}: 'rope_scaling.{}' holds {}, not a positive number", source, key, v.dump());
+    }
+    out.push_back(v.get<double>());
+  }
+  if (static_cast<std::int64_t>(out.size()) != n) {
+    fail("{}: 'rope_scaling.{}' has {} entries, but the rotary dims need {}", source, key, out.size(), n);
+  }
+  return out;
+}
+
+// rope_scaling as transformers' modeling_rope_utils computes it (rope_config_validation and the
+// _compute_*_parameters functions; docs/architectures.md "RoPE scaling").
+void parse_rope_scaling(const json& j, const std::string& source, ModelConfig& c) {
+  auto rs = j.find("rope_scaling");
+  if (rs == j.end() || rs->is_null()) return;
+  if (!rs->is_object()) fail("{}: 'rope_scaling' must be an object", source);
+  const auto t = rs->contains("rope_type") ? rs->find("rope_type") : rs->find("type");
+  if (t != rs->end() && !t->is_string()) fail("{}: 'rope_scaling.{}' must be a string, found {}", source, t.key(), t->dump());
+  std::string type = t == rs->end() ? std::string("none") : t->get<std::string>();
+  if (type == "default") type = "none";
+  if (type == "su") type = "longrope";  // Phi-3's first name for it
+  RopeScaling& r = c.rope_scaling;
+  r.type = type;
+  if (type == "none") return;
+  if (type != "linear" && type != "llama3" && type != "yarn" && type != "longrope") {
+    fail("{}: rope_scaling type '{}' is not supported (supported: linear, llama3, yarn, longrope)", source, type);
+  }
+  const std::int64_t top_original = get_int(j, "original_max_position_embeddings", source, false, 0);
+  const std::int64_t own_original = get_int(*rs, "original_max_position_embeddings", source, false, 0);
+  // transformers warns on factor < 1; a factor ≤ 0 or NaN would make inf/NaN frequencies.
+  if (type != "longrope") r.factor = positive(*rs, "factor", source, 1.0);
+  if (type == "linear") return;
+  if (type == "llama3") {
+    r.low_freq_factor = positive(*rs, "low_freq_factor", source, 1.0);
+    r.high_freq_factor = positive(*rs, "high_freq_factor", source, 4.0);
+    r.original_max_position_embeddings = own_original > 0 ? own_original : 8192;
+    if (!(r.low_freq_factor < r.high_freq_factor)) {
+      fail("{}: rope_scaling llama3 needs 0 < low_freq_factor < high_freq_factor, found {} and {}", source, r.low_freq_factor, r.high_freq_factor);
+    }
+    return;
+  }
+  const auto mscale_of = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+  if (type == "yarn") {
+    // _compute_yarn_parameters: correction range from original_max_position_embeddings (the
+    // config's max_position_embeddings when rope_scaling has none); attention_factor, else
+    // mscale/mscale_all_dim's ratio, else 0.1·ln(factor) + 1; beta_fast 32, beta_slow 1.
+    r.original_max_position_embeddings = own_original > 0 ? own_original : c.max_position_embeddings;
+    r.beta_fast = positive(*rs, "beta_fast", source, 32.0);
+    r.beta_slow = positive(*rs, "beta_slow", source, 1.0);
+    r.truncate = get_bool(*rs, "truncate", source, true);
+    const double mscale = get_num(*rs, "mscale", source, 0.0), mscale_all = get_num(*rs, "mscale_all_dim", source, 0.0);
+    r.attention_factor_given = rs->contains("attention_factor") && !(*rs)["attention_factor"].is_null();
+    if (r.attention_factor_given) {
+      r.attention_factor = positive(*rs, "attention_factor", source, 1.0);
+    } else if (mscale != 0 && mscale_all != 0) {
+      r.attention_factor = mscale_of(r.factor, mscale) / mscale_of(r.factor, mscale_all);
+      r.attention_factor_given = true;
+    } else {
+      r.attention_factor = mscale_of(r.factor, 1.0);
+    }
+    return;
+  }
+  // longrope (_compute_longrope_parameters, Phi-3 128k): short_factor while a sequence fits in
+  // original_max_position_embeddings, long_factor beyond; factor = max_position_embeddings /
+  // original; attention_factor sqrt(1 + ln(factor) / ln(original)) when not given.
+  r.original_max_position_embeddings = own_original > 0 ? own_original : top_original > 0 ? top_original : 4096;
+  r.factor = static_cast<double>(c.max_position_embeddings) / static_cast<double>(r.original_max_position_embeddings);
+  r.long_factor = factor_list(*rs, "long_factor", source, c.rotary_dim / 2);
+  r.short_factor = factor_list(*rs, "short_factor", source, c.rotary_dim / 2);
+  r.attention_factor_given = rs->contains("attention_factor") && !(*rs)["attention_factor"].is_null();
+  r.attention_factor = r.attention_factor_given ? positive(*rs, "attention_factor", source, 1.0)
+                       : r.factor <= 1 ? 1.0
+                                       : std::sqrt(1.0 + std::log(r.factor) / std::log(static_cast<double>(r.original_max_position_embeddings)));
 }
 
 }  // namespace
@@ -150,6 +262,16 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   }
   c.head_dim = get_int(j, "head_dim", source, false, family_head_dim > 0 ? family_head_dim : c.hidden_size / c.n_heads);
   if (c.head_dim <= 0 || c.head_dim % 2 != 0) fail("{}: head_dim must be positive and even, found {}", source, c.head_dim);
+  // partial_rotary_factor: Phi3 rotates the first int(head_dim · factor) dims of each head
+  // (apply_rotary_pos_emb's q_rot/q_pass split); the other families rotate the whole head.
+  const double partial = get_num(j, "partial_rotary_factor", source, 1.0);
+  if (partial != 1.0 && c.model_type != "phi3") {
+    fail("{}: partial_rotary_factor {} is not supported for {} (only phi3 rotates part of each head)", source, partial, c.model_type);
+  }
+  c.rotary_dim = static_cast<std::int64_t>(static_cast<double>(c.head_dim) * partial);
+  if (!(partial > 0 && partial <= 1) || c.rotary_dim <= 0 || c.rotary_dim % 2 != 0) {
+    fail("{}: partial_rotary_factor {} gives {} rotary dims of head_dim {} (must be positive and even)", source, partial, c.rotary_dim, c.head_dim);
+  }
   c.rms_norm_eps = get_num(j, "rms_norm_eps", source, 1e-6);
   // Qwen3Config and Gemma3TextConfig default rope_theta to 10^6, the others to 10^4.
   c.rope_theta = get_num(j, "rope_theta", source, c.model_type == "qwen3" || c.model_type == "gemma3_text" ? 1e6 : 10000.0);
@@ -176,32 +298,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.bos_token_id = first_id(j, "bos_token_id", source);
   c.eos_token_id = first_id(j, "eos_token_id", source);
 
-  if (auto rs = j.find("rope_scaling"); rs != j.end() && !rs->is_null()) {
-    if (!rs->is_object()) fail("{}: 'rope_scaling' must be an object", source);
-    const auto t = rs->contains("rope_type") ? rs->find("rope_type") : rs->find("type");
-    if (t != rs->end() && !t->is_string()) fail("{}: 'rope_scaling.{}' must be a string, found {}", source, t.key(), t->dump());
-    std::string type = t == rs->end() ? std::string("none") : t->get<std::string>();
-    c.rope_scaling.type = type;
-    c.rope_scaling.factor = get_num(*rs, "factor", source, 1.0);
-    c.rope_scaling.low_freq_factor = get_num(*rs, "low_freq_factor", source, 1.0);
-    c.rope_scaling.high_freq_factor = get_num(*rs, "high_freq_factor", source, 4.0);
-    c.rope_scaling.original_max_position_embeddings =
-        get_int(*rs, "original_max_position_embeddings", source, false, 8192);
-    if (type == "default") c.rope_scaling.type = "none";
-    // transformers' modeling_rope_utils validators: factor ≥ 1 (it warns; a factor ≤ 0 or NaN
-    // divides RoPE's frequencies into inf/NaN, so quant refuses it), llama3 needs
-    // low_freq_factor < high_freq_factor, original_max_position_embeddings > 0.
-    const auto& rsc = c.rope_scaling;
-    if (c.rope_scaling.type != "none") {
-      if (!(rsc.factor > 0 && std::isfinite(rsc.factor))) fail("{}: 'rope_scaling.factor' must be a positive finite number, found {}", source, rsc.factor);
-      if (rsc.original_max_position_embeddings <= 0) {
-        fail("{}: 'rope_scaling.original_max_position_embeddings' must be positive, found {}", source, rsc.original_max_position_embeddings);
-      }
-      if (type == "llama3" && !(rsc.low_freq_factor > 0 && rsc.low_freq_factor < rsc.high_freq_factor && std::isfinite(rsc.high_freq_factor))) {
-        fail("{}: rope_scaling llama3 needs 0 < low_freq_factor < high_freq_factor, found {} and {}", source, rsc.low_freq_factor, rsc.high_freq_factor);
-      }
-    }
-  }
+  parse_rope_scaling(j, source, c);
   if (auto q = j.find("quantization_config"); q != j.end() && !q->is_null()) {
     if (!q->is_object()) fail("{}: 'quantization_config' must be an object", source);
     c.quantization_config = *q;

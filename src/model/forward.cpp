@@ -4,6 +4,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -71,11 +72,39 @@ CapturePoint capture_point(LinearKind kind) {
 
 namespace {
 
-std::vector<double> rope_inv_freq(const ModelConfig& c, double theta, const RopeScaling& rs) {
-  const std::int64_t half = c.head_dim / 2;
+// YaRN's per-frequency blend (transformers' _compute_yarn_parameters; llama.cpp's
+// ggml_rope_yarn_corr_dims and rope_yarn_ramp compute the same): frequencies whose wavelength
+// fits many times in the original context keep their value, slow ones are divided by factor,
+// with a linear ramp between the correction dims.
+void yarn_blend(const RopeScaling& rs, double theta, std::int64_t dim, std::vector<double>& inv_freq) {
+  const auto correction_dim = [&](double rotations) {
+    return static_cast<double>(dim) * std::log(static_cast<double>(rs.original_max_position_embeddings) / (rotations * 2.0 * M_PI)) /
+           (2.0 * std::log(theta));
+  };
+  double low = correction_dim(rs.beta_fast), high = correction_dim(rs.beta_slow);
+  if (rs.truncate) {
+    low = std::floor(low);
+    high = std::ceil(high);
+  }
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(dim - 1));
+  if (low == high) high += 0.001;  // linear_ramp_factor's guard against a zero-width ramp
+  for (std::size_t i = 0; i < inv_freq.size(); ++i) {
+    // float32 as transformers' torch.arange(dim, dtype=float32) ramp
+    const float ramp = std::clamp(static_cast<float>((static_cast<double>(i) - low) / (high - low)), 0.0f, 1.0f);
+    const double extrapolation = 1.0 - ramp;
+    inv_freq[i] = inv_freq[i] / rs.factor * (1.0 - extrapolation) + inv_freq[i] * extrapolation;
+  }
+}
+
+// RoPE frequencies of the rotary dims for sequences of n_positions tokens (longrope picks its
+// factors by length, as transformers' longrope_frequency_update does).
+std::vector<double> rope_inv_freq(const ModelConfig& c, double theta, const RopeScaling& rs, std::int64_t n_positions) {
+  const std::int64_t dim = c.rotary_dim > 0 ? c.rotary_dim : c.head_dim;
+  const std::int64_t half = dim / 2;
   std::vector<double> inv_freq(static_cast<std::size_t>(half));
   for (std::int64_t i = 0; i < half; ++i) {
-    inv_freq[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(c.head_dim));
+    inv_freq[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(dim));
   }
   if (rs.type == "linear") {
     for (auto& f : inv_freq) f /= rs.factor;
@@ -95,16 +124,24 @@ std::vector<double> rope_inv_freq(const ModelConfig& c, double theta, const Rope
         f = (1.0 - smooth) * f / rs.factor + smooth * f;
       }
     }
+  } else if (rs.type == "yarn") {
+    yarn_blend(rs, theta, dim, inv_freq);
+  } else if (rs.type == "longrope") {
+    const auto& ext = n_positions > rs.original_max_position_embeddings ? rs.long_factor : rs.short_factor;
+    if (ext.size() != inv_freq.size()) fail("RoPE longrope: {} factors given for {} frequencies", ext.size(), inv_freq.size());
+    for (std::size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] /= ext[i];
   } else if (rs.type == "freq_factors") {
     if (rs.freq_factors.size() != inv_freq.size()) fail("RoPE frequency factors: {} given for {} frequencies", rs.freq_factors.size(), inv_freq.size());
     for (std::size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] /= rs.freq_factors[i];
   } else if (rs.type != "none") {
-    fail("config.json: rope_scaling type '{}' is not supported (supported: linear, llama3)", rs.type);
+    fail("config.json: rope_scaling type '{}' is not supported (supported: linear, llama3, yarn, longrope)", rs.type);
   }
   return inv_freq;
 }
 
-void fill_rope(const std::vector<double>& inv_freq, std::int64_t n_positions, Mat& cos, Mat& sin) {
+// cos/sin of position × frequency; yarn and longrope scale both by attention_factor
+// (transformers' attention_scaling, applied to cos and sin in float32).
+void fill_rope(const std::vector<double>& inv_freq, std::int64_t n_positions, float scale, Mat& cos, Mat& sin) {
   const auto half = static_cast<Eigen::Index>(inv_freq.size());
   cos.resize(n_positions, half);
   sin.resize(n_positions, half);
@@ -112,8 +149,8 @@ void fill_rope(const std::vector<double>& inv_freq, std::int64_t n_positions, Ma
     for (Eigen::Index i = 0; i < half; ++i) {
       // As transformers: the angle is formed in float32 before cos/sin.
       const float angle = static_cast<float>(p) * static_cast<float>(inv_freq[static_cast<std::size_t>(i)]);
-      cos(p, i) = std::cos(angle);
-      sin(p, i) = std::sin(angle);
+      cos(p, i) = std::cos(angle) * scale;
+      sin(p, i) = std::sin(angle) * scale;
     }
   }
 }
@@ -122,9 +159,13 @@ void fill_rope(const std::vector<double>& inv_freq, std::int64_t n_positions, Ma
 
 RopeTable build_rope(const ModelConfig& c, std::int64_t n_positions) {
   RopeTable t;
-  fill_rope(rope_inv_freq(c, c.rope_theta, c.rope_scaling), n_positions, t.cos, t.sin);
+  const RopeScaling& rs = c.rope_scaling;
+  const bool scaled = rs.type == "yarn" || rs.type == "longrope";
+  fill_rope(rope_inv_freq(c, c.rope_theta, rs, n_positions), n_positions, scaled ? static_cast<float>(rs.attention_factor) : 1.0f, t.cos, t.sin);
   // Gemma3TextModel.rotary_emb_local: rope_local_base_freq with the default (unscaled) RoPE.
-  if (c.rope_local_theta > 0) fill_rope(rope_inv_freq(c, c.rope_local_theta, RopeScaling{}), n_positions, t.cos_local, t.sin_local);
+  if (c.rope_local_theta > 0) {
+    fill_rope(rope_inv_freq(c, c.rope_local_theta, RopeScaling{}, n_positions), n_positions, 1.0f, t.cos_local, t.sin_local);
+  }
   return t;
 }
 
@@ -158,8 +199,10 @@ void apply_norm(const ModelConfig& c, const Mat& x, const Vec& weight, Mat& out)
 
 namespace {
 
+// Rotates the first 2·cos.cols() dims of each head (all of it unless partial_rotary_factor < 1),
+// pairing dim i with i + half (HF's rotate_half); the rest pass through.
 void apply_rope(Mat& x, std::int64_t n_heads, std::int64_t head_dim, const Mat& cos, const Mat& sin) {
-  const std::int64_t half = head_dim / 2;
+  const std::int64_t half = cos.cols();
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
     float* row = x.row(t).data();
     const float* c = cos.row(t).data();

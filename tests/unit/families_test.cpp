@@ -1,5 +1,5 @@
-// The model families beyond Llama (qwen3, gemma2, gemma3_text, and llama with llama3 RoPE
-// scaling) against golden logits from an independent torch reference written from transformers'
+// The model families beyond Llama (qwen3, gemma2, gemma3_text, phi3, mistral's and qwen2's
+// sliding windows, and the RoPE scalings llama3, yarn, longrope with partial rotary) against golden logits from an independent torch reference written from transformers'
 // modeling code (tools/reference/hf_reference.py; it reads the fixtures this test writes when
 // QUANT_FAMILY_FIXTURES_OUT names a directory). The suite itself never needs torch.
 #include <gtest/gtest.h>
@@ -72,6 +72,40 @@ std::vector<Family> families() {
     s.extra_config["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
                                       {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
     out.push_back({"llama_rope_llama3", s});
+  }
+  {
+    // YaRN (ramp over frequencies 0..3 of 8) with max_position_embeddings = factor × original,
+    // and Qwen2's sliding window on the layers from max_window_layers on.
+    TinyModelSpec s = base;
+    s.model_type = "qwen2";
+    s.head_dim = 16;
+    s.tied = false;
+    s.ctx = 256;
+    s.extra_config["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 64}};
+    s.extra_config["use_sliding_window"] = true;
+    s.extra_config["sliding_window"] = 5;
+    s.extra_config["max_window_layers"] = 1;
+    out.push_back({"qwen2_rope_yarn", s});
+  }
+  {
+    // Phi-3 128k style: longrope (24 tokens > original 16: the long factors), attention factor
+    // sqrt(1 + ln 4 / ln 16), and partial RoPE (half of each 8-dim head).
+    TinyModelSpec s = base;
+    s.model_type = "phi3";
+    s.tied = false;
+    s.ctx = 64;
+    s.extra_config["sliding_window"] = nullptr;
+    s.extra_config["partial_rotary_factor"] = 0.5;
+    s.extra_config["original_max_position_embeddings"] = 16;
+    s.extra_config["rope_scaling"] = {{"type", "longrope"}, {"long_factor", {1.5, 7.0}}, {"short_factor", {1.1, 2.0}}};
+    out.push_back({"phi3_longrope", s});
+  }
+  {
+    TinyModelSpec s = base;
+    s.model_type = "mistral";
+    s.tied = false;
+    s.extra_config["sliding_window"] = 6;  // every layer (MistralModel)
+    out.push_back({"mistral", s});
   }
   return out;
 }

@@ -44,11 +44,38 @@ def rms_norm(x, w, eps, gemma):
     return xn * (1.0 + w) if gemma else xn * w
 
 
-def inv_freq(cfg, base, scaling):
-    dim = cfg["head_dim"]
+def inv_freq(cfg, base, scaling, T):
+    """(inv_freq, attention_scaling) as modeling_rope_utils' _compute_*_parameters."""
+    dim = int(cfg["head_dim"] * cfg.get("partial_rotary_factor", 1.0))
     f = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
-    if kind == "linear":  # _compute_linear_scaling_rope_parameters... positions / factor
+    attention = 1.0
+    if kind == "yarn":  # _compute_yarn_parameters
+        factor = scaling["factor"]
+        orig = scaling.get("original_max_position_embeddings") or cfg["max_position_embeddings"]
+        attention = scaling.get("attention_factor")
+        if attention is None:
+            attention = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+        beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+        def corr(rot):
+            return (dim * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(base))
+        low, high = math.floor(corr(beta_fast)), math.ceil(corr(beta_slow))
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+        extra = 1 - ramp
+        f = (f / factor) * (1 - extra) + f * extra
+    elif kind in ("longrope", "su"):  # _compute_longrope_parameters + longrope_frequency_update
+        orig = scaling.get("original_max_position_embeddings") or cfg.get("original_max_position_embeddings", 4096)
+        factor = cfg["max_position_embeddings"] / orig
+        attention = scaling.get("attention_factor")
+        if attention is None:
+            attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(orig))
+        ext = torch.tensor(scaling["long_factor"] if T > orig else scaling["short_factor"], dtype=torch.float32)
+        f = 1.0 / (ext * base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    elif kind == "linear":  # _compute_linear_scaling_rope_parameters... positions / factor
         f = f / scaling["factor"]
     elif kind == "llama3":  # _compute_llama3_parameters
         factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
@@ -62,14 +89,21 @@ def inv_freq(cfg, base, scaling):
         f = torch.where(medium, smoothed, scaled)
     elif kind != "default":
         raise SystemExit(f"rope type {kind} not in this reference")
-    return f
+    return f, attention
 
 
 def rope(cfg, base, scaling, T):
-    f = inv_freq(cfg, base, scaling)
+    f, attention = inv_freq(cfg, base, scaling, T)
     freqs = torch.arange(T).float()[:, None] * f[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    return emb.cos() * attention, emb.sin() * attention
+
+
+def apply_rope(x, cos, sin):
+    # Phi3's apply_rotary_pos_emb: rotate the first cos.shape[-1] dims, pass the rest through.
+    r = cos.shape[-1]
+    xr, xp = x[..., :r], x[..., r:]
+    return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
 
 
 def rotate_half(x):
@@ -108,6 +142,12 @@ def forward(cfg, W, tokens):
         # Phi3Model: create_sliding_window_causal_mask on every layer when sliding_window is set
         window = cfg["sliding_window"]
         sliding = [True] * L
+    if mt == "mistral" and cfg.get("sliding_window", 4096):
+        window = cfg.get("sliding_window", 4096)  # MistralConfig default; every layer
+        sliding = [True] * L
+    if mt == "qwen2" and cfg.get("use_sliding_window"):
+        window = cfg.get("sliding_window", 4096)  # Qwen2: layers from max_window_layers on
+        sliding = [i >= cfg.get("max_window_layers", 28) for i in range(L)]
     if "layer_types" in cfg:
         sliding = [t == "sliding_attention" for t in cfg["layer_types"]]
     cos_g, sin_g = rope(cfg, cfg.get("rope_theta", 10000.0), cfg.get("rope_scaling"), T)
@@ -140,8 +180,8 @@ def forward(cfg, W, tokens):
             k = rms_norm(k, W[p + "self_attn.k_norm.weight"], eps, gemma)
         q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
         cos, sin = (cos_l, sin_l) if sliding[i] else (cos_g, sin_g)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
         k = k.repeat_interleave(nh // nkv, dim=0)
         v = v.repeat_interleave(nh // nkv, dim=0)
         s = (q @ k.transpose(1, 2)) * scaling

@@ -14,13 +14,24 @@ namespace quant {
 
 namespace fs = std::filesystem;
 
-// rope_scaling, recorded as given; "llama3" is applied by the forward pass, "linear" too.
+// rope_scaling as transformers' modeling_rope_utils reads it (docs/architectures.md "RoPE
+// scaling"): none, linear, llama3, yarn, longrope.
 struct RopeScaling {
-  std::string type = "none";  // none | linear | llama3 | (other: recorded, rejected by forward)
+  std::string type = "none";  // none | linear | llama3 | yarn | longrope | freq_factors
   double factor = 1.0;
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
+  // llama3: from rope_scaling (default 8192); yarn: rope_scaling's, else max_position_embeddings;
+  // longrope: rope_scaling's, else the config's top-level value (Phi3Config default 4096).
   std::int64_t original_max_position_embeddings = 8192;
+  // yarn and longrope: cos and sin are multiplied by this (transformers' attention_scaling);
+  // computed from the config when it gives none.
+  double attention_factor = 1.0;
+  bool attention_factor_given = false;  // the config set attention_factor (or mscale/mscale_all_dim)
+  double beta_fast = 32.0;              // yarn
+  double beta_slow = 1.0;               // yarn
+  bool truncate = true;                 // yarn: floor/ceil the correction range
+  std::vector<double> long_factor, short_factor;  // longrope: one per rotary frequency
   // type "freq_factors": a divisor per frequency, as llama.cpp applies a GGUF's
   // rope_freqs.weight (how convert_hf_to_gguf.py stores Llama 3.1's scaling).
   std::vector<double> freq_factors;
@@ -34,6 +45,7 @@ struct ModelConfig {
   std::int64_t n_heads = 0;
   std::int64_t n_kv_heads = 0;
   std::int64_t head_dim = 0;
+  std::int64_t rotary_dim = 0;  // leading dims of each head that RoPE rotates (head_dim · partial_rotary_factor, phi3)
   std::int64_t vocab_size = 0;
   std::int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
