@@ -234,7 +234,98 @@ namespace {
 // (MistralForCausalLM converts as llama).
 std::string gguf_arch(const ModelConfig& c) {
   if (c.model_type == "qwen2" || c.model_type == "qwen3" || c.model_type == "gemma2" || c.model_type == "phi3") return c.model_type;
+  if (c.model_type == "gemma3_text") return "gemma3";
   return "llama";
+}
+
+// Gemma 3's sliding layers as llama.cpp sets them from a period p (llama_hparams::set_swa_pattern:
+// layer il slides when il % p < p − 1, the same as transformers' (i + 1) % p != 0); 0 when the
+// layers follow no period.
+std::int64_t swa_period(const ModelConfig& c) {
+  for (std::int64_t p = 1; p <= c.n_layers + 1; ++p) {
+    bool ok = true;
+    for (std::int64_t i = 0; i < c.n_layers && ok; ++i) ok = c.is_sliding(i) == (i % p < p - 1);
+    if (ok) return p;
+  }
+  return 0;
+}
+
+// llama.cpp's attention scale for Gemma 2/3 (gemma2.cpp / gemma3.cpp load_arch_hparams):
+// 1/sqrt(hidden/heads) for the 27B (46 resp. 62 layers), else 1/sqrt(head_dim); it ignores
+// query_pre_attn_scalar, so the config must agree.
+void check_gemma_scale(const ModelConfig& c, const std::string& dir, std::int64_t layers_27b) {
+  const double llama_cpp_scale = c.n_layers == layers_27b ? 1.0 / std::sqrt(static_cast<double>(c.hidden_size / c.n_heads))
+                                                          : 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  if (std::abs(llama_cpp_scale - c.attn_scale) > 1e-9 * llama_cpp_scale) {
+    fail("{}: query_pre_attn_scalar gives attention scale {:.6g}, but llama.cpp's {} uses {:.6g} for a {}-layer model",
+         dir, c.attn_scale, gguf_arch(c), llama_cpp_scale, c.n_layers);
+  }
+}
+
+// Gemma 3 as llama.cpp runs it (src/models/gemma3.cpp, convert_hf_to_gguf.py Gemma3Model):
+// no attention soft-capping (the converter asserts it is absent), the attention scale above,
+// sliding layers in a period (written as attention.sliding_window_pattern, default 6), the
+// local RoPE base as rope.freq_base_swa unscaled, global RoPE scaling linear at most.
+void check_gemma3(const Model& model) {
+  const ModelConfig& c = model.config();
+  const std::string dir = model.dir().string();
+  if (c.attn_softcap > 0) fail("{}: llama.cpp's gemma3 has no attention soft-capping (attn_logit_softcapping {})", dir, c.attn_softcap);
+  check_gemma_scale(c, dir, 62);
+  if (swa_period(c) == 0) {
+    fail("{}: the sliding-window layers follow no period p (layer i sliding when i % p < p - 1), which is all llama.cpp's gemma3 "
+         "can express", dir);
+  }
+  if (c.rope_scaling.type != "none" && c.rope_scaling.type != "linear") {
+    fail("{}: llama.cpp's gemma3 takes linear RoPE scaling at most (rope_scaling '{}')", dir, c.rope_scaling.type);
+  }
+}
+
+// YaRN as llama.cpp applies it (llama-context.cpp: ext_factor 1, attention factor
+// 0.1·ln(factor) + 1 recomputed from the factor, beta_fast/beta_slow from its defaults 32/1,
+// the correction range floored/ceiled): a config that sets anything else would run differently.
+void check_yarn(const ModelConfig& c, const std::string& dir) {
+  const RopeScaling& r = c.rope_scaling;
+  const double mscale = r.factor <= 1 ? 1.0 : 0.1 * std::log(r.factor) + 1.0;
+  if (r.attention_factor_given && std::abs(r.attention_factor - mscale) > 1e-6) {
+    fail("{}: rope_scaling yarn with attention factor {} (mscale/attention_factor): llama.cpp computes {} from the factor", dir,
+         r.attention_factor, mscale);
+  }
+  if (r.beta_fast != 32.0 || r.beta_slow != 1.0 || !r.truncate) {
+    fail("{}: rope_scaling yarn with beta_fast {} / beta_slow {} / truncate {}: llama.cpp runs 32 / 1 / true", dir, r.beta_fast,
+         r.beta_slow, r.truncate);
+  }
+  if (gguf_arch(c) != "llama" && gguf_arch(c) != "qwen2" && gguf_arch(c) != "qwen3") {
+    fail("{}: rope_scaling yarn cannot be exported for {}", dir, c.model_type);
+  }
+}
+
+// Phi-3's RoPE as the converter writes it (Phi3MiniModel): rope dims int(partial·hidden)/heads,
+// longrope as rope_factors_long/short tensors with rope.scaling.attn_factor
+// sqrt(1 + ln(max/original) / ln(original)); an attention_factor the config sets is not written.
+void check_phi3(const Model& model) {
+  const ModelConfig& c = model.config();
+  const std::string dir = model.dir().string();
+  // llama-model.cpp load_tensors(LLM_ARCH_PHI3): attn_output is {n_embd, n_embd} and
+  // n_embd_head = n_embd / n_head, so heads × head_dim must be the hidden size.
+  if (c.n_heads * c.head_dim != c.hidden_size) {
+    fail("{}: llama.cpp's phi3 needs num_attention_heads × head_dim = hidden_size ({} × {} ≠ {})", dir, c.n_heads, c.head_dim, c.hidden_size);
+  }
+  const double partial = static_cast<double>(c.rotary_dim) / static_cast<double>(c.head_dim);
+  if (static_cast<std::int64_t>(partial * static_cast<double>(c.hidden_size)) / c.n_heads != c.rotary_dim) {
+    fail("{}: the converter's rope dims int(partial_rotary_factor × hidden) / heads differ from transformers' {}", dir, c.rotary_dim);
+  }
+  const RopeScaling& r = c.rope_scaling;
+  if (r.type != "none" && r.type != "longrope") fail("{}: rope_scaling '{}' cannot be exported for phi3 (longrope can)", dir, r.type);
+  if (r.type == "longrope" && r.attention_factor_given) {
+    const double f = r.factor <= 1 ? 1.0 : std::sqrt(1.0 + std::log(r.factor) / std::log(static_cast<double>(r.original_max_position_embeddings)));
+    if (std::abs(f - r.attention_factor) > 1e-6) {
+      fail("{}: rope_scaling longrope with attention_factor {}: llama.cpp's converter writes {} from the context lengths", dir, r.attention_factor, f);
+    }
+  }
+  if (c.sliding_window > 0 && c.sliding_window < c.max_position_embeddings) {
+    log::warn("{}: llama.cpp (since mid-2025) disables Phi-3's sliding window (\"Phi SWA is currently disabled\"): it agrees "
+              "with transformers only for contexts up to {} tokens", dir, c.sliding_window);
+  }
 }
 
 // Gemma 2 as llama.cpp (c392e50) runs it, each rule from the code that imposes it:
@@ -251,12 +342,7 @@ void check_gemma2(const Model& model) {
     fail("{}: llama.cpp runs gemma2 only with 26, 42 or 46 layers (the released 2B/9B/27B sizes; others abort in its "
          "graph), this model has {}", dir, c.n_layers);
   }
-  const double llama_cpp_scale = c.n_layers == 46 ? 1.0 / std::sqrt(static_cast<double>(c.hidden_size / c.n_heads))
-                                                  : 1.0 / std::sqrt(static_cast<double>(c.head_dim));
-  if (std::abs(llama_cpp_scale - c.attn_scale) > 1e-9 * llama_cpp_scale) {
-    fail("{}: query_pre_attn_scalar gives attention scale {:.6g}, but llama.cpp's gemma2 uses {:.6g} for a {}-layer model",
-         dir, c.attn_scale, llama_cpp_scale, c.n_layers);
-  }
+  check_gemma_scale(c, dir, 46);
   for (std::int64_t i = 0; i < c.n_layers; ++i) {
     if (c.is_sliding(i) != (i % 2 == 0)) {
       fail("{}: layer {} is {} but llama.cpp's gemma2 uses sliding-window attention exactly on the even layers", dir, i,
@@ -268,29 +354,26 @@ void check_gemma2(const Model& model) {
 }
 
 // llama.cpp's llama architecture is exported without linear biases (quant refuses them), qwen2
-// with its q/k/v biases; RoPE scaling: none, linear (rope.scaling.* keys) and llama3 (the
-// rope_freqs.weight factors convert_hf_to_gguf.py writes); others are refused. Packed inputs are
-// re-quantized.
+// with its q/k/v biases; RoPE scaling: none, linear (rope.scaling.* keys), llama3 (the
+// rope_freqs.weight factors convert_hf_to_gguf.py writes), yarn (rope.scaling.* keys) and
+// phi3's longrope (factor tensors); others are refused. Packed inputs are re-quantized.
 void check_exportable(const Model& model) {
   const ModelConfig& c = model.config();
-  if (c.model_type == "gemma3_text") {
-    fail("{}: GGUF export of gemma3_text is not supported yet (the llama.cpp build quant is checked against predates "
-         "Gemma 3, so quant cannot verify the file it would write)", model.dir().string());
-  }
+  const std::string dir = model.dir().string();
   if (c.model_type == "gemma2") check_gemma2(model);
-  if (c.model_type == "phi3") {
-    // llama-model.cpp load_tensors(LLM_ARCH_PHI3): attn_output is {n_embd, n_embd} and
-    // n_embd_head = n_embd / n_head, so heads × head_dim must be the hidden size; build_phi3
-    // takes RoPE scaling only as longrope factor tensors, which quant does not write.
-    if (c.n_heads * c.head_dim != c.hidden_size) {
-      fail("{}: llama.cpp's phi3 needs num_attention_heads × head_dim = hidden_size ({} × {} ≠ {})", model.dir().string(), c.n_heads,
-           c.head_dim, c.hidden_size);
-    }
-    if (c.rope_scaling.type != "none") fail("{}: rope_scaling '{}' cannot be exported for phi3", model.dir().string(), c.rope_scaling.type);
-  }
+  if (c.model_type == "gemma3_text") check_gemma3(model);
+  if (c.model_type == "phi3") check_phi3(model);
   const std::string& rope = c.rope_scaling.type;
-  if (rope != "none" && rope != "linear" && rope != "llama3") {
-    fail("{}: rope_scaling type '{}' cannot be exported to GGUF (supported: linear, llama3)", model.dir().string(), rope);
+  if (rope == "yarn") check_yarn(c, dir);
+  if (rope != "none" && rope != "linear" && rope != "llama3" && rope != "yarn" && rope != "longrope") {
+    fail("{}: rope_scaling type '{}' cannot be exported to GGUF (supported: linear, llama3, yarn, longrope for phi3)", dir, rope);
+  }
+  // llama.cpp's llama/qwen2/qwen3 graphs attend over the whole context (no n_swa for them).
+  const std::string arch = gguf_arch(c);
+  if ((arch == "llama" || arch == "qwen2" || arch == "qwen3") && c.sliding_window > 0 &&
+      std::any_of(c.layer_sliding.begin(), c.layer_sliding.end(), [](bool b) { return b; })) {
+    log::warn("{}: llama.cpp's {} runs without the {}-token sliding window: it agrees with transformers only for contexts up to "
+              "that length", dir, arch, c.sliding_window);
   }
   for (const auto& layer : model.layout().layers) {
     for (const auto& l : layer.linears) {
@@ -319,13 +402,13 @@ void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
   w.set(arch + ".embedding_length", Value::u32(static_cast<std::uint32_t>(c.hidden_size)));
   w.set(arch + ".block_count", Value::u32(static_cast<std::uint32_t>(c.n_layers)));
   w.set(arch + ".feed_forward_length", Value::u32(static_cast<std::uint32_t>(c.intermediate_size)));
-  w.set(arch + ".rope.dimension_count", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
+  w.set(arch + ".rope.dimension_count", Value::u32(static_cast<std::uint32_t>(c.rotary_dim)));
   w.set(arch + ".rope.freq_base", Value::f32(static_cast<float>(c.rope_theta)));
   w.set(arch + ".attention.head_count", Value::u32(static_cast<std::uint32_t>(c.n_heads)));
   w.set(arch + ".attention.head_count_kv", Value::u32(static_cast<std::uint32_t>(c.n_kv_heads)));
   w.set(arch + ".attention.layer_norm_rms_epsilon", Value::f32(static_cast<float>(c.rms_norm_eps)));
   w.set(arch + ".vocab_size", Value::u32(static_cast<std::uint32_t>(c.vocab_size)));
-  if (c.head_dim * c.n_heads != c.hidden_size || c.model_type == "gemma2") {
+  if (c.head_dim * c.n_heads != c.hidden_size || c.model_type == "gemma2" || c.model_type == "gemma3_text") {
     w.set(arch + ".attention.key_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
     w.set(arch + ".attention.value_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
   }
@@ -335,18 +418,34 @@ void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
     // config, the context length, which masks nothing.
     w.set(arch + ".attention.sliding_window",
           Value::u32(static_cast<std::uint32_t>(c.sliding_window > 0 ? c.sliding_window : c.max_position_embeddings)));
-    if (c.raw.contains("original_max_position_embeddings") && c.raw["original_max_position_embeddings"].is_number_integer()) {
+    if (c.rope_scaling.type == "longrope") {
+      w.set(arch + ".rope.scaling.original_context_length", Value::u32(static_cast<std::uint32_t>(c.rope_scaling.original_max_position_embeddings)));
+      w.set(arch + ".rope.scaling.attn_factor", Value::f32(static_cast<float>(c.rope_scaling.attention_factor)));
+    } else if (c.raw.contains("original_max_position_embeddings") && c.raw["original_max_position_embeddings"].is_number_integer()) {
       w.set(arch + ".rope.scaling.original_context_length", Value::u32(c.raw["original_max_position_embeddings"].get<std::uint32_t>()));
     }
+  }
+  if (c.model_type == "gemma3_text") {  // convert_hf_to_gguf.py Gemma3Model.set_gguf_parameters
+    if (c.final_softcap > 0) w.set(arch + ".final_logit_softcapping", Value::f32(static_cast<float>(c.final_softcap)));
+    const std::int64_t period = swa_period(c);
+    if (period != 1 && c.sliding_window > 0) {
+      w.set(arch + ".attention.sliding_window", Value::u32(static_cast<std::uint32_t>(c.sliding_window)));
+      // llama.cpp's default period is 6 (Gemma 3's); the converter writes none.
+      if (period != 6) w.set(arch + ".attention.sliding_window_pattern", Value::u32(static_cast<std::uint32_t>(period)));
+    }
+    w.set(arch + ".rope.freq_base_swa", Value::f32(static_cast<float>(c.rope_local_theta)));
   }
   if (c.model_type == "gemma2") {  // convert_hf_to_gguf.py Gemma2Model.set_gguf_parameters
     w.set(arch + ".attn_logit_softcapping", Value::f32(static_cast<float>(c.attn_softcap)));
     w.set(arch + ".final_logit_softcapping", Value::f32(static_cast<float>(c.final_softcap)));
     w.set(arch + ".attention.sliding_window", Value::u32(static_cast<std::uint32_t>(c.sliding_window)));
   }
-  if (c.rope_scaling.type == "linear") {
-    w.set(arch + ".rope.scaling.type", Value::str("linear"));
+  if (c.rope_scaling.type == "linear" || c.rope_scaling.type == "yarn") {  // TextModel.set_gguf_parameters
+    w.set(arch + ".rope.scaling.type", Value::str(c.rope_scaling.type));
     w.set(arch + ".rope.scaling.factor", Value::f32(static_cast<float>(c.rope_scaling.factor)));
+    if (c.rope_scaling.type == "yarn") {
+      w.set(arch + ".rope.scaling.original_context_length", Value::u32(static_cast<std::uint32_t>(c.rope_scaling.original_max_position_embeddings)));
+    }
   }
   add_tokenizer(model, w);
   // llama-vocab.cpp load (c392e50): a general.name containing "phi-3"/"phi3" sets attributes on
@@ -461,6 +560,16 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
       const std::vector<float> f = llama3_rope_factors(c);
       return Mat(Eigen::Map<const Mat>(f.data(), 1, static_cast<Eigen::Index>(f.size())));
     });
+  }
+  if (c.rope_scaling.type == "longrope") {  // Phi3MiniModel.generate_extra_tensors
+    for (const auto& [name, f] : {std::pair{"rope_factors_long.weight", &c.rope_scaling.long_factor},
+                                  std::pair{"rope_factors_short.weight", &c.rope_scaling.short_factor}}) {
+      add(name, {c.rotary_dim / 2}, GgmlType::F32, [f] {
+        Mat m(1, static_cast<Eigen::Index>(f->size()));
+        for (std::size_t i = 0; i < f->size(); ++i) m(0, static_cast<Eigen::Index>(i)) = static_cast<float>((*f)[i]);
+        return m;
+      });
+    }
   }
   const std::int64_t gqa = c.n_heads / std::max<std::int64_t>(c.n_kv_heads, 1);
   const bool llama_70b = gguf_arch(c) == "llama" && c.n_layers == 80;

@@ -24,7 +24,7 @@ using gguf::File;
 using gguf::Value;
 using gguf::ValueType;
 
-const std::set<std::string> kArchs = {"llama", "qwen2", "qwen3", "gemma2", "phi3"};
+const std::set<std::string> kArchs = {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"};
 
 class Meta {
  public:
@@ -81,10 +81,10 @@ json hf_config(const File& f, const std::string& arch) {
   const Meta m(f, arch);
   const std::string where = f.path().string();
   json j;
-  j["model_type"] = arch;
+  j["model_type"] = arch == "gemma3" ? "gemma3_text" : arch;
   j["architectures"] = json::array({arch == "llama" ? "LlamaForCausalLM" : arch == "qwen2" ? "Qwen2ForCausalLM"
                                     : arch == "qwen3" ? "Qwen3ForCausalLM" : arch == "gemma2" ? "Gemma2ForCausalLM"
-                                                                          : "Phi3ForCausalLM"});
+                                    : arch == "gemma3" ? "Gemma3ForCausalLM" : "Phi3ForCausalLM"});
   const std::int64_t hidden = m.integer("embedding_length"), heads = m.integer("attention.head_count");
   if (heads <= 0) fail("{}: {}.attention.head_count must be positive", where, arch);
   j["hidden_size"] = hidden;
@@ -94,13 +94,15 @@ json hf_config(const File& f, const std::string& arch) {
   j["num_key_value_heads"] = m.integer("attention.head_count_kv", heads);
   const std::int64_t head_dim = m.integer("attention.key_length", hidden / heads);
   if (m.integer("attention.value_length", head_dim) != head_dim) fail("{}: key and value head sizes differ, which quant does not support", where);
-  if (m.integer("rope.dimension_count", head_dim) != head_dim) {
-    fail("{}: RoPE over {} of {} head dimensions (partial rotary) is not supported", where, m.integer("rope.dimension_count"), head_dim);
+  if (const std::int64_t rot = m.integer("rope.dimension_count", head_dim); rot != head_dim) {
+    // Phi3MiniModel writes int(partial_rotary_factor · hidden) / heads (Phi-4-mini: 0.75).
+    if (arch != "phi3") fail("{}: RoPE over {} of {} head dimensions (partial rotary) is supported for phi3 only", where, rot, head_dim);
+    j["partial_rotary_factor"] = static_cast<double>(rot) / static_cast<double>(head_dim);
   }
   j["head_dim"] = head_dim;
   j["max_position_embeddings"] = m.integer("context_length", 2048);
   j["rms_norm_eps"] = m.number("attention.layer_norm_rms_epsilon", 1e-6);
-  j["rope_theta"] = m.number("rope.freq_base", arch == "qwen3" ? 1e6 : 10000.0);
+  j["rope_theta"] = m.number("rope.freq_base", 10000.0);  // llama.cpp's default when the key is absent
   j["torch_dtype"] = "float32";
   const Value* tokens = f.find("tokenizer.ggml.tokens");
   if (!tokens || tokens->type != ValueType::ARRAY) fail("{}: no tokenizer.ggml.tokens (quant eval needs the GGUF's vocabulary)", where);
@@ -111,8 +113,16 @@ json hf_config(const File& f, const std::string& arch) {
   const std::string scaling = m.string("rope.scaling.type");
   if (scaling == "linear") {
     j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", m.number("rope.scaling.factor", 1.0)}};
+  } else if (scaling == "yarn") {
+    // As llama.cpp runs it (llama-context.cpp): the factor, the original context (default the
+    // training context), beta 32/1 and the attention factor 0.1·ln(factor) + 1.
+    j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", m.number("rope.scaling.factor", 1.0)},
+                         {"original_max_position_embeddings", m.integer("rope.scaling.original_context_length", j["max_position_embeddings"])}};
   } else if (!scaling.empty() && scaling != "none") {
-    fail("{}: RoPE scaling '{}' is not supported for GGUF input (supported: linear)", where, scaling);
+    fail("{}: RoPE scaling '{}' is not supported for GGUF input (supported: linear, yarn)", where, scaling);
+  }
+  if (arch != "phi3" && m.number("rope.scaling.attn_factor", 1.0) != 1.0) {
+    fail("{}: {}.rope.scaling.attn_factor {} is not supported for GGUF input", where, arch, m.number("rope.scaling.attn_factor", 1.0));
   }
   if (arch == "gemma2") {
     // llama.cpp's build_gemma2 scales q by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the
@@ -122,8 +132,35 @@ json hf_config(const File& f, const std::string& arch) {
     j["final_logit_softcapping"] = m.number("final_logit_softcapping", 30.0);
     j["sliding_window"] = m.integer("attention.sliding_window", 4096);
   }
+  if (arch == "gemma3") {
+    // src/models/gemma3.cpp: the same scale rule (27B: 62 layers), no attention soft-capping,
+    // sliding layers by attention.sliding_window_pattern (default 6) when a window is set,
+    // local RoPE base rope.freq_base_swa (default 10^4) unscaled.
+    j["query_pre_attn_scalar"] = j["num_hidden_layers"] == 62 ? hidden / heads : head_dim;
+    j["attn_logit_softcapping"] = nullptr;
+    const double cap = m.number("final_logit_softcapping", 0.0);
+    j["final_logit_softcapping"] = cap > 0 ? json(cap) : json(nullptr);
+    const std::int64_t window = m.integer("attention.sliding_window", 0);
+    j["sliding_window"] = window;
+    j["sliding_window_pattern"] = window > 0 ? m.integer("attention.sliding_window_pattern", 6) : 1;
+    j["rope_local_base_freq"] = m.number("rope.freq_base_swa", 10000.0);
+  }
   if (arch == "phi3") {
     if (const auto w = m.integer("attention.sliding_window", 0); w > 0) j["sliding_window"] = w;
+    const std::int64_t original = m.integer("rope.scaling.original_context_length", j["max_position_embeddings"]);
+    j["original_max_position_embeddings"] = original;
+    // Phi3MiniModel's longrope: rope_factors_long/short tensors, rope.scaling.attn_factor.
+    std::vector<double> lf, sf;
+    for (const auto& t : f.tensors) {
+      if (t.name != "rope_factors_long.weight" && t.name != "rope_factors_short.weight") continue;
+      auto& out = t.name == "rope_factors_long.weight" ? lf : sf;
+      for (float x : gguf::dequantize_tensor(f, t.name)) out.push_back(x);
+    }
+    if (lf.empty() != sf.empty()) fail("{}: one of rope_factors_long.weight / rope_factors_short.weight is missing", where);
+    if (!lf.empty()) {
+      j["rope_scaling"] = {{"type", "longrope"}, {"long_factor", lf}, {"short_factor", sf},
+                           {"original_max_position_embeddings", original}, {"attention_factor", m.number("rope.scaling.attn_factor", 1.0)}};
+    }
   }
   if (arch == "llama" || arch == "phi3") {
     for (const auto& t : f.tensors) {
@@ -175,7 +212,7 @@ Model open_gguf_model(const fs::path& path) {
   if (!a || a->type != ValueType::STRING) fail("{}: no general.architecture", where);
   const std::string arch = a->s;
   if (!kArchs.contains(arch)) {
-    fail("{}: GGUF architecture '{}' is not supported for evaluation (supported: llama, qwen2, qwen3, gemma2, phi3)", where, arch);
+    fail("{}: GGUF architecture '{}' is not supported for evaluation (supported: llama, qwen2, qwen3, gemma2, gemma3, phi3)", where, arch);
   }
   const json config_json = hf_config(*file, arch);
   ModelConfig config = ModelConfig::from_json(config_json, where);
@@ -229,7 +266,7 @@ Model open_gguf_model(const fs::path& path) {
                          std::copy(y.begin(), y.end(), dst);
                        }});
   }
-  used.insert("rope_freqs.weight");
+  for (const char* extra : {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}) used.insert(extra);
   for (const auto& t : file->tensors) {
     if (!used.contains(t.name)) log::warn("{}: tensor '{}' is not used by the {} architecture", where, t.name, arch);
   }

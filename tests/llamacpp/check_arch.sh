@@ -81,7 +81,7 @@ elif edit == "gemma2":
                 "query_pre_attn_scalar": hd, "sliding_window": 64, "attn_logit_softcapping": 50.0,
                 "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True})
     cfg.pop("hidden_act", None)
-elif edit == "fused":  # named so: llama.cpp keys Phi-3 vocabulary quirks on general.name
+elif edit in ("fused", "fusedlong"):  # named so: llama.cpp keys Phi-3 vocabulary quirks on general.name
     # Phi-3 layout from the same weights: q/k/v stacked into qkv_proj, gate/up into gate_up_proj,
     # and a 64-token sliding window on every layer (Phi3Model's mask).
     raw = open(f"{d}/model.safetensors", "rb").read()
@@ -109,14 +109,71 @@ elif edit == "fused":  # named so: llama.cpp keys Phi-3 vocabulary quirks on gen
         hdr2[name] = {"dtype": dt, "shape": sh, "data_offsets": [len(body), len(body) + len(b)]}; body += b
     h = json.dumps(hdr2).encode(); h += b" " * ((8 - len(h) % 8) % 8)
     open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + body)
-    cfg.update({"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "sliding_window": 64})
+    cfg.update({"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "sliding_window": 1024})
+    if edit == "fusedlong":
+        # Phi-3 128k style: longrope (512-token windows > original 256: the long factors), the
+        # attention factor from max/original = 8, and RoPE over half of each head.
+        rng = random.Random(1)
+        n = cfg["hidden_size"] // cfg["num_attention_heads"] // 4
+        cfg.update({"partial_rotary_factor": 0.5, "original_max_position_embeddings": 256, "max_position_embeddings": 2048,
+                    "rope_scaling": {"type": "longrope", "long_factor": [1 + 3 * rng.random() for _ in range(n)],
+                                     "short_factor": [1 + rng.random() for _ in range(n)]}})
+elif edit == "yarn":
+    cfg["max_position_embeddings"] = 512  # = factor × original: every transformers version reads it alike
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 64}
+elif edit in ("qwen3", "gemma3"):
+    raw = open(f"{d}/model.safetensors", "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]; hdr = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+    def get(name):
+        a, b = hdr[name]["data_offsets"]; return hdr[name]["dtype"], hdr[name]["shape"], data[a:b]
+    def minus_one(blob):
+        vals = struct.unpack(f"<{len(blob) // 2}e", blob); return struct.pack(f"<{len(vals)}e", *[v - 1 for v in vals])
+    rng = random.Random(2)
+    L0 = cfg["num_hidden_layers"]; H = cfg["hidden_size"]; hd = H // cfg["num_attention_heads"]
+    gemma = edit == "gemma3"
+    L = 8 if gemma else L0
+    def qk_norm():  # RMSNorm weights over head_dim: 1 + noise (Gemma stores the noise itself)
+        return ("F16", [hd], struct.pack(f"<{hd}e", *[(0.0 if gemma else 1.0) + rng.gauss(0, 0.2) for _ in range(hd)]))
+    out = {"model.embed_tokens.weight": get("model.embed_tokens.weight")}
+    dt, sh, blob = get("model.norm.weight"); out["model.norm.weight"] = (dt, sh, minus_one(blob) if gemma else blob)
+    zeros = struct.pack(f"<{H}e", *([0.0] * H))
+    for l in range(L):
+        s, p = f"model.layers.{l % L0}.", f"model.layers.{l}."
+        for t in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+            out[p + t + ".weight"] = get(s + t + ".weight")
+        out[p + "self_attn.q_norm.weight"] = qk_norm(); out[p + "self_attn.k_norm.weight"] = qk_norm()
+        dt, sh, blob = get(s + "input_layernorm.weight"); out[p + "input_layernorm.weight"] = (dt, sh, minus_one(blob) if gemma else blob)
+        dt, sh, blob = get(s + "post_attention_layernorm.weight")
+        if gemma:
+            out[p + "pre_feedforward_layernorm.weight"] = (dt, sh, minus_one(blob))
+            out[p + "post_attention_layernorm.weight"] = ("F16", [H], zeros)
+            out[p + "post_feedforward_layernorm.weight"] = ("F16", [H], zeros)
+        else:
+            out[p + "post_attention_layernorm.weight"] = (dt, sh, blob)
+    if "lm_head.weight" in hdr: out["lm_head.weight"] = get("lm_head.weight")
+    hdr2, body = {}, bytearray()
+    for name, (dt, sh, blob) in out.items():
+        hdr2[name] = {"dtype": dt, "shape": sh, "data_offsets": [len(body), len(body) + len(blob)]}; body += blob
+    h = json.dumps(hdr2).encode(); h += b" " * ((8 - len(h) % 8) % 8)
+    open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + body)
+    if gemma:
+        # Gemma 3 from the same weights: 8 layers (layer i reusing i % 6), sliding layers with
+        # period 4 and a 64-token window, local RoPE base 10^4, global 10^4 with linear ×2.
+        cfg.update({"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "num_hidden_layers": L, "head_dim": hd,
+                    "query_pre_attn_scalar": hd, "sliding_window": 64, "sliding_window_pattern": 4,
+                    "final_logit_softcapping": 30.0, "attn_logit_softcapping": None, "hidden_activation": "gelu_pytorch_tanh",
+                    "tie_word_embeddings": True, "rope_theta": 10000.0, "rope_local_base_freq": 10000.0,
+                    "rope_scaling": {"rope_type": "linear", "factor": 2.0}})
+        cfg.pop("hidden_act", None)
+    else:
+        cfg.update({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "head_dim": hd, "rope_theta": 10000.0})
 json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
 PY
 }
 
 status=0
 printf '%-8s %12s %12s %16s %9s %9s\n' variant quant quant-gguf llama-perplexity rel.diff gguf.diff
-for v in base llama3 linear qwen2 gemma2 fused; do
+for v in ${QUANT_ARCH_VARIANTS:-base llama3 linear yarn qwen2 qwen3 gemma2 gemma3 fused fusedlong}; do
   variant "$v" "$v"
   "$Q" -q gguf "$tmp/$v" -t f32 -o "$tmp/$v.gguf" > /dev/null
   q=$("$Q" -q -t $T eval "$tmp/$v" --text "$tmp/text.txt" --ctx $CTX --protocol llamacpp --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')

@@ -43,6 +43,23 @@ testing::TinyModelSpec spec_for(const std::string& type) {
     s.extra_config = {{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
                                         {"original_max_position_embeddings", 64}}}};
   }
+  if (type == "yarn") {  // rope.scaling.type yarn with its original context
+    s.model_type = "qwen2";
+    s.extra_config = {{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 16}}}};
+  }
+  if (type == "phi3_longrope") {  // rope_factors_long/short, rope.scaling.attn_factor, RoPE over half of each head
+    s.model_type = "phi3";
+    s.extra_config = {{"partial_rotary_factor", 0.5}, {"original_max_position_embeddings", 16},
+                      {"rope_scaling", {{"type", "longrope"}, {"long_factor", {1.5, 2.0, 3.0, 7.0}}, {"short_factor", {1.1, 1.2, 1.5, 2.0}}}}};
+  }
+  if (type == "gemma3") {  // sliding layers with period 2 (a sliding_window_pattern key), local RoPE base
+    s.model_type = "gemma3_text";
+    s.layers = 4;
+    s.head_dim = 16;
+    s.query_pre_attn_scalar = 16;
+    s.attn_softcap = 0;
+    s.extra_config = {{"attn_logit_softcapping", nullptr}, {"rope_scaling", {{"rope_type", "linear"}, {"factor", 2.0}}}};
+  }
   if (type == "qwen3") s.head_dim = 8;  // 4 × 8 ≠ 64: key_length in the GGUF
   if (type == "gemma2") {               // the shape llama.cpp runs (26 layers, q scaled by head_dim)
     s.layers = 26;
@@ -73,8 +90,12 @@ TEST_P(GgufInput, WeightsTokenizerAndPerplexityEqualTheDenseTwin) {
 
   const Model a = formats::open_model(g, true);
   const Model b = formats::open_model(twin);
-  EXPECT_EQ(a.config().model_type, type == "llama3" ? "llama" : type);
+  EXPECT_EQ(a.config().model_type, b.config().model_type);
   if (type == "llama3") EXPECT_EQ(a.config().rope_scaling.type, "freq_factors");
+  if (type != "llama3") EXPECT_EQ(a.config().rope_scaling.type, b.config().rope_scaling.type);
+  EXPECT_EQ(a.config().rotary_dim, b.config().rotary_dim);
+  EXPECT_NEAR(a.config().rope_scaling.attention_factor, b.config().rope_scaling.attention_factor, 1e-6);
+  EXPECT_EQ(a.config().rope_scaling.long_factor.size(), b.config().rope_scaling.long_factor.size());
   EXPECT_EQ(a.config().n_layers, b.config().n_layers);
   EXPECT_EQ(a.config().head_dim, b.config().head_dim);
   EXPECT_EQ(a.config().attn_scale, b.config().attn_scale);
@@ -102,7 +123,8 @@ TEST_P(GgufInput, WeightsTokenizerAndPerplexityEqualTheDenseTwin) {
   EXPECT_NEAR(pa / pb, 1.0, 1e-4) << pa << " vs " << pb;
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, GgufInput, ::testing::Values("llama", "llama3", "qwen2", "qwen3", "gemma2", "phi3"));
+INSTANTIATE_TEST_SUITE_P(Families, GgufInput, ::testing::Values("llama", "llama3", "yarn", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
+                                                                  "phi3_longrope"));
 
 TEST(GgufInputCli, EvalReadsGgufAndQuantizersRefuseIt) {
   TempDir dir;
