@@ -562,9 +562,10 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     });
   }
   if (c.rope_scaling.type == "longrope") {  // Phi3MiniModel.generate_extra_tensors
-    for (const auto& [name, f] : {std::pair{"rope_factors_long.weight", &c.rope_scaling.long_factor},
-                                  std::pair{"rope_factors_short.weight", &c.rope_scaling.short_factor}}) {
-      add(name, {c.rotary_dim / 2}, GgmlType::F32, [f] {
+    for (const auto& entry : {std::pair{"rope_factors_long.weight", &c.rope_scaling.long_factor},
+                              std::pair{"rope_factors_short.weight", &c.rope_scaling.short_factor}}) {
+      const std::vector<double>* f = entry.second;
+      add(entry.first, {c.rotary_dim / 2}, GgmlType::F32, [f] {
         Mat m(1, static_cast<Eigen::Index>(f->size()));
         for (std::size_t i = 0; i < f->size(); ++i) m(0, static_cast<Eigen::Index>(i)) = static_cast<float>((*f)[i]);
         return m;

@@ -1,6 +1,7 @@
 // The model families beyond Llama (qwen3, gemma2, gemma3_text, phi3, mistral's and qwen2's
-// sliding windows, and the RoPE scalings llama3, yarn, longrope with partial rotary) against golden logits from an independent torch reference written from transformers'
-// modeling code (tools/reference/hf_reference.py; it reads the fixtures this test writes when
+// sliding windows, and the RoPE scalings llama3, yarn, longrope with partial rotary) against
+// golden logits from an independent torch reference written from transformers' modeling code
+// (tools/reference/hf_reference.py; it reads the fixtures this test writes when
 // QUANT_FAMILY_FIXTURES_OUT names a directory). The suite itself never needs torch.
 #include <gtest/gtest.h>
 
