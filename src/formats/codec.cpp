@@ -14,9 +14,10 @@ Codec gptq_codec();
 Codec awq_codec();
 Codec dense_codec();
 Codec lut_codec();
+Codec compressed_tensors_codec();
 
 const std::vector<Codec>& codecs() {
-  static const std::vector<Codec> table = {gptq_codec(), awq_codec(), dense_codec(), lut_codec()};
+  static const std::vector<Codec> table = {gptq_codec(), awq_codec(), dense_codec(), lut_codec(), compressed_tensors_codec()};
   return table;
 }
 
@@ -97,6 +98,7 @@ std::vector<std::string> fast_kernels(Format format, const std::vector<PlannedLi
     if (bits4) k.push_back("exllamav2");
   }
   if (format == Format::awq && bits4 && groups) k.push_back("vllm awq_marlin");
+  if (format == Format::compressed_tensors && bits48 && groups) k.push_back("vllm marlin (CompressedTensorsWNA16)");
   return k;
 }
 
@@ -217,11 +219,11 @@ void verify_against_config(const Model& model) {
     const std::optional<QuantSpec> e = c->expected(qc, *l, where);
     if (e && !packed) {
       fail("{}: tensor '{}' is a float weight but quantization_config ({} format) quantizes it ({}-bit); loaders would look for "
-           "'{}.qweight'", model.store().file_of(l->weight_name()).string(), l->weight_name(), c->name, e->bits, l->prefix);
+           "'{}{}'", model.store().file_of(l->weight_name()).string(), l->weight_name(), c->name, e->bits, l->prefix, c->suffixes.front());
     }
     if (!e && packed) {
       fail("{}: '{}' is stored packed but quantization_config ({} format) keeps it in float (lm_head, dynamic '-:' or "
-           "modules_to_not_convert); loaders would look for '{}'", model.store().file_of(l->prefix + ".qweight").string(), l->prefix,
+           "modules_to_not_convert, ignore); loaders would look for '{}'", model.store().file_of(l->prefix + c->suffixes.front()).string(), l->prefix,
            c->name, l->weight_name());
     }
   }

@@ -24,6 +24,10 @@ constexpr const char* kVllmDynamic = "vllm quantization/utils/gptq_utils.py over
 constexpr const char* kGptqModel = "GPTQModel quantization/config.py QuantizeConfig.__post_init__";
 constexpr const char* kAutoAwq = "AutoAWQ awq/models/base.py from_quantized, awq/utils/module.py exclude_layers_to_not_quantize";
 constexpr const char* kVllmAwq = "vllm model_executor/layers/quantization/awq.py AWQConfig, is_layer_skipped_awq";
+constexpr const char* kVllmCt = "vllm quantization/compressed_tensors/compressed_tensors.py _is_wNa16_group_channel, "
+                                "schemes/compressed_tensors_wNa16.py WNA16_SUPPORTED_BITS";
+constexpr const char* kVllmCtMatch = "vllm quantization/compressed_tensors/utils.py find_matched_target, should_ignore_layer";
+constexpr const char* kTfCt = "transformers quantizers/quantizer_compressed_tensors.py, compressed_tensors ModelCompressor";
 
 struct Checker {
   CheckReport& rep;
@@ -155,6 +159,36 @@ void check_awq(const Model& m, Checker& k) {
   k.all({"vllm", "autoawq", "transformers", "quant"}, "tensors match quantization_config", t.empty(), t.empty() ? "yes" : t, kVllmAwq);
 }
 
+// compressed-tensors pack-quantized as vLLM selects a scheme for it (weight-only int, 4 or 8
+// bits, group or channel strategy: CompressedTensorsWNA16) and matches layers to groups.
+void check_compressed_tensors(const Model& m, Checker& k) {
+  const auto& qc = m.config().quantization_config;
+  const std::string format = qc.value("format", std::string());
+  k.all({"vllm", "transformers"}, "format pack-quantized", format == "pack-quantized", "format " + format, kVllmCt);
+  const std::string status = qc.value("quantization_status", std::string());
+  k.add("transformers", "quantization_status compressed", status == "compressed", "quantization_status " + status, kTfCt);
+  std::string bad;
+  if (qc.contains("config_groups") && qc["config_groups"].is_object()) {
+    for (const auto& [name, g] : qc["config_groups"].items()) {
+      const nlohmann::json w = g.is_object() ? g.value("weights", nlohmann::json()) : nlohmann::json();
+      const nlohmann::json a = g.is_object() ? g.value("input_activations", nlohmann::json()) : nlohmann::json();
+      const int bits = w.is_object() ? w.value("num_bits", 0) : 0;
+      const std::string type = w.is_object() ? w.value("type", std::string()) : std::string();
+      const std::string strategy = w.is_object() ? w.value("strategy", std::string()) : std::string();
+      if (!a.is_null() || type != "int" || (bits != 4 && bits != 8) || (strategy != "group" && strategy != "channel")) {
+        bad = fmt::format("{}: {} {}-bit, strategy {}, input activations {}", name, type, bits, strategy, a.is_null() ? "none" : "quantized");
+      }
+    }
+  } else {
+    bad = "no config_groups";
+  }
+  k.add("vllm", "every group is weight-only int 4/8-bit, group or channel (CompressedTensorsWNA16)", bad.empty(), bad.empty() ? "yes" : bad, kVllmCt);
+  const std::string fused = fused_disagree(m, codec(Format::compressed_tensors));
+  k.add("vllm", "fused siblings (qkv_proj, gate_up_proj) match one group", fused.empty(), fused.empty() ? "yes" : fused, kVllmCtMatch);
+  const std::string t = tensors_disagree(m);
+  k.all({"vllm", "transformers", "quant"}, "tensors match quantization_config", t.empty(), t.empty() ? "yes" : t, kVllmCt);
+}
+
 void check_gguf(const fs::path& path, Checker& k) {
   std::string why;
   try {
@@ -204,6 +238,7 @@ CheckReport check_checkpoint(const fs::path& path, std::vector<std::string> load
   check_model_type(m, k);
   if (rep.format == "gptq") check_gptq(m, k);
   else if (rep.format == "awq") check_awq(m, k);
+  else if (rep.format == "compressed-tensors") check_compressed_tensors(m, k);
   else if (rep.format == "lut") {
     const std::string t = tensors_disagree(m);
     k.add("quant", "tensors match quantization_config", t.empty(), t.empty() ? "yes" : t, "quant src/formats/lut.cpp");

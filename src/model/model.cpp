@@ -167,7 +167,7 @@ Model Model::from_store(const fs::path& dir, ModelConfig config, TensorStore sto
     if (l.bias) expect_shape(m.store_, l.bias_name(), {l.out}, dir);
   };
   if (!m.layout_.tied) {
-    if (!m.store_.contains("lm_head.weight") && !m.store_.contains("lm_head.qweight")) {
+    if (!m.store_.contains("lm_head.weight") && !m.store_.contains("lm_head.qweight") && !m.store_.contains("lm_head.weight_packed")) {
       fail("{}: tensor 'lm_head.weight' is missing and tie_word_embeddings is false", dir.string());
     }
     check_linear(m.layout_.lm_head);
@@ -181,7 +181,8 @@ Model Model::from_store(const fs::path& dir, ModelConfig config, TensorStore sto
 
 LinearStorage Model::storage(const LinearDesc& l) const {
   if (store_.contains(l.weight_name())) return LinearStorage::dense;
-  if (store_.contains(l.tensor_prefix() + ".qweight")) return LinearStorage::packed;
+  // gptq/awq/lut store ".qweight", compressed-tensors ".weight_packed" (src/formats/ decodes them).
+  if (store_.contains(l.tensor_prefix() + ".qweight") || store_.contains(l.tensor_prefix() + ".weight_packed")) return LinearStorage::packed;
   fail("{}: tensor '{}' is missing (the config implies it)", dir_.string(), l.weight_name());
 }
 

@@ -106,14 +106,14 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
     std::vector<const QuantizedMatrix*> ms;
     for (const auto& part : parts) ms.push_back(&part.second);
     const QuantizedMatrix all = QuantizedMatrix::stack_rows(ms);
-    formats::codec(plan_.format).write(*writer_, {l.storage_desc(), all, weight_dtype, {}});
+    formats::codec(plan_.format).write(*writer_, {l.storage_desc(), all, weight_dtype, {}, options_.method_config.value("desc_act", false)});
     fused_q_.erase(l.storage);
     written_.insert(l.weight_name());
     return;
   }
   std::vector<float> b;
   if (l.bias) b = bias ? std::vector<float>(bias->data(), bias->data() + bias->size()) : source_.store().read_f32(l.bias_name());
-  formats::codec(plan_.format).write(*writer_, {l, m, weight_dtype, b});
+  formats::codec(plan_.format).write(*writer_, {l, m, weight_dtype, b, options_.method_config.value("desc_act", false)});
   written_.insert(l.weight_name());
   if (l.bias) written_.insert(l.bias_name());
 }

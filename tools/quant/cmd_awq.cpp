@@ -17,7 +17,7 @@ void register_awq(CLI::App& app) {
   auto* cmd = app.add_subcommand("awq", "AWQ: activation-aware scaling and clipping (arXiv:2306.00978)");
   add_quantize_options(cmd, *o, "awq", false);
   add_calib_options(cmd, *c, 512);
-  cmd->get_option("--format")->description("output format: awq (default at 4 bits when every linear fits), gptq (any bits), dense");
+  cmd->get_option("--format")->description("output format: awq (default at 4 bits when every linear fits), gptq (any bits), compressed-tensors (4/8 bits), dense");
   cmd->add_option("--n-grid", a->n_grid, "scale ratios searched per mapping")->capture_default_str();
   cmd->add_flag("--no-duo-scaling", *no_duo, "scales from activations only (x_mean^r) instead of x_mean^r / w_mean^(1-r)");
   cmd->add_flag("--no-clip", *no_clip, "skip the clipping search");

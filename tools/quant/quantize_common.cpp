@@ -37,7 +37,7 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
   o.sym = default_sym;
   cmd->add_option("model", o.model, "model directory (config.json + safetensors)")->required();
   cmd->add_option("-o,--output", o.out, "output directory (default: <model>-<method>-w<bits>g<group> beside the model)");
-  cmd->add_option("--format", o.format, "output format: gptq, awq or dense (dequantized weights in the source dtype)")
+  cmd->add_option("--format", o.format, "output format: gptq, awq, compressed-tensors (vLLM pack-quantized, 4/8 bits) or dense (dequantized weights in the source dtype)")
       ->capture_default_str();
   cmd->add_option("-b,--bits", o.bits, "bits per weight (2-8)")->capture_default_str()->check(CLI::Range(2, 8));
   cmd->add_option("-g,--group-size", o.group_size, "inputs per quantization group; -1 for one group per output channel")

@@ -17,7 +17,7 @@
 
 namespace quant::formats {
 
-enum class Format { gptq, awq, dense, lut };
+enum class Format { gptq, awq, dense, lut, compressed_tensors };
 
 // What a method produces, as far as a format cares (filled from the method's traits).
 struct MethodOutput {
@@ -33,6 +33,7 @@ struct LinearToWrite {
   const QuantizedMatrix& m;
   DType weight_dtype;           // the source checkpoint's dtype of this weight
   std::span<const float> bias;  // empty: the linear has no bias
+  bool act_order = false;       // the method permuted columns (GPTQ desc_act): g_idx is part of the scheme
 };
 
 // What quantization_config is built from.
