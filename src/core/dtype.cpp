@@ -6,7 +6,9 @@
 #endif
 
 #include <bit>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "quant/core/error.h"
 
@@ -17,7 +19,7 @@ std::size_t dtype_size(DType dtype) {
     case DType::F64: case DType::I64: return 8;
     case DType::F32: case DType::I32: return 4;
     case DType::F16: case DType::BF16: case DType::I16: return 2;
-    case DType::I8: case DType::U8: return 1;
+    case DType::I8: case DType::U8: case DType::F8_E4M3: return 1;
   }
   return 0;
 }
@@ -33,13 +35,14 @@ std::string_view dtype_name(DType dtype) {
     case DType::I16: return "I16";
     case DType::I8: return "I8";
     case DType::U8: return "U8";
+    case DType::F8_E4M3: return "F8_E4M3";
   }
   return "?";
 }
 
 std::optional<DType> parse_dtype(std::string_view name) {
   for (DType d : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32,
-                  DType::I16, DType::I8, DType::U8}) {
+                  DType::I16, DType::I8, DType::U8, DType::F8_E4M3}) {
     if (dtype_name(d) == name) return d;
   }
   return std::nullopt;
@@ -47,6 +50,14 @@ std::optional<DType> parse_dtype(std::string_view name) {
 
 bool is_float(DType d) {
   return d == DType::F64 || d == DType::F32 || d == DType::F16 || d == DType::BF16;
+}
+
+float f8e4m3_to_f32(std::uint8_t v) {
+  const float sign = (v & 0x80u) ? -1.0f : 1.0f;
+  const int exp = (v >> 3) & 0xf, mant = v & 0x7;
+  if (exp == 0xf && mant == 0x7) return std::numeric_limits<float>::quiet_NaN();
+  if (exp == 0) return sign * std::ldexp(static_cast<float>(mant) / 8.0f, -6);
+  return sign * std::ldexp(1.0f + static_cast<float>(mant) / 8.0f, exp - 7);
 }
 
 float f16_to_f32(std::uint16_t h) {
@@ -184,6 +195,9 @@ void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst
     case DType::I16: widen<std::int16_t>(src, n, dst); return;
     case DType::I8: widen<std::int8_t>(src, n, dst); return;
     case DType::U8: widen<std::uint8_t>(src, n, dst); return;
+    case DType::F8_E4M3:
+      for (std::size_t i = 0; i < n; ++i) dst[i] = f8e4m3_to_f32(static_cast<std::uint8_t>(src[i]));
+      return;
   }
 }
 

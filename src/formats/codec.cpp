@@ -41,6 +41,9 @@ std::string format_name(Format f) { return codec(f).name; }
 
 const Codec* codec_for_config(const nlohmann::json& qc) {
   const std::string method = qc.is_object() ? qc.value("quant_method", std::string()) : std::string();
+  // FP8 checkpoints (compressed-tensors float-quantized, quant_method "fp8") hold F8_E4M3
+  // weights that load_linear reads through their scales: a float source, no packed codec.
+  if (method == "compressed-tensors" && qc.value("format", std::string("pack-quantized")) == "float-quantized") return nullptr;
   for (const Codec& c : codecs()) {
     if (c.quant_method && method == c.quant_method) return &c;
   }

@@ -86,7 +86,7 @@ TensorInfo parse_entry(const fs::path& path, const std::string& name, const json
   if (dt == entry.end() || !dt->is_string()) fail("{}: missing dtype", where);
   auto parsed = parse_dtype(dt->get<std::string>());
   if (!parsed) {
-    fail("{}: unsupported dtype '{}' (supported: F64 F32 F16 BF16 I64 I32 I16 I8 U8)", where,
+    fail("{}: unsupported dtype '{}' (supported: F64 F32 F16 BF16 F8_E4M3 I64 I32 I16 I8 U8)", where,
          dt->get<std::string>());
   }
   info.dtype = *parsed;

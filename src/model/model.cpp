@@ -112,13 +112,22 @@ std::vector<std::pair<std::string, std::int64_t>> LayerDesc::norms(std::int64_t 
 
 namespace {
 
+// `fp8`: an F8_E4M3 linear weight is accepted when its scale is there (load_linear applies it).
 void expect_shape(const TensorStore& store, const std::string& name,
-                  std::vector<std::int64_t> shape, const fs::path& dir) {
+                  std::vector<std::int64_t> shape, const fs::path& dir, bool fp8 = false) {
   const TensorInfo* t = store.find(name);
   if (!t) fail("{}: tensor '{}' is missing (the config implies it)", dir.string(), name);
   if (t->shape != shape) {
     fail("{}: tensor '{}' has shape {} but config.json implies {}", store.file_of(name).string(),
          name, fmt::join(t->shape, "x"), fmt::join(shape, "x"));
+  }
+  if (fp8 && t->dtype == DType::F8_E4M3) {
+    const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
+    if (!store.contains(prefix + ".weight_scale") && !store.contains(prefix + ".weight_scale_inv")) {
+      fail("{}: tensor '{}' is F8_E4M3 but has no '{}.weight_scale' or '.weight_scale_inv' to dequantize it with",
+           store.file_of(name).string(), name, prefix);
+    }
+    return;
   }
   if (!is_float(t->dtype)) {
     fail("{}: tensor '{}' has dtype {}; weights must be F32, F16, BF16 or F64",
@@ -162,7 +171,7 @@ Model Model::from_store(const fs::path& dir, ModelConfig config, TensorStore sto
   expect_shape(m.store_, m.layout_.final_norm, {c.hidden_size}, dir);
   auto check_linear = [&](const LinearDesc& l) {
     if (m.storage(l) == LinearStorage::dense) {
-      expect_shape(m.store_, l.weight_name(), {l.fused() ? l.storage_rows : l.out, l.in}, dir);
+      expect_shape(m.store_, l.weight_name(), {l.fused() ? l.storage_rows : l.out, l.in}, dir, true);
     }
     if (l.bias) expect_shape(m.store_, l.bias_name(), {l.out}, dir);
   };

@@ -57,6 +57,44 @@ Vec load_vector(const Model& model, const std::string& name) {
   return v;
 }
 
+namespace {
+// FP8 checkpoints as published: an F8_E4M3 weight times `weight_scale` (compressed-tensors
+// float-quantized: one per tensor or per output channel) or `weight_scale_inv` (quant_method
+// "fp8", DeepSeek-V3/Qwen3-FP8: one per weight_block_size block, default 128×128).
+void apply_fp8_scale(const Model& model, const std::string& prefix, Mat& w) {
+  const TensorStore& s = model.store();
+  const std::string name = s.contains(prefix + ".weight_scale") ? prefix + ".weight_scale" : prefix + ".weight_scale_inv";
+  if (!s.contains(name)) {
+    fail("{}: tensor '{}.weight' is F8_E4M3 but has no '{}.weight_scale' or '.weight_scale_inv' to dequantize it with",
+         s.file_of(prefix + ".weight").string(), prefix, prefix);
+  }
+  const TensorInfo& t = s.get(name);
+  const Vec scale = load_vector(model, name);
+  const Eigen::Index out = w.rows(), in = w.cols();
+  if (scale.size() == 1) {
+    w *= scale(0);
+  } else if (scale.size() == out && (t.shape.size() == 1 || (t.shape.size() == 2 && t.shape[1] == 1))) {
+    for (Eigen::Index o = 0; o < out; ++o) w.row(o) *= scale(o);
+  } else if (t.shape.size() == 2) {
+    std::int64_t bo = 128, bi = 128;
+    const auto& qc = model.config().quantization_config;
+    if (qc.is_object() && qc.contains("weight_block_size") && qc["weight_block_size"].is_array() && qc["weight_block_size"].size() == 2) {
+      bo = qc["weight_block_size"][0].get<std::int64_t>();
+      bi = qc["weight_block_size"][1].get<std::int64_t>();
+    }
+    if (bo <= 0 || bi <= 0 || t.shape[0] != (out + bo - 1) / bo || t.shape[1] != (in + bi - 1) / bi) {
+      fail("{}: tensor '{}' is {}x{}, which is no per-tensor, per-channel or {}x{}-block scale of a {}x{} weight",
+           s.file_of(name).string(), name, t.shape[0], t.shape[1], bo, bi, out, in);
+    }
+    for (Eigen::Index o = 0; o < out; ++o) {
+      for (Eigen::Index j = 0; j < in; ++j) w(o, j) *= scale(static_cast<Eigen::Index>((o / bo) * t.shape[1] + j / bi));
+    }
+  } else {
+    fail("{}: tensor '{}' has {} values, which is no scale of a {}x{} weight", s.file_of(name).string(), name, scale.size(), out, in);
+  }
+}
+}  // namespace
+
 Mat load_linear(const Model& model, const LinearDesc& linear) {
   if (linear.fused()) {  // its rows of the stored fused tensor (read whole: dense or packed alike)
     const Mat all = load_linear(model, linear.storage_desc());
@@ -68,7 +106,9 @@ Mat load_linear(const Model& model, const LinearDesc& linear) {
     }
     return model.packed_reader()(model, linear);
   }
-  return load_matrix(model, linear.weight_name());
+  Mat w = load_matrix(model, linear.weight_name());
+  if (model.store().get(linear.weight_name()).dtype == DType::F8_E4M3) apply_fp8_scale(model, linear.tensor_prefix(), w);
+  return w;
 }
 
 void check_finite(const Mat& m, const std::string& what) {

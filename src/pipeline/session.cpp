@@ -7,6 +7,7 @@
 
 #include "quant/core/error.h"
 #include "quant/io/io.h"
+#include "quant/model/weights.h"
 #include "quant/core/log.h"
 
 namespace quant {
@@ -61,6 +62,18 @@ OutputSession::OutputSession(const Model& source, const Plan& plan, RunOptions o
 
 OutputSession::~OutputSession() = default;
 
+namespace {
+// The float dtype a linear is written in: its stored dtype, or for an FP8 source (F8_E4M3
+// weights read through their scales) the checkpoint's torch_dtype (bfloat16 when it names
+// none), the dtype its dequantized weights are saved in.
+DType float_dtype_of(const Model& m, const std::string& weight) {
+  const DType d = m.store().get(weight).dtype;
+  if (d != DType::F8_E4M3) return d;
+  const std::string& t = m.config().torch_dtype;
+  return t == "float16" ? DType::F16 : t == "float32" ? DType::F32 : DType::BF16;
+}
+}  // namespace
+
 void OutputSession::put_source(const std::string& name) {
   if (written_.count(name)) return;
   const TensorInfo& t = source_.store().get(name);
@@ -91,7 +104,7 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
   const auto [sq_error, norm2] = m.error_and_norm(original);
   r.sq_error = sq_error;
   r.rel_error = norm2 > 0 ? std::sqrt(r.sq_error / norm2) : 0.0;
-  const DType weight_dtype = source_.store().get(l.weight_name()).dtype;
+  const DType weight_dtype = float_dtype_of(source_, l.weight_name());
   const DType outlier_dtype = is_float(weight_dtype) ? weight_dtype : DType::F32;
   r.bpw = m.bits_per_weight(8 * static_cast<int>(dtype_size(outlier_dtype)));
   r.extra = std::move(extra);
@@ -204,6 +217,16 @@ QuantizeReport OutputSession::finish() {
   }
   writer_->on_add = nullptr;  // the rest is not journaled: a resumed run rewrites it
   pending_.clear();
+  // FP8 sources: a kept linear is written dequantized, and no linear keeps its scale tensors.
+  for (const LinearDesc* l : source_.linears()) {
+    const std::string w = l->weight_name();
+    if (!source_.store().contains(w) || source_.store().get(w).dtype != DType::F8_E4M3) continue;
+    for (const char* s : {".weight_scale", ".weight_scale_inv", ".input_scale"}) written_.insert(l->tensor_prefix() + s);
+    if (written_.count(w)) continue;
+    const Mat x = load_linear(source_, l->storage_desc());
+    writer_->add_f32(w, float_dtype_of(source_, w), {x.rows(), x.cols()}, std::span<const float>(x.data(), static_cast<std::size_t>(x.size())));
+    written_.insert(w);
+  }
   for (const auto& name : source_.store().names()) put_source(name);
   writer_->finish();
   const fs::path dir = staged_->path();

@@ -9,7 +9,8 @@
 
 namespace quant {
 
-enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8 };
+// F8_E4M3: OCP float8 e4m3fn (torch.float8_e4m3fn; FP8 checkpoints), read only.
+enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, F8_E4M3 };
 
 // Bytes per element.
 std::size_t dtype_size(DType dtype);
@@ -28,6 +29,10 @@ std::uint16_t f32_to_f16(float f);
 // quiet NaN.
 float bf16_to_f32(std::uint16_t b);
 std::uint16_t f32_to_bf16(float f);
+
+// float8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities, S.1111.111 is
+// NaN, largest finite ±448, subnormals m/8 · 2^−6.
+float f8e4m3_to_f32(std::uint8_t v);
 
 // Converts `n` elements of `dtype` stored little-endian at `src` to float.
 void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst);
