@@ -87,10 +87,11 @@ TEST(BF16, BitPatternsAndRounding) {
 
 TEST(DType, NamesAndSizes) {
   for (auto d : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32,
-                 DType::I16, DType::I8, DType::U8}) {
+                 DType::I16, DType::I8, DType::U8, DType::F8_E4M3}) {
     EXPECT_EQ(parse_dtype(dtype_name(d)), d);
   }
-  EXPECT_FALSE(parse_dtype("F8_E4M3").has_value());
+  EXPECT_FALSE(parse_dtype("F8_E5M2").has_value());
+  EXPECT_EQ(dtype_size(DType::F8_E4M3), 1u);
   EXPECT_EQ(dtype_size(DType::BF16), 2u);
   EXPECT_EQ(dtype_size(DType::I64), 8u);
 }
