@@ -9,6 +9,28 @@ longrope and partial rotary). Used by tests/llamacpp/check_arch.sh and bench/fam
 Usage: make_variant.py DIR VARIANT   (DIR is a copy of the model; stdlib only)
 """
 import json, struct, sys, random
+
+
+def read_tensors(d):
+    """(header, data region) of DIR/model.safetensors."""
+    raw = open(f"{d}/model.safetensors", "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def write_tensors(d, out):
+    """DIR/model.safetensors from {name: (dtype, shape, bytes)} in order."""
+    hdr, body = {}, bytearray()
+    for name, (dt, sh, blob) in out.items():
+        hdr[name] = {"dtype": dt, "shape": sh, "data_offsets": [len(body), len(body) + len(blob)]}; body += blob
+    h = json.dumps(hdr).encode(); h += b" " * ((8 - len(h) % 8) % 8)
+    open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + body)
+
+
+def minus_one(blob):  # F16 values v → v − 1 (Gemma stores norms as w with the 1 + w applied at run time)
+    vals = struct.unpack(f"<{len(blob) // 2}e", blob); return struct.pack(f"<{len(vals)}e", *[v - 1 for v in vals])
+
+
 d, edit = sys.argv[1], sys.argv[2]
 cfg = json.load(open(f"{d}/config.json"))
 if edit == "llama3":
@@ -34,12 +56,9 @@ elif edit == "gemma2":
     # Gemma 2 from the same weights: 26 layers (llama.cpp runs gemma2 only at 26/42/46), layer i
     # reusing layer i % 6; norms in Gemma's 1 + w form (w − 1), the post-block norms 1 + 0; a
     # 64-token sliding window on even layers so that the 512-token windows exercise it.
-    raw = open(f"{d}/model.safetensors", "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]; hdr = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+    hdr, data = read_tensors(d)
     def get(name):
         a, b = hdr[name]["data_offsets"]; return hdr[name]["dtype"], hdr[name]["shape"], data[a:b]
-    def minus_one(blob):
-        vals = struct.unpack(f"<{len(blob) // 2}e", blob); return struct.pack(f"<{len(vals)}e", *[v - 1 for v in vals])
     L0 = cfg["num_hidden_layers"]; H = cfg["hidden_size"]; hd = H // cfg["num_attention_heads"]
     out = {"model.embed_tokens.weight": get("model.embed_tokens.weight")}
     dt, sh, blob = get("model.norm.weight"); out["model.norm.weight"] = (dt, sh, minus_one(blob))
@@ -52,11 +71,7 @@ elif edit == "gemma2":
         dt, sh, blob = get(s + "post_attention_layernorm.weight"); out[p + "pre_feedforward_layernorm.weight"] = (dt, sh, minus_one(blob))
         out[p + "post_attention_layernorm.weight"] = ("F16", [H], zeros)
         out[p + "post_feedforward_layernorm.weight"] = ("F16", [H], zeros)
-    hdr2, body = {}, bytearray()
-    for name, (dt, sh, blob) in out.items():
-        hdr2[name] = {"dtype": dt, "shape": sh, "data_offsets": [len(body), len(body) + len(blob)]}; body += blob
-    h = json.dumps(hdr2).encode(); h += b" " * ((8 - len(h) % 8) % 8)
-    open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + body)
+    write_tensors(d, out)
     cfg.update({"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"], "num_hidden_layers": 26, "head_dim": hd,
                 "query_pre_attn_scalar": hd, "sliding_window": 64, "attn_logit_softcapping": 50.0,
                 "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True})
@@ -64,8 +79,7 @@ elif edit == "gemma2":
 elif edit in ("fused", "fusedlong"):  # named so: llama.cpp keys Phi-3 vocabulary quirks on general.name
     # Phi-3 layout from the same weights: q/k/v stacked into qkv_proj, gate/up into gate_up_proj,
     # and a 64-token sliding window on every layer (Phi3Model's mask).
-    raw = open(f"{d}/model.safetensors", "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]; hdr = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+    hdr, data = read_tensors(d)
     def blob(name):
         a, b = hdr[name]["data_offsets"]; return data[a:b]
     out = {}
@@ -84,11 +98,7 @@ elif edit in ("fused", "fusedlong"):  # named so: llama.cpp keys Phi-3 vocabular
                                                  blob(base + "gate_proj.weight") + blob(base + "up_proj.weight"))
         else:
             out[name] = (info["dtype"], info["shape"], blob(name))
-    hdr2, body = {}, bytearray()
-    for name, (dt, sh, b) in out.items():
-        hdr2[name] = {"dtype": dt, "shape": sh, "data_offsets": [len(body), len(body) + len(b)]}; body += b
-    h = json.dumps(hdr2).encode(); h += b" " * ((8 - len(h) % 8) % 8)
-    open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + body)
+    write_tensors(d, out)
     cfg.update({"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "sliding_window": 1024})
     if edit == "fusedlong":
         # Phi-3 128k style: longrope (512-token windows > original 256: the long factors), the
@@ -102,12 +112,9 @@ elif edit == "yarn":
     cfg["max_position_embeddings"] = 512  # = factor × original: every transformers version reads it alike
     cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 64}
 elif edit in ("qwen3", "gemma3"):
-    raw = open(f"{d}/model.safetensors", "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]; hdr = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+    hdr, data = read_tensors(d)
     def get(name):
         a, b = hdr[name]["data_offsets"]; return hdr[name]["dtype"], hdr[name]["shape"], data[a:b]
-    def minus_one(blob):
-        vals = struct.unpack(f"<{len(blob) // 2}e", blob); return struct.pack(f"<{len(vals)}e", *[v - 1 for v in vals])
     rng = random.Random(2)
     L0 = cfg["num_hidden_layers"]; H = cfg["hidden_size"]; hd = H // cfg["num_attention_heads"]
     gemma = edit == "gemma3"
@@ -131,11 +138,7 @@ elif edit in ("qwen3", "gemma3"):
         else:
             out[p + "post_attention_layernorm.weight"] = (dt, sh, blob)
     if "lm_head.weight" in hdr: out["lm_head.weight"] = get("lm_head.weight")
-    hdr2, body = {}, bytearray()
-    for name, (dt, sh, blob) in out.items():
-        hdr2[name] = {"dtype": dt, "shape": sh, "data_offsets": [len(body), len(body) + len(blob)]}; body += blob
-    h = json.dumps(hdr2).encode(); h += b" " * ((8 - len(h) % 8) % 8)
-    open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + body)
+    write_tensors(d, out)
     if gemma:
         # Gemma 3 from the same weights: 8 layers (layer i reusing i % 6), sliding layers with
         # period 4 and a 64-token window, local RoPE base 10^4, global 10^4 with linear ×2.
