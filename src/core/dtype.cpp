@@ -5,6 +5,7 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -58,6 +59,23 @@ float f8e4m3_to_f32(std::uint8_t v) {
   if (exp == 0xf && mant == 0x7) return std::numeric_limits<float>::quiet_NaN();
   if (exp == 0) return sign * std::ldexp(static_cast<float>(mant) / 8.0f, -6);
   return sign * std::ldexp(1.0f + static_cast<float>(mant) / 8.0f, exp - 7);
+}
+
+std::uint8_t f32_to_f8e4m3(float f) {
+  const std::uint8_t sign = std::signbit(f) ? 0x80u : 0x00u;
+  if (std::isnan(f)) return static_cast<std::uint8_t>(sign | 0x7fu);
+  const float a = std::min(std::abs(f), 448.0f);
+  if (a < 0.015625f) {  // below 2^-6: subnormal steps of 2^-9 (8 steps reach the smallest normal)
+    const int m = static_cast<int>(std::nearbyint(a * 512.0f));
+    return static_cast<std::uint8_t>(sign | m);  // m == 8 is exponent 1, mantissa 0: the same bits
+  }
+  int e2 = 0;
+  std::frexp(a, &e2);  // a = f·2^e2, f in [0.5, 1)
+  int e = e2 - 1;
+  int m = static_cast<int>(std::nearbyint((std::ldexp(a, -e) - 1.0f) * 8.0f));
+  if (m == 8) m = 0, ++e;
+  // The clamp keeps e <= 8 and (e, m) <= (8, 6): 448 itself is 1.75·2^8.
+  return static_cast<std::uint8_t>(sign | ((e + 7) << 3) | m);
 }
 
 float f16_to_f32(std::uint16_t h) {

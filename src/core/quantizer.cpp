@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <omp.h>
+
 #include "quant/core/dtype.h"
 #include "quant/core/error.h"
 
@@ -12,13 +14,27 @@ namespace {
 float to_fp16(float x) { return f16_to_f32(f32_to_f16(x)); }
 }  // namespace
 
+const char* act_quant_name(ActQuant a) {
+  switch (a) {
+    case ActQuant::int8: return "int8";
+    case ActQuant::fp8: return "fp8";
+    case ActQuant::none: break;
+  }
+  return "none";
+}
+
 std::string QuantSpec::label() const {
-  return fmt::format("w{}g{}", bits, group_size < 0 ? std::string("-1") : std::to_string(group_size));
+  const std::string w = fp8 ? std::string("fp8") : fmt::format("w{}g{}", bits, group_size < 0 ? std::string("-1") : std::to_string(group_size));
+  return act == ActQuant::none ? w : w + "a8";
 }
 
 void QuantSpec::validate() const {
   if (bits < 2 || bits > 8) fail<UsageError>("bits must be between 2 and 8, got {}", bits);
   if (group_size == 0 || group_size < -1) fail<UsageError>("group size must be positive or -1 (per output channel), got {}", group_size);
+  if (fp8 && (bits != 8 || group_size != -1 || !sym)) {
+    fail<UsageError>("float8 weights are 8-bit, symmetric, one scale per output channel (bits 8, group -1, sym); got {} bits, group {}, {}",
+                     bits, group_size, sym ? "symmetric" : "asymmetric");
+  }
 }
 
 GroupParams minmax_params(float xmin, float xmax, int bits, bool sym) {
@@ -90,7 +106,7 @@ QuantizedMatrix QuantizedMatrix::stack_rows(const std::vector<const QuantizedMat
   for (std::size_t i = 1; i < parts.size(); ++i) {
     const QuantizedMatrix& p = *parts[i];
     if (p.bits != r.bits || p.sym != r.sym || p.in != r.in || p.n_groups != r.n_groups || p.group_size != r.group_size ||
-        p.g_idx != r.g_idx || p.non_uniform() != r.non_uniform()) {
+        p.g_idx != r.g_idx || p.non_uniform() != r.non_uniform() || p.fp8 != r.fp8) {
       fail<Error>("stack_rows: part {} does not share the first part's quantization (bits, groups or act-order)", i);
     }
     const bool had_outliers = !r.outlier_rowptr.empty() || !p.outlier_rowptr.empty();
@@ -116,6 +132,7 @@ QuantizedMatrix QuantizedMatrix::empty(std::int64_t out, std::int64_t in, const 
   QuantizedMatrix m;
   m.bits = spec.bits;
   m.sym = spec.sym;
+  m.fp8 = spec.fp8;
   m.out = out;
   m.in = in;
   m.group_size = spec.effective_group(in);
@@ -143,6 +160,8 @@ void dequantize_row(const QuantizedMatrix& m, std::int64_t o, float* y, bool con
       const std::int64_t g = g_idx[static_cast<std::size_t>(j)];
       y[j] = lut[static_cast<std::size_t>((o * n_groups + g) * K + codes[j])];
     }
+  } else if (m.fp8) {
+    for (std::int64_t j = 0; j < in; ++j) y[j] = m.scales[static_cast<std::size_t>(o * n_groups + g_idx[static_cast<std::size_t>(j)])] * f8e4m3_to_f32(codes[j]);
   } else if (contiguous) {
     for (std::int64_t g = 0; g < n_groups; ++g) {
       const GroupParams p = m.params(o, g);
@@ -213,8 +232,43 @@ bool QuantizedMatrix::trivial_g_idx() const {
   return true;
 }
 
+namespace {
+// Per row: scale = max|w|/448 rounded up to float16 (so w/scale never passes 448), e4m3 codes.
+QuantizedMatrix quantize_fp8(const Mat& w, const QuantSpec& spec) {
+  QuantizedMatrix m = QuantizedMatrix::empty(w.rows(), w.cols(), spec);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t o = 0; o < m.out; ++o) {
+    const float amax = w.row(o).cwiseAbs().maxCoeff();
+    float s = amax > 0.0f ? to_fp16(amax / 448.0f) : 1.0f;
+    if (s * 448.0f < amax) s = f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(s) + 1));  // next float16 up
+    m.scales[static_cast<std::size_t>(o)] = s;
+    std::uint8_t* codes = m.q.data() + static_cast<std::size_t>(o * m.in);
+    for (std::int64_t j = 0; j < m.in; ++j) codes[j] = f32_to_f8e4m3(w(o, j) / s);
+  }
+  return m;
+}
+}  // namespace
+
+void fake_quant_tokens(Mat& x, ActQuant act) {
+  if (act == ActQuant::none) return;
+#pragma omp parallel for schedule(static) if (x.rows() > 1 && !omp_in_parallel())
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    auto row = x.row(t);
+    const float amax = row.cwiseAbs().maxCoeff();
+    if (!(amax > 0.0f)) continue;
+    if (act == ActQuant::int8) {
+      const float s = amax / 127.0f;
+      for (Eigen::Index j = 0; j < row.size(); ++j) row(j) = std::clamp(std::nearbyint(row(j) / s), -128.0f, 127.0f) * s;
+    } else {
+      const float s = amax / 448.0f;
+      for (Eigen::Index j = 0; j < row.size(); ++j) row(j) = f8e4m3_to_f32(f32_to_f8e4m3(row(j) / s)) * s;
+    }
+  }
+}
+
 QuantizedMatrix quantize_rtn(const Mat& w, const QuantSpec& spec) {
   spec.validate();
+  if (spec.fp8) return quantize_fp8(w, spec);
   QuantizedMatrix m = QuantizedMatrix::empty(w.rows(), w.cols(), spec);
   const int maxq = spec.maxq();
 #pragma omp parallel for schedule(static)

@@ -42,8 +42,12 @@ std::string format_name(Format f) { return codec(f).name; }
 const Codec* codec_for_config(const nlohmann::json& qc) {
   const std::string method = qc.is_object() ? qc.value("quant_method", std::string()) : std::string();
   // FP8 checkpoints (compressed-tensors float-quantized, quant_method "fp8") hold F8_E4M3
-  // weights that load_linear reads through their scales: a float source, no packed codec.
-  if (method == "compressed-tensors" && qc.value("format", std::string("pack-quantized")) == "float-quantized") return nullptr;
+  // weights, int-quantized ones I8 weights, that load_linear reads through their scales: a
+  // float source, no packed codec.
+  if (method == "compressed-tensors") {
+    const std::string f = qc.value("format", std::string("pack-quantized"));
+    if (f == "float-quantized" || f == "int-quantized" || f == "naive-quantized") return nullptr;
+  }
   for (const Codec& c : codecs()) {
     if (c.quant_method && method == c.quant_method) return &c;
   }
@@ -62,6 +66,12 @@ std::vector<std::string> all_linear_suffixes() {
 }
 
 std::string unsupported_reason(Format format, std::int64_t out, std::int64_t in, const QuantSpec& spec) {
+  if (format != Format::compressed_tensors && spec.act != ActQuant::none) {
+    return "activation quantization (W8A8) is stored only in compressed-tensors (int-quantized / float-quantized); use --format compressed-tensors";
+  }
+  if (format != Format::compressed_tensors && format != Format::dense && spec.fp8) {
+    return "float8 weights are stored only in compressed-tensors (float-quantized) or dense (dequantized)";
+  }
   return codec(format).unsupported(out, in, spec);
 }
 
@@ -80,14 +90,16 @@ void merge_into(nlohmann::json& q, const nlohmann::json& extra) {
 }
 
 bool same_spec(const QuantSpec& a, const QuantSpec& b) {
-  return a.bits == b.bits && a.group_size == b.group_size && a.sym == b.sym;
+  return a.bits == b.bits && a.group_size == b.group_size && a.sym == b.sym && a.fp8 == b.fp8 && a.act == b.act;
 }
 
 std::vector<std::string> fast_kernels(Format format, const std::vector<PlannedLinear>& linears) {
   bool any = false, bits48 = true, bits4 = true, sym = true, groups = true;
+  const PlannedLinear* first = nullptr;
   for (const PlannedLinear& p : linears) {
     if (!p.quantize) continue;
     any = true;
+    if (!first) first = &p;
     bits48 = bits48 && (p.spec.bits == 4 || p.spec.bits == 8);
     bits4 = bits4 && p.spec.bits == 4;
     sym = sym && p.spec.sym;
@@ -101,13 +113,21 @@ std::vector<std::string> fast_kernels(Format format, const std::vector<PlannedLi
     if (bits4) k.push_back("exllamav2");
   }
   if (format == Format::awq && bits4 && groups) k.push_back("vllm awq_marlin");
-  if (format == Format::compressed_tensors && bits48 && groups) k.push_back("vllm marlin (CompressedTensorsWNA16)");
+  if (format == Format::compressed_tensors) {  // one scheme per checkpoint (the plan shares fp8/act)
+    const QuantSpec& s = first->spec;
+    if (s.act == ActQuant::int8) k.push_back("vllm cutlass int8 (CompressedTensorsW8A8Int8)");
+    else if (s.act == ActQuant::fp8) k.push_back("vllm cutlass fp8 (CompressedTensorsW8A8Fp8)");
+    else if (s.fp8) k.push_back("vllm fp8 marlin (CompressedTensorsW8A16Fp8)");
+    else if (bits48 && groups) k.push_back("vllm marlin (CompressedTensorsWNA16)");
+  }
   return k;
 }
 
 namespace {
 std::string describe(const PlannedLinear& p) {
-  return p.quantize ? fmt::format("{}-bit, group {}, {}", p.spec.bits, p.spec.group_size, p.spec.sym ? "sym" : "asym") : "kept unquantized";
+  if (!p.quantize) return "kept unquantized";
+  return fmt::format("{}-bit{}, group {}, {}{}", p.spec.bits, p.spec.fp8 ? " fp8" : "", p.spec.group_size, p.spec.sym ? "sym" : "asym",
+                     p.spec.act == ActQuant::none ? "" : fmt::format(", {} activations", act_quant_name(p.spec.act)));
 }
 }  // namespace
 
@@ -212,9 +232,36 @@ void check_matches_config(const QuantizedMatrix& m, const QuantSpec& e, const Li
   }
 }
 
+namespace {
+// compressed-tensors int-/float-quantized: a linear the config quantizes is an I8 (int) or
+// F8_E4M3 (float) `weight` with its `weight_scale`; one it keeps is a float weight.
+void verify_naive_ct(const Model& model, const nlohmann::json& qc) {
+  const fs::path where = model.dir() / "config.json";
+  for (const LinearDesc* l : model.linears()) {
+    if (l->fused() || !model.store().contains(l->weight_name())) continue;
+    const std::optional<QuantSpec> e = compressed_tensors_spec(qc, *l, where);
+    const DType dt = model.store().get(l->weight_name()).dtype;
+    const DType want = e ? (e->fp8 ? DType::F8_E4M3 : DType::I8) : dt;
+    if (e && dt != want) {
+      fail("{}: tensor '{}' is {} but quantization_config ({}) quantizes it as {} {}-bit; vLLM would look for {} weights",
+           model.store().file_of(l->weight_name()).string(), l->weight_name(), dtype_name(dt), qc.value("format", std::string()),
+           e->fp8 ? "float" : "int", e->bits, dtype_name(want));
+    }
+    if (!e && !is_float(dt)) {
+      fail("{}: tensor '{}' is {} but quantization_config keeps '{}' in float (ignore / no matching target)",
+           model.store().file_of(l->weight_name()).string(), l->weight_name(), dtype_name(dt), l->prefix);
+    }
+  }
+}
+}  // namespace
+
 void verify_against_config(const Model& model) {
   const auto& qc = model.config().quantization_config;
   const Codec* c = codec_for_config(qc);
+  if (!c && qc.is_object() && qc.value("quant_method", std::string()) == "compressed-tensors" &&
+      (qc.value("format", std::string()) == "int-quantized" || qc.value("format", std::string()) == "float-quantized")) {
+    return verify_naive_ct(model, qc);
+  }
   if (!c || !c->expected) return;
   const fs::path where = model.dir() / "config.json";
   for (const LinearDesc* l : model.linears()) {
@@ -266,6 +313,7 @@ Model open_model(const fs::path& dir, bool allow_gguf) {
   }
   Model m = Model::open(dir, &decode_packed_linear);
   verify_against_config(m);
+  m.set_act_quant_reader(&compressed_tensors_act_quant);
   return m;
 }
 

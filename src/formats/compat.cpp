@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "codec_detail.h"
 #include "quant/formats/codec.h"
@@ -24,8 +25,8 @@ constexpr const char* kVllmDynamic = "vllm quantization/utils/gptq_utils.py over
 constexpr const char* kGptqModel = "GPTQModel quantization/config.py QuantizeConfig.__post_init__";
 constexpr const char* kAutoAwq = "AutoAWQ awq/models/base.py from_quantized, awq/utils/module.py exclude_layers_to_not_quantize";
 constexpr const char* kVllmAwq = "vllm model_executor/layers/quantization/awq.py AWQConfig, is_layer_skipped_awq";
-constexpr const char* kVllmCt = "vllm quantization/compressed_tensors/compressed_tensors.py _is_wNa16_group_channel, "
-                                "schemes/compressed_tensors_wNa16.py WNA16_SUPPORTED_BITS";
+constexpr const char* kVllmCt = "vllm quantization/compressed_tensors/compressed_tensors.py _get_scheme_from_parts (_is_wNa16_group_channel, "
+                                "_is_fp8_w8a8, _is_fp8_w8a16, _is_dynamic_token_w8a8), schemes/compressed_tensors_wNa16.py WNA16_SUPPORTED_BITS";
 constexpr const char* kVllmCtMatch = "vllm quantization/compressed_tensors/utils.py find_matched_target, should_ignore_layer";
 constexpr const char* kTfCt = "transformers quantizers/quantizer_compressed_tensors.py, compressed_tensors ModelCompressor";
 
@@ -161,28 +162,61 @@ void check_awq(const Model& m, Checker& k) {
 
 // compressed-tensors pack-quantized as vLLM selects a scheme for it (weight-only int, 4 or 8
 // bits, group or channel strategy: CompressedTensorsWNA16) and matches layers to groups.
+// The scheme vLLM's CompressedTensorsConfig._get_scheme_from_parts picks for a config group of a
+// checkpoint in `format`, or empty with `why` set.
+std::string vllm_ct_scheme(const nlohmann::json& g, const std::string& format, std::string& why) {
+  const nlohmann::json w = g.is_object() ? g.value("weights", nlohmann::json()) : nlohmann::json();
+  const nlohmann::json a = g.is_object() ? g.value("input_activations", nlohmann::json()) : nlohmann::json();
+  if (!w.is_object()) return why = "no weights scheme", std::string();
+  const int bits = w.value("num_bits", 0);
+  const std::string type = w.value("type", std::string()), strategy = w.value("strategy", std::string());
+  const bool sym = w.value("symmetric", false), wdyn = w.value("dynamic", false);
+  const bool tensor_or_channel = strategy == "tensor" || strategy == "channel";
+  const bool act_format = format == "naive-quantized" || format == "int-quantized" || format == "float-quantized";
+  // Asymmetric WNA16 (weight_zero_point) loads since vLLM added zero points to
+  // CompressedTensorsWNA16; older releases required symmetric here.
+  if (a.is_null() && type == "int" && !wdyn && (strategy == "group" || strategy == "channel") && format == "pack-quantized" &&
+      (bits == 4 || bits == 8)) {
+    return "CompressedTensorsWNA16";
+  }
+  if (act_format && type == "float" && sym && !wdyn && tensor_or_channel) {
+    if (a.is_null()) return "CompressedTensorsW8A16Fp8";
+    if (a.is_object() && a.value("type", std::string()) == "float" &&
+        (a.value("dynamic", false) || (a.value("symmetric", false) && a.value("strategy", std::string()) == "tensor"))) {
+      return "CompressedTensorsW8A8Fp8";
+    }
+  }
+  if (act_format && type == "int" && bits == 8 && sym && !wdyn && tensor_or_channel && a.is_object() && a.value("num_bits", 0) == 8) {
+    const std::string as = a.value("strategy", std::string());
+    const bool adyn = a.value("dynamic", false);
+    if ((as == "token" && adyn) || (as == "tensor" && !adyn)) return "CompressedTensorsW8A8Int8";
+  }
+  why = fmt::format("{} {}-bit {} {}, strategy {}, input activations {} in format {}", type, bits, sym ? "symmetric" : "asymmetric",
+                    wdyn ? "dynamic" : "static", strategy, a.is_null() ? "none" : a.dump(), format);
+  return {};
+}
+
 void check_compressed_tensors(const Model& m, Checker& k) {
   const auto& qc = m.config().quantization_config;
   const std::string format = qc.value("format", std::string());
-  k.all({"vllm", "transformers"}, "format pack-quantized", format == "pack-quantized", "format " + format, kVllmCt);
+  const bool known = format == "pack-quantized" || format == "int-quantized" || format == "float-quantized";
+  k.all({"vllm", "transformers"}, "format pack-quantized, int-quantized or float-quantized", known, "format " + format, kVllmCt);
   const std::string status = qc.value("quantization_status", std::string());
   k.add("transformers", "quantization_status compressed", status == "compressed", "quantization_status " + status, kTfCt);
   std::string bad;
+  std::set<std::string> schemes;
   if (qc.contains("config_groups") && qc["config_groups"].is_object()) {
     for (const auto& [name, g] : qc["config_groups"].items()) {
-      const nlohmann::json w = g.is_object() ? g.value("weights", nlohmann::json()) : nlohmann::json();
-      const nlohmann::json a = g.is_object() ? g.value("input_activations", nlohmann::json()) : nlohmann::json();
-      const int bits = w.is_object() ? w.value("num_bits", 0) : 0;
-      const std::string type = w.is_object() ? w.value("type", std::string()) : std::string();
-      const std::string strategy = w.is_object() ? w.value("strategy", std::string()) : std::string();
-      if (!a.is_null() || type != "int" || (bits != 4 && bits != 8) || (strategy != "group" && strategy != "channel")) {
-        bad = fmt::format("{}: {} {}-bit, strategy {}, input activations {}", name, type, bits, strategy, a.is_null() ? "none" : "quantized");
-      }
+      std::string why;
+      const std::string scheme = vllm_ct_scheme(g, g.is_object() ? g.value("format", format) : format, why);
+      if (scheme.empty()) bad = name + ": " + why;
+      else schemes.insert(scheme);
     }
   } else {
     bad = "no config_groups";
   }
-  k.add("vllm", "every group is weight-only int 4/8-bit, group or channel (CompressedTensorsWNA16)", bad.empty(), bad.empty() ? "yes" : bad, kVllmCt);
+  k.add("vllm", "every group has a vLLM scheme (WNA16, W8A8Int8, W8A8Fp8, W8A16Fp8)", bad.empty(),
+        bad.empty() ? fmt::format("{}", fmt::join(schemes, ", ")) : bad, kVllmCt);
   const std::string fused = fused_disagree(m, codec(Format::compressed_tensors));
   k.add("vllm", "fused siblings (qkv_proj, gate_up_proj) match one group", fused.empty(), fused.empty() ? "yes" : fused, kVllmCtMatch);
   const std::string t = tensors_disagree(m);

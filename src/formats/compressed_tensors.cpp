@@ -1,11 +1,15 @@
-// compressed-tensors "pack-quantized" (vLLM's native format, written by llm-compressor): integer
+// compressed-tensors (vLLM's native format, written by llm-compressor). "pack-quantized": integer
 // weights at 4 or 8 bits packed into int32 along the input dimension, per-group or per-channel
-// scales, packed zero points when asymmetric, the GPTQ act-order g_idx. Rules and sources:
-// docs/formats.md "compressed-tensors".
+// scales, packed zero points when asymmetric, the GPTQ act-order g_idx (weight-only, W4A16/W8A16).
+// "int-quantized": int8 weights unpacked with per-channel scales and int8 dynamic per-token
+// activations (W8A8). "float-quantized": float8 e4m3 weights with per-channel scales, weight-only
+// or with e4m3 dynamic per-token activations (FP8_DYNAMIC). Rules and sources: docs/formats.md
+// "compressed-tensors".
 #include <set>
 
 #include "codec_detail.h"
 #include "quant/core/dtype.h"
+#include "quant/core/log.h"
 #include "quant/formats/formats.h"
 #include "quant/model/weights.h"
 
@@ -52,9 +56,30 @@ std::vector<int> unpack_signed(const std::vector<std::int32_t>& w, std::int64_t 
   return v;
 }
 
-// vLLM compressed_tensors_wNa16.py (WNA16_SUPPORTED_BITS = [4, 8]) and the compressor's
-// match_scheme (num_bits in (4, 8)); the zero point is packed along the outputs.
+// The compressor a spec is written with (CompressionFormat values).
+const char* format_of(const QuantSpec& s) {
+  if (s.fp8) return "float-quantized";
+  return s.act == ActQuant::int8 ? "int-quantized" : kFormat;
+}
+
+// vLLM compressed_tensors.py _get_scheme_from_parts: _is_fp8_w8a8 / _is_fp8_w8a16 (float weights,
+// symmetric, static, tensor or channel; float activations when any), _is_dynamic_token_w8a8 (8-bit
+// int weights, symmetric, tensor or channel, 8-bit dynamic per-token activations);
+// compressed_tensors_wNa16.py (WNA16_SUPPORTED_BITS = [4, 8]) and the compressor's match_scheme
+// (num_bits in (4, 8)) for pack-quantized; the zero point is packed along the outputs.
 std::string ct_unsupported(std::int64_t out, std::int64_t in, const QuantSpec& spec) {
+  if (spec.fp8) {
+    if (spec.act == ActQuant::int8) return "float8 weights with int8 activations: vLLM has no such scheme (use fp8 activations or int8 weights)";
+    return {};
+  }
+  if (spec.act == ActQuant::fp8) return "fp8 activations need fp8 weights (vLLM CompressedTensorsW8A8Fp8); use --scheme FP8_DYNAMIC";
+  if (spec.act == ActQuant::int8) {
+    if (spec.bits != 8 || !spec.sym || spec.group_size != -1) {
+      return fmt::format("int8 activations (W8A8) need 8-bit symmetric per-channel weights (vLLM _is_dynamic_token_w8a8), got {} bits, "
+                         "group {}, {}; use --scheme W8A8", spec.bits, spec.group_size, spec.sym ? "symmetric" : "asymmetric");
+    }
+    return {};
+  }
   if (spec.bits != 4 && spec.bits != 8) {
     return fmt::format("{}-bit: compressed-tensors pack-quantized (vLLM CompressedTensorsWNA16) holds 4 and 8 bits; use --format gptq or dense", spec.bits);
   }
@@ -72,12 +97,35 @@ std::string ct_refuses(const MethodOutput& o) { return refuses_affine(o, "compre
 
 DType scale_dtype(DType weight) { return weight == DType::BF16 || weight == DType::F32 ? weight : DType::F16; }
 
+// int-quantized / float-quantized (NaiveQuantizationCompressor, FloatQuantizationCompressor):
+// `weight` holds the int8 values or e4m3 bytes unpacked, [out, in]; `weight_scale` [out, 1].
+void ct_write_naive(SafetensorsWriter& w, const LinearToWrite& l) {
+  const QuantizedMatrix& m = l.m;
+  const std::string& p = l.desc.prefix;
+  const DType sdt = scale_dtype(l.weight_dtype);
+  if (m.n_groups != 1) fail<Error>("'{}': int-/float-quantized weights are per channel, got {} groups", p, m.n_groups);
+  if (m.fp8) {
+    w.add_pod<std::uint8_t>(p + ".weight", DType::F8_E4M3, {m.out, m.in}, m.q);
+  } else {
+    const int mid = 1 << (m.bits - 1);
+    std::vector<std::int8_t> q(m.q.size());
+    for (std::size_t i = 0; i < q.size(); ++i) q[i] = static_cast<std::int8_t>(static_cast<int>(m.q[i]) - mid);
+    for (float z : m.zeros) {
+      if (z != static_cast<float>(mid)) fail<Error>("'{}': int-quantized weights must be symmetric (zero {}), got {}", p, mid, z);
+    }
+    w.add_pod<std::int8_t>(p + ".weight", DType::I8, {m.out, m.in}, q);
+  }
+  w.add_f32(p + ".weight_scale", sdt, {m.out, 1}, m.scales);
+  if (!l.bias.empty()) w.add_f32(l.desc.bias_name(), l.weight_dtype, {m.out}, l.bias);
+}
+
 void ct_write(SafetensorsWriter& w, const LinearToWrite& l) {
   const QuantizedMatrix& m = l.m;
   const std::string& p = l.desc.prefix;
   if (m.non_uniform()) fail<Error>("'{}': codebooks cannot be stored in compressed-tensors pack-quantized", p);
   const DType sdt = scale_dtype(l.weight_dtype);
   if (sdt == DType::F16) check_f16_range(m.scales, "group scale", l.desc, "compressed-tensors");
+  if (m.fp8 || l.act != ActQuant::none) return ct_write_naive(w, l);
   // quant's codes are unsigned u with zero z, ŵ = s·(u − z); compressed-tensors stores signed
   // q = u − 2^(b−1) and zero point zp = z − 2^(b−1), ŵ = s·(q − zp) (quantize_weight/dequantize).
   const int mid = 1 << (m.bits - 1);
@@ -112,11 +160,11 @@ const nlohmann::json& groups_of(const nlohmann::json& qc, const fs::path& where)
   return *it;
 }
 
-// The spec the config gives linear `l` (nullopt: kept in float), as vLLM resolves it.
-std::optional<QuantSpec> ct_expected(const nlohmann::json& qc, const LinearDesc& l, const fs::path& where) {
+// The config group vLLM gives linear `l` (null: kept in float).
+const nlohmann::json* ct_group(const nlohmann::json& qc, const LinearDesc& l, const fs::path& where) {
   if (auto ig = qc.find("ignore"); ig != qc.end() && ig->is_array()) {
     for (const auto& t : *ig) {
-      if (t.is_string() && target_matches(t.get<std::string>(), l.prefix, where)) return std::nullopt;
+      if (t.is_string() && target_matches(t.get<std::string>(), l.prefix, where)) return nullptr;
     }
   }
   const nlohmann::json& groups = groups_of(qc, where);
@@ -135,17 +183,39 @@ std::optional<QuantSpec> ct_expected(const nlohmann::json& qc, const LinearDesc&
       if (hit) break;
     }
   }
+  return hit;
+}
+
+// input_activations of a group: dynamic per-token 8-bit int or float (what the forward pass
+// simulates); none when absent. Static (calibrated input_scale) schemes are reported as none.
+ActQuant group_act(const nlohmann::json& g, const fs::path& where) {
+  const auto a = g.find("input_activations");
+  if (a == g.end() || a->is_null()) return ActQuant::none;
+  if (!a->is_object()) fail("{}: quantization_config input_activations must be an object or null", where.string());
+  if (config_int(*a, "num_bits", 8, where) != 8 || a->value("strategy", std::string()) != "token" || !config_bool(*a, "dynamic", false, where)) {
+    log::warn("{}: input activations {} are not dynamic 8-bit per-token; quant eval does not simulate them", where.string(), a->dump());
+    return ActQuant::none;
+  }
+  return a->value("type", std::string("int")) == "float" ? ActQuant::fp8 : ActQuant::int8;
+}
+
+// The spec the config gives linear `l` (nullopt: kept in float), as vLLM resolves it.
+std::optional<QuantSpec> ct_expected(const nlohmann::json& qc, const LinearDesc& l, const fs::path& where) {
+  const nlohmann::json* hit = ct_group(qc, l, where);
   if (!hit) return std::nullopt;
   const auto wq = hit->find("weights");
   if (wq == hit->end() || !wq->is_object()) fail("{}: a config group matching '{}' has no weights scheme", where.string(), l.prefix);
-  if (wq->value("type", std::string("int")) != "int") fail("{}: weights type '{}' is not supported (int only)", where.string(), wq->value("type", std::string()));
+  const std::string type = wq->value("type", std::string("int"));
+  if (type != "int" && type != "float") fail("{}: weights type '{}' is not supported (int, float)", where.string(), type);
   QuantSpec s;
   s.bits = static_cast<int>(config_int(*wq, "num_bits", 8, where));
   s.sym = config_bool(*wq, "symmetric", true, where);
+  s.fp8 = type == "float";
+  s.act = group_act(*hit, where);
   const std::string strategy = wq->value("strategy", std::string("tensor"));
-  if (strategy == "channel") s.group_size = -1;
+  if (strategy == "channel" || (strategy == "tensor" && s.bits == 8)) s.group_size = -1;
   else if (strategy == "group") s.group_size = config_int(*wq, "group_size", 128, where);
-  else fail("{}: weights strategy '{}' is not supported for pack-quantized (group, channel)", where.string(), strategy);
+  else fail("{}: weights strategy '{}' is not supported (group, channel; tensor for 8-bit)", where.string(), strategy);
   return s;
 }
 
@@ -197,7 +267,7 @@ Mat ct_read(const Model& model, const LinearDesc& l) {
 }
 
 nlohmann::json weights_args(const QuantSpec& s, bool act_order) {
-  return {{"num_bits", s.bits}, {"type", "int"}, {"symmetric", s.sym},
+  return {{"num_bits", s.bits}, {"type", s.fp8 ? "float" : "int"}, {"symmetric", s.sym},
           {"strategy", s.group_size < 0 ? "channel" : "group"},
           {"group_size", s.group_size < 0 ? nlohmann::json(nullptr) : nlohmann::json(s.group_size)},
           {"block_structure", nullptr}, {"dynamic", false},
@@ -205,9 +275,18 @@ nlohmann::json weights_args(const QuantSpec& s, bool act_order) {
           {"observer", "minmax"}, {"observer_kwargs", nlohmann::json::object()}};
 }
 
+// llm-compressor's W8A8 / FP8_DYNAMIC presets (quant_scheme.py): dynamic, symmetric, per token,
+// no observer.
+nlohmann::json input_args(ActQuant a) {
+  if (a == ActQuant::none) return nullptr;
+  return {{"num_bits", 8}, {"type", a == ActQuant::fp8 ? "float" : "int"}, {"symmetric", true}, {"group_size", nullptr},
+          {"strategy", "token"}, {"block_structure", nullptr}, {"dynamic", true}, {"actorder", nullptr}, {"observer", nullptr},
+          {"observer_kwargs", nlohmann::json::object()}};
+}
+
 nlohmann::json group(const QuantSpec& s, bool act_order, nlohmann::json targets) {
-  return {{"targets", std::move(targets)}, {"weights", weights_args(s, act_order)}, {"input_activations", nullptr},
-          {"output_activations", nullptr}, {"format", kFormat}};
+  return {{"targets", std::move(targets)}, {"weights", weights_args(s, act_order)}, {"input_activations", input_args(s.act)},
+          {"output_activations", nullptr}, {"format", format_of(s)}};
 }
 
 // quantization_config as llm-compressor writes it (QuantizationConfig.to_dict): the common spec
@@ -223,6 +302,8 @@ nlohmann::json ct_config(const ConfigInput& in) {
     s.bits = value.at("bits").get<int>();
     s.group_size = value.at("group_size").get<std::int64_t>();
     s.sym = value.at("sym").get<bool>();
+    s.fp8 = in.base.fp8;  // the scheme flags are the run's (no rule changes them)
+    s.act = in.base.act;
     auto& [spec, targets] = overrides[s.label() + (s.sym ? "s" : "a")];
     spec = s;
     if (targets.is_null()) targets = nlohmann::json::array();
@@ -234,17 +315,41 @@ nlohmann::json ct_config(const ConfigInput& in) {
   nlohmann::json ignore = nlohmann::json::array();
   for (const auto& name : in.not_converted) ignore.push_back(name);
   if (!in.lm_head) ignore.push_back("lm_head");
-  return {{"quant_method", "compressed-tensors"}, {"format", kFormat}, {"quantization_status", "compressed"},
+  return {{"quant_method", "compressed-tensors"}, {"format", format_of(in.base)}, {"quantization_status", "compressed"},
           {"config_groups", groups}, {"ignore", ignore}, {"kv_cache_scheme", nullptr}, {"sparsity_config", nlohmann::json::object()},
           {"version", "0.10.2"}, {"quantizer", {{"name", "quant"}, {"version", "0.1.0"}, {"method", in.method}}}};
 }
 
+// quant eval simulates activation quantization in the decoder's linears only; vLLM's lm_head
+// (ParallelLMHead) is kept unquantized by llm-compressor's presets (ignore: ["lm_head"]).
+std::string ct_check_plan(const std::vector<PlannedLinear>& linears) {
+  for (const PlannedLinear& p : linears) {
+    if (p.quantize && p.desc->layer < 0 && (p.spec.act != ActQuant::none || p.spec.fp8)) {
+      return fmt::format("'{}': lm_head with {} is not supported (llm-compressor's W8A8/FP8 presets ignore lm_head); drop --quantize-lm-head",
+                         p.desc->prefix, p.spec.label());
+    }
+  }
+  return {};
+}
+
 }  // namespace
+
+ActQuant compressed_tensors_act_quant(const Model& model, const LinearDesc& l) {
+  const auto& qc = model.config().quantization_config;
+  if (!qc.is_object() || qc.value("quant_method", std::string()) != "compressed-tensors") return ActQuant::none;
+  const fs::path where = model.dir() / "config.json";
+  const nlohmann::json* g = ct_group(qc, l, where);
+  return g ? group_act(*g, where) : ActQuant::none;
+}
+
+std::optional<QuantSpec> compressed_tensors_spec(const nlohmann::json& qc, const LinearDesc& l, const fs::path& where) {
+  return ct_expected(qc, l, where);
+}
 
 Codec compressed_tensors_codec() {
   return {Format::compressed_tensors, "compressed-tensors", "compressed-tensors",
           {".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape", ".weight_g_idx"}, {4, 8}, true, true,
-          ct_unsupported, ct_refuses, ct_write, ct_read, ct_config, nullptr, ct_expected};
+          ct_unsupported, ct_refuses, ct_write, ct_read, ct_config, ct_check_plan, ct_expected};
 }
 
 }  // namespace quant::formats

@@ -4,6 +4,7 @@ namespace quant {
 
 RtnMethod::RtnMethod() {
   traits_.name = "rtn";
+  traits_.fp8_weights = true;
   traits_.statistic = Statistic::none;
 }
 

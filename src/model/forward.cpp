@@ -40,6 +40,7 @@ LayerWeights load_layer(const Model& model, int layer) {
       lw.linear(l.kind) = load_linear(model, l);
     }
     if (l.bias) lw.b[static_cast<int>(l.kind)] = load_vector(model, l.bias_name());
+    lw.act[static_cast<int>(l.kind)] = model.act_quant(l);
   }
   lw.attn_norm = load_vector(model, d.attn_norm);
   lw.mlp_norm = load_vector(model, d.mlp_norm);
@@ -182,6 +183,15 @@ void linear_forward(const Mat& x, const Mat& w, const Vec& b, Mat& y) {
   if (b.size()) y.rowwise() += b.transpose();
 }
 
+// linear_forward of layer L's linear `k`, its inputs first quantized as its kernel does (W8A8).
+static void layer_linear(const Mat& x, const LayerWeights& L, LinearKind k, Mat& y) {
+  const ActQuant a = L.act[static_cast<int>(k)];
+  if (a == ActQuant::none) return linear_forward(x, L.linear(k), L.b[static_cast<int>(k)], y);
+  Mat xq = x;
+  fake_quant_tokens(xq, a);
+  linear_forward(xq, L.linear(k), L.b[static_cast<int>(k)], y);
+}
+
 void rms_norm(const Mat& x, const Vec& weight, double eps, Mat& out, float offset) {
   out.resize(x.rows(), x.cols());
   const Vec w = offset == 0.0f ? weight : (weight.array() + offset).matrix();
@@ -275,11 +285,10 @@ Mat attention_block(const ModelConfig& c, const LayerWeights& L, const RopeTable
   if (x.rows() > rope.positions()) {
     fail<Error>("attention_block: {} tokens but rope table has {} positions", x.rows(), rope.cos.rows());
   }
-  auto B = [&](LinearKind k) -> const Vec& { return L.b[static_cast<int>(k)]; };
   Mat q, k, v, attn;
-  linear_forward(x, L.linear(LinearKind::q), B(LinearKind::q), q);
-  linear_forward(x, L.linear(LinearKind::k), B(LinearKind::k), k);
-  linear_forward(x, L.linear(LinearKind::v), B(LinearKind::v), v);
+  layer_linear(x, L, LinearKind::q, q);
+  layer_linear(x, L, LinearKind::k, k);
+  layer_linear(x, L, LinearKind::v, v);
   if (c.qk_norm) {
     head_norm(c, q, c.n_heads, L.q_norm);
     head_norm(c, k, c.n_kv_heads, L.k_norm);
@@ -296,8 +305,8 @@ Mat attention_block(const ModelConfig& c, const LayerWeights& L, const RopeTable
 
 Mat mlp_activation(const ModelConfig& c, const LayerWeights& L, const Mat& x) {
   Mat gate, up;
-  linear_forward(x, L.linear(LinearKind::gate), L.b[static_cast<int>(LinearKind::gate)], gate);
-  linear_forward(x, L.linear(LinearKind::up), L.b[static_cast<int>(LinearKind::up)], up);
+  layer_linear(x, L, LinearKind::gate, gate);
+  layer_linear(x, L, LinearKind::up, up);
   if (c.gelu_tanh) {  // gelu_pytorch_tanh(gate) ⊙ up (Gemma)
     constexpr float kC = 0.7978845608028654f;  // sqrt(2/π)
     return gate.unaryExpr([](float g) { return 0.5f * g * (1.0f + std::tanh(kC * (g + 0.044715f * g * g * g))); })
@@ -309,7 +318,7 @@ Mat mlp_activation(const ModelConfig& c, const LayerWeights& L, const Mat& x) {
 
 void add_block_output(const ModelConfig& c, const Mat& x, const LayerWeights& L, LinearKind kind, Mat& h) {
   Mat y;
-  linear_forward(x, L.linear(kind), L.b[static_cast<int>(kind)], y);
+  layer_linear(x, L, kind, y);
   const Vec& post = kind == LinearKind::o ? L.post_attn_norm : L.post_mlp_norm;
   if (post.size()) {
     Mat normed;

@@ -112,7 +112,8 @@ std::vector<std::pair<std::string, std::int64_t>> LayerDesc::norms(std::int64_t 
 
 namespace {
 
-// `fp8`: an F8_E4M3 linear weight is accepted when its scale is there (load_linear applies it).
+// `fp8`: an F8_E4M3 or I8 (compressed-tensors int-quantized) linear weight is accepted when its
+// scale is there (load_linear applies it).
 void expect_shape(const TensorStore& store, const std::string& name,
                   std::vector<std::int64_t> shape, const fs::path& dir, bool fp8 = false) {
   const TensorInfo* t = store.find(name);
@@ -121,11 +122,15 @@ void expect_shape(const TensorStore& store, const std::string& name,
     fail("{}: tensor '{}' has shape {} but config.json implies {}", store.file_of(name).string(),
          name, fmt::join(t->shape, "x"), fmt::join(shape, "x"));
   }
-  if (fp8 && t->dtype == DType::F8_E4M3) {
+  if (fp8 && (t->dtype == DType::F8_E4M3 || t->dtype == DType::I8)) {
     const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
     if (!store.contains(prefix + ".weight_scale") && !store.contains(prefix + ".weight_scale_inv")) {
-      fail("{}: tensor '{}' is F8_E4M3 but has no '{}.weight_scale' or '.weight_scale_inv' to dequantize it with",
-           store.file_of(name).string(), name, prefix);
+      fail("{}: tensor '{}' is {} but has no '{}.weight_scale' or '.weight_scale_inv' to dequantize it with",
+           store.file_of(name).string(), name, dtype_name(t->dtype), prefix);
+    }
+    if (store.contains(prefix + ".weight_zero_point")) {
+      fail("{}: tensor '{}' is {} with a '{}.weight_zero_point': asymmetric int-quantized weights are not supported (vLLM's W8A8 needs symmetric ones)",
+           store.file_of(name).string(), name, dtype_name(t->dtype), prefix);
     }
     return;
   }

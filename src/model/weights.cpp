@@ -58,14 +58,14 @@ Vec load_vector(const Model& model, const std::string& name) {
 }
 
 namespace {
-// FP8 checkpoints as published: an F8_E4M3 weight times `weight_scale` (compressed-tensors
-// float-quantized: one per tensor or per output channel) or `weight_scale_inv` (quant_method
+// FP8 checkpoints as published: an F8_E4M3 (or compressed-tensors int-quantized I8) weight times
+// `weight_scale` (compressed-tensors float-/int-quantized: one per tensor or per output channel) or `weight_scale_inv` (quant_method
 // "fp8", DeepSeek-V3/Qwen3-FP8: one per weight_block_size block, default 128×128).
 void apply_fp8_scale(const Model& model, const std::string& prefix, Mat& w) {
   const TensorStore& s = model.store();
   const std::string name = s.contains(prefix + ".weight_scale") ? prefix + ".weight_scale" : prefix + ".weight_scale_inv";
   if (!s.contains(name)) {
-    fail("{}: tensor '{}.weight' is F8_E4M3 but has no '{}.weight_scale' or '.weight_scale_inv' to dequantize it with",
+    fail("{}: tensor '{}.weight' is 8-bit but has no '{}.weight_scale' or '.weight_scale_inv' to dequantize it with",
          s.file_of(prefix + ".weight").string(), prefix, prefix);
   }
   const TensorInfo& t = s.get(name);
@@ -107,7 +107,8 @@ Mat load_linear(const Model& model, const LinearDesc& linear) {
     return model.packed_reader()(model, linear);
   }
   Mat w = load_matrix(model, linear.weight_name());
-  if (model.store().get(linear.weight_name()).dtype == DType::F8_E4M3) apply_fp8_scale(model, linear.tensor_prefix(), w);
+  const DType dt = model.store().get(linear.weight_name()).dtype;
+  if (dt == DType::F8_E4M3 || dt == DType::I8) apply_fp8_scale(model, linear.tensor_prefix(), w);
   return w;
 }
 

@@ -67,10 +67,13 @@ Plan plan_linears(const Model& model, const Policy& policy, const MethodTraits& 
     p.reason = d.reason;
     if (p.quantize) {
       p.spec.validate();
+      if (p.spec.fp8 && !method.fp8_weights) {
+        fail<UsageError>("{} does not write float8 weights (--scheme FP8_DYNAMIC / W8A16_FP8 are round-to-nearest: use quant rtn)", method.name);
+      }
       if (model.storage(*l) == LinearStorage::packed) {
         fail("{}: '{}' is already quantized; quantize the original checkpoint", model.dir().string(), l->prefix);
       }
-      p.unsupported = codec.unsupported(l->fused() ? l->storage_rows : l->out, l->in, p.spec);
+      p.unsupported = formats::unsupported_reason(codec.format, l->fused() ? l->storage_rows : l->out, l->in, p.spec);
       if (!p.unsupported.empty()) p.quantize = false;
     }
     plan.add(std::move(p));

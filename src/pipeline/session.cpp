@@ -63,12 +63,12 @@ OutputSession::OutputSession(const Model& source, const Plan& plan, RunOptions o
 OutputSession::~OutputSession() = default;
 
 namespace {
-// The float dtype a linear is written in: its stored dtype, or for an FP8 source (F8_E4M3
-// weights read through their scales) the checkpoint's torch_dtype (bfloat16 when it names
+// The float dtype a linear is written in: its stored dtype, or for an FP8 or int8 source (F8_E4M3
+// or I8 weights read through their scales) the checkpoint's torch_dtype (bfloat16 when it names
 // none), the dtype its dequantized weights are saved in.
 DType float_dtype_of(const Model& m, const std::string& weight) {
   const DType d = m.store().get(weight).dtype;
-  if (d != DType::F8_E4M3) return d;
+  if (d != DType::F8_E4M3 && d != DType::I8) return d;
   const std::string& t = m.config().torch_dtype;
   return t == "float16" ? DType::F16 : t == "float32" ? DType::F32 : DType::BF16;
 }
@@ -119,14 +119,14 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
     std::vector<const QuantizedMatrix*> ms;
     for (const auto& part : parts) ms.push_back(&part.second);
     const QuantizedMatrix all = QuantizedMatrix::stack_rows(ms);
-    formats::codec(plan_.format).write(*writer_, {l.storage_desc(), all, weight_dtype, {}, options_.method_config.value("desc_act", false)});
+    formats::codec(plan_.format).write(*writer_, {l.storage_desc(), all, weight_dtype, {}, options_.method_config.value("desc_act", false), plan.spec.act});
     fused_q_.erase(l.storage);
     written_.insert(l.weight_name());
     return;
   }
   std::vector<float> b;
   if (l.bias) b = bias ? std::vector<float>(bias->data(), bias->data() + bias->size()) : source_.store().read_f32(l.bias_name());
-  formats::codec(plan_.format).write(*writer_, {l, m, weight_dtype, b, options_.method_config.value("desc_act", false)});
+  formats::codec(plan_.format).write(*writer_, {l, m, weight_dtype, b, options_.method_config.value("desc_act", false), plan.spec.act});
   written_.insert(l.weight_name());
   if (l.bias) written_.insert(l.bias_name());
 }
@@ -217,10 +217,10 @@ QuantizeReport OutputSession::finish() {
   }
   writer_->on_add = nullptr;  // the rest is not journaled: a resumed run rewrites it
   pending_.clear();
-  // FP8 sources: a kept linear is written dequantized, and no linear keeps its scale tensors.
+  // FP8 and int8 sources: a kept linear is written dequantized, and no linear keeps its scale tensors.
   for (const LinearDesc* l : source_.linears()) {
     const std::string w = l->weight_name();
-    if (!source_.store().contains(w) || source_.store().get(w).dtype != DType::F8_E4M3) continue;
+    if (!source_.store().contains(w) || (source_.store().get(w).dtype != DType::F8_E4M3 && source_.store().get(w).dtype != DType::I8)) continue;
     for (const char* s : {".weight_scale", ".weight_scale_inv", ".input_scale"}) written_.insert(l->tensor_prefix() + s);
     if (written_.count(w)) continue;
     const Mat x = load_linear(source_, l->storage_desc());

@@ -26,7 +26,7 @@ void register_awq(CLI::App& app) {
   CLI::Option* format_opt = cmd->get_option("--format");
   cmd->callback([o, c, a, no_duo, no_clip, format_opt] {
     reuse_large_allocations();
-    const QuantSpec spec = make_spec(*o);
+    const QuantSpec spec = make_spec(*o);  // (a --scheme sets the format)
     a->duo_scaling = !*no_duo;
     a->clip = !*no_clip;
     RunOptions run = make_run_options(*o, "awq", spec, c.get());
@@ -39,7 +39,7 @@ void register_awq(CLI::App& app) {
       run.format = formats::Format::dense;
     }
     Plan plan;
-    if (a->export_compatible || format_opt->count() > 0) {
+    if (a->export_compatible || format_opt->count() > 0 || !o->scheme.empty()) {
       plan = make_plan(model, policy, method.traits(), run.format, run.skip_unsupported);
     } else {
       // What a user running `quant awq --bits 4 model/` wants: AutoAWQ's layout when it can hold

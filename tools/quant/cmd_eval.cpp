@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -21,6 +22,25 @@
 
 namespace quant::cli {
 namespace {
+// Which activation quantization the forward pass simulates ("none", or e.g. "int8 dynamic
+// per-token on 35 of 35 linears"), as the checkpoint's compressed-tensors config declares it.
+std::string activation_quant_summary(const Model& model) {
+  std::map<ActQuant, int> n;
+  int total = 0;
+  for (const LinearDesc* l : model.linears()) {
+    if (l->layer < 0) continue;
+    ++total;
+    ++n[model.act_quant(*l)];
+  }
+  std::string out;
+  for (const auto& [a, count] : n) {
+    if (a == ActQuant::none) continue;
+    out += fmt::format("{}{} dynamic per-token on {} of {} linears", out.empty() ? "" : ", ", act_quant_name(a), count, total);
+  }
+  if (out.empty()) return "none";
+  log::info("simulating the checkpoint's activation quantization: {}", out);
+  return out;
+}
 
 // The checkpoint's first file (a GGUF: the file itself).
 std::string model_sha256(const Model& model) {
@@ -69,6 +89,7 @@ void run_eval(const EvalCliOptions& o) {
     check_output(o.junit, OutputKind::file, OutputPolicy{o.force, false, {o.model, o.base, o.text, o.tokens, o.tokenizer}});
   }
   const Model model = formats::open_model(o.model, true);
+  const std::string act_quant = activation_quant_summary(model);
   std::optional<Model> base;
   if (!o.base.empty()) base.emplace(formats::open_model(o.base, true));
 
@@ -163,6 +184,7 @@ void run_eval(const EvalCliOptions& o) {
   j["nll"] = r.nll;
   j["input_sha256"] = input_hash;
   j["model_sha256"] = model_sha256(model);
+  j["activation_quant"] = act_quant;
   j["seconds"] = r.seconds;
   j["tokens_per_s"] = r.tokens_per_second;
   if (r.has_base) {

@@ -15,6 +15,7 @@ void register_gptq(CLI::App& app) {
   auto g = std::make_shared<GptqOptions>();
   auto no_true_seq = std::make_shared<bool>(false);
   auto mse = std::make_shared<bool>(false);
+  auto smooth = std::make_shared<double>(-1.0);
   auto* cmd = app.add_subcommand("gptq", "GPTQ: calibrated, error-compensating quantization (arXiv:2210.17323)");
   add_quantize_options(cmd, *o, "gptq", true);
   add_calib_options(cmd, *c, 2048);
@@ -24,7 +25,8 @@ void register_gptq(CLI::App& app) {
   cmd->add_flag("--static-groups", g->static_groups, "group parameters from the original weights (with --act-order: g_idx stays j/group)");
   cmd->add_flag("--no-true-sequential", *no_true_seq, "capture all of a layer's inputs once instead of sub-group by sub-group");
   cmd->add_flag("--mse", *mse, "search a clipping factor for each group's range");
-  cmd->callback([o, c, g, no_true_seq, mse] {
+  add_smooth_option(cmd, *smooth);
+  cmd->callback([o, c, g, no_true_seq, mse, smooth] {
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;
     // transformers/optimum/GPTQModel accept 0 < damp_percent < 1; 0 is allowed here (plain H).
@@ -34,9 +36,9 @@ void register_gptq(CLI::App& app) {
     const Model model = formats::open_model(o->model);
     const auto samples = load_calib(model, *c);
     const Policy policy = make_policy(*o, spec, model, samples);
-    const GptqMethod method(*g);
-    const Plan plan = make_plan(model, policy, method.traits(), run.format, run.skip_unsupported);
-    plan_and_run(*o, model, plan, method, run, samples);
+    const auto method = maybe_smoothed(std::make_unique<GptqMethod>(*g), *smooth, spec);
+    const Plan plan = make_plan(model, policy, method->traits(), run.format, run.skip_unsupported);
+    plan_and_run(*o, model, plan, *method, run, samples);
   });
 }
 

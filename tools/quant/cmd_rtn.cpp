@@ -12,23 +12,27 @@ void register_rtn(CLI::App& app) {
   auto o = std::make_shared<QuantizeCliOptions>();
   auto mse = std::make_shared<bool>(false);
   auto c = std::make_shared<CalibCliOptions>();
+  auto smooth = std::make_shared<double>(-1.0);
   auto* cmd = app.add_subcommand("rtn", "round-to-nearest quantization (min/max ranges, no calibration)");
   add_quantize_options(cmd, *o, "gptq", true);
   cmd->add_flag("--mse", *mse, "search a clipping factor per group minimising squared error (never worse than min/max)");
+  add_smooth_option(cmd, *smooth);
   add_calib_options(cmd, *c, 512);
-  cmd->get_option("--calib")->description("calibration text, only for --target-bpw's sensitivity (RTN itself needs none)");
-  cmd->callback([o, mse, c] {
+  cmd->get_option("--calib")->description("calibration text, only for --target-bpw's sensitivity and --smooth's activation ranges (RTN itself needs none)");
+  cmd->callback([o, mse, c, smooth] {
     reuse_large_allocations();
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;
     const bool calib = !c->text.empty() || !c->tokens.empty();
-    if (calib && o->target_bpw <= 0) fail<UsageError>("--calib is used only with --target-bpw; RTN needs no calibration");
+    const bool smoothing = *smooth >= 0;
+    if (calib && o->target_bpw <= 0 && !smoothing) fail<UsageError>("--calib is used only with --target-bpw or --smooth; RTN needs no calibration");
     const RunOptions run = make_run_options(*o, "rtn", spec, c.get());
     const Model model = formats::open_model(o->model);
-    const Policy policy = make_policy(*o, spec, model, calib ? load_calib(model, *c) : std::vector<std::vector<std::int32_t>>{});
-    const RtnMethod method;
-    const Plan plan = make_plan(model, policy, method.traits(), run.format, run.skip_unsupported);
-    plan_and_run(*o, model, plan, method, run, {});
+    const auto samples = calib || smoothing ? load_calib(model, *c) : std::vector<std::vector<std::int32_t>>{};
+    const Policy policy = make_policy(*o, spec, model, samples);
+    const auto method = maybe_smoothed(std::make_unique<RtnMethod>(), *smooth, spec);
+    const Plan plan = make_plan(model, policy, method->traits(), run.format, run.skip_unsupported);
+    plan_and_run(*o, model, plan, *method, run, smoothing ? samples : std::vector<std::vector<std::int32_t>>{});
   });
 }
 

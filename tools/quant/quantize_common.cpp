@@ -6,6 +6,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <iostream>
 #include <limits>
@@ -17,6 +18,7 @@
 #include "quant/pipeline/allocate.h"
 #include "quant/core/error.h"
 #include "quant/core/log.h"
+#include "quant/methods/smoothquant.h"
 
 namespace quant::cli {
 
@@ -37,15 +39,19 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
   o.sym = default_sym;
   cmd->add_option("model", o.model, "model directory (config.json + safetensors)")->required();
   cmd->add_option("-o,--output", o.out, "output directory (default: <model>-<method>-w<bits>g<group> beside the model)");
-  cmd->add_option("--format", o.format, "output format: gptq, awq, compressed-tensors (vLLM pack-quantized, 4/8 bits) or dense (dequantized weights in the source dtype)")
+  o.format_opt = cmd->add_option("--format", o.format, "output format: gptq, awq, compressed-tensors (vLLM's pack-/int-/float-quantized) or dense (dequantized weights in the source dtype)")
       ->capture_default_str();
-  cmd->add_option("-b,--bits", o.bits, "bits per weight (2-8)")->capture_default_str()->check(CLI::Range(2, 8));
-  cmd->add_option("-g,--group-size", o.group_size, "inputs per quantization group; -1 for one group per output channel")
+  o.bits_opt = cmd->add_option("-b,--bits", o.bits, "bits per weight (2-8)")->capture_default_str()->check(CLI::Range(2, 8));
+  o.group_opt = cmd->add_option("-g,--group-size", o.group_size, "inputs per quantization group; -1 for one group per output channel")
       ->capture_default_str()
       ->check(CLI::Validator([](std::string& s) { return s == "-1" || std::atoll(s.c_str()) >= 1 ? std::string() : "must be -1 or positive"; },
                              "-1|N>0"));
-  cmd->add_flag("--sym,!--no-sym", o.sym, std::string("symmetric quantization (zero point fixed at the middle); --no-sym: asymmetric (default: ") +
+  o.sym_opt = cmd->add_flag("--sym,!--no-sym", o.sym, std::string("symmetric quantization (zero point fixed at the middle); --no-sym: asymmetric (default: ") +
                                           (default_sym ? "symmetric)" : "asymmetric)"));
+  cmd->add_option("--scheme", o.scheme,
+                  "compressed-tensors preset (implies --format compressed-tensors): W4A16, W8A16 (weight-only int), W8A8 (int8 "
+                  "per-channel weights, int8 dynamic per-token activations), FP8_DYNAMIC (fp8 e4m3 per-channel weights and "
+                  "per-token activations; rtn only), W8A16_FP8 (fp8 weights only; rtn only)");
   cmd->add_option("--rule", o.rules, "per-tensor rule REGEX=skip or REGEX=bits:N,group:N,sym:BOOL (first match wins; repeatable)");
   cmd->add_flag("--quantize-lm-head", o.quantize_lm_head, "quantize lm_head too (kept in the source dtype by default)");
   cmd->add_flag("--skip-unsupported", o.skip_unsupported, "keep linears the format cannot hold in the source dtype instead of failing");
@@ -118,13 +124,66 @@ std::uint64_t parse_size(const std::string& s) {
   return static_cast<std::uint64_t>(v * mult);
 }
 
-QuantSpec make_spec(const QuantizeCliOptions& o) {
+namespace {
+// llm-compressor's preset schemes (compressed_tensors/quantization/quant_scheme.py).
+struct Scheme {
+  const char* name;
+  int bits;
+  std::int64_t group;
+  bool fp8;
+  ActQuant act;
+};
+constexpr Scheme kSchemes[] = {{"W4A16", 4, 128, false, ActQuant::none},  {"W8A16", 8, -1, false, ActQuant::none},
+                               {"W8A8", 8, -1, false, ActQuant::int8},    {"FP8_DYNAMIC", 8, -1, true, ActQuant::fp8},
+                               {"W8A16_FP8", 8, -1, true, ActQuant::none}};
+}  // namespace
+
+QuantSpec make_spec(QuantizeCliOptions& o) {
   QuantSpec s;
   s.bits = o.bits;
   s.group_size = o.group_size;
   s.sym = o.sym;
+  if (!o.scheme.empty()) {
+    std::string up = o.scheme;
+    std::transform(up.begin(), up.end(), up.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+    const Scheme* k = nullptr;
+    std::string names;
+    for (const Scheme& x : kSchemes) {
+      if (up == x.name) k = &x;
+      names += (names.empty() ? "" : ", ") + std::string(x.name);
+    }
+    if (!k) fail<UsageError>("unknown --scheme '{}' ({})", o.scheme, names);
+    auto given = [](const CLI::Option* opt) { return opt && opt->count() > 0; };
+    if (given(o.bits_opt) && o.bits != k->bits) fail<UsageError>("--scheme {} is {}-bit; drop --bits {}", k->name, k->bits, o.bits);
+    if (given(o.group_opt) && o.group_size != k->group) {
+      fail<UsageError>("--scheme {} has group size {}; drop --group-size {}", k->name, k->group, o.group_size);
+    }
+    if (given(o.sym_opt) && !o.sym) fail<UsageError>("--scheme {} is symmetric; drop --no-sym", k->name);
+    // --format dense keeps the scheme's weights as float (fake quant), which cannot carry activations.
+    if (given(o.format_opt) && o.format != "compressed-tensors" && (o.format != "dense" || k->act != ActQuant::none)) {
+      fail<UsageError>("--scheme {} is a compressed-tensors scheme; drop --format {}", k->name, o.format);
+    }
+    if (!given(o.format_opt)) o.format = "compressed-tensors";
+    s.bits = k->bits;
+    s.group_size = k->group;
+    s.sym = true;
+    s.fp8 = k->fp8;
+    s.act = k->act;
+  }
   s.validate();
   return s;
+}
+
+void add_smooth_option(CLI::App* cmd, double& alpha) {
+  cmd->add_option("--smooth", alpha,
+                  "SmoothQuant before quantizing, with this smoothing strength (0.5 is llm-compressor's default; 0.8 the paper's "
+                  "for Llama): migrates activation outliers into the weights; needs --scheme W8A8 or FP8_DYNAMIC");
+}
+
+std::unique_ptr<Method> maybe_smoothed(std::unique_ptr<Method> method, double alpha, const QuantSpec& spec) {
+  if (alpha < 0) return method;
+  if (spec.act == ActQuant::none) fail<UsageError>("--smooth smooths activations for activation quantization; add --scheme W8A8 (or FP8_DYNAMIC)");
+  return std::make_unique<SmoothedMethod>(std::move(method), alpha);
 }
 
 Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const Model& model,

@@ -34,6 +34,14 @@ struct QuantizeCliOptions {
   bool no_resume = false;
   std::string journal_limit;
   std::string sensitivity = "auto";
+  // compressed-tensors scheme preset (W4A16, W8A16, W8A8, FP8_DYNAMIC, W8A16_FP8): sets bits,
+  // group, symmetry, weight type and activation quantization, and the format.
+  std::string scheme;
+  // The options a scheme sets, to refuse explicit values that contradict it.
+  CLI::Option* bits_opt = nullptr;
+  CLI::Option* group_opt = nullptr;
+  CLI::Option* sym_opt = nullptr;
+  CLI::Option* format_opt = nullptr;
 };
 
 // Calibration options of calibrated methods (gptq, awq, ...).
@@ -74,7 +82,11 @@ RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& meth
                             const CalibCliOptions* calib = nullptr);
 // The output policy of a command: --force, --replace-foreign, and its inputs.
 OutputPolicy output_policy(bool force, bool replace_foreign, std::vector<fs::path> inputs);
-QuantSpec make_spec(const QuantizeCliOptions& o);
+// The spec of the options (applying --scheme, which may also set o.format).
+QuantSpec make_spec(QuantizeCliOptions& o);
+// --smooth ALPHA (rtn, gptq): SmoothQuant before the method; needs activation quantization.
+void add_smooth_option(CLI::App* cmd, double& alpha);
+std::unique_ptr<Method> maybe_smoothed(std::unique_ptr<Method> method, double alpha, const QuantSpec& spec);
 
 // Prints the summary: a table on stderr, JSON on stdout with --json (else the output path).
 void print_report(const QuantizeReport& r, bool json);

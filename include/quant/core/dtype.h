@@ -33,6 +33,9 @@ std::uint16_t f32_to_bf16(float f);
 // float8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities, S.1111.111 is
 // NaN, largest finite ±448, subnormals m/8 · 2^−6.
 float f8e4m3_to_f32(std::uint8_t v);
+// f32 -> e4m3fn, rounding to nearest (ties to even) and saturating at ±448 as vLLM's
+// scaled_fp8_quant clamps before its cast; NaN stays NaN (0x7f / 0xff).
+std::uint8_t f32_to_f8e4m3(float f);
 
 // Converts `n` elements of `dtype` stored little-endian at `src` to float.
 void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst);

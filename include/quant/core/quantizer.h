@@ -15,15 +15,24 @@
 
 namespace quant {
 
+// How a linear's inputs are quantized at inference (compressed-tensors input_activations): not
+// at all (weight-only), or dynamically per token, symmetric, as int8 or float8 e4m3 (W8A8).
+enum class ActQuant : std::uint8_t { none, int8, fp8 };
+const char* act_quant_name(ActQuant a);  // "none", "int8", "fp8"
+
 struct QuantSpec {
   int bits = 4;                  // 2..8
   std::int64_t group_size = 128; // inputs per group along `in`; -1 = one group per output row
   bool sym = false;              // symmetric: zero fixed at (maxq + 1) / 2
   bool mse = false;              // search a shrink factor of the range minimising squared error
+  // Weights as float8 e4m3 times a per-output-channel scale instead of integers (needs bits 8,
+  // symmetric, group -1): ŵ = scale[o]·e4m3(q).
+  bool fp8 = false;
+  ActQuant act = ActQuant::none;  // activation quantization the output declares (and eval simulates)
   int maxq() const { return (1 << bits) - 1; }
   // Group size for a row of `in` inputs (in, for per-channel).
   std::int64_t effective_group(std::int64_t in) const { return group_size < 0 ? in : group_size; }
-  std::string label() const;  // "w4g128", "w3g-1"
+  std::string label() const;  // "w4g128", "w3g-1", "w8g-1a8" (int8 activations), "fp8", "fp8a8"
   void validate() const;      // throws UsageError
 };
 
@@ -68,6 +77,8 @@ struct QuantizedMatrix {
   // Non-uniform (k-means) quantization: ŵ = lut[o, g, q], [out, n_groups, 2^bits]
   // fp16-representable centroids; scales/zeros unused. Empty for affine quantization.
   std::vector<float> lut;
+  // Float8 codes: q holds e4m3 bytes and ŵ = scales[o, g]·e4m3(q) (zeros unused).
+  bool fp8 = false;
   // Sparse outliers (CSR over rows, columns ascending): their exact values replace the
   // reconstruction at those positions. Empty rowptr: none.
   std::vector<std::int32_t> outlier_rowptr;  // [out + 1]
@@ -98,8 +109,15 @@ struct QuantizedMatrix {
   static QuantizedMatrix stack_rows(const std::vector<const QuantizedMatrix*>& parts);
 };
 
-// Round-to-nearest quantization of w [out, in] (parallel over rows).
+// Round-to-nearest quantization of w [out, in] (parallel over rows). With spec.fp8: per row
+// scale = max|w|/448 (rounded up to float16, so no weight saturates), codes e4m3(w/scale).
 QuantizedMatrix quantize_rtn(const Mat& w, const QuantSpec& spec);
+
+// What an activation-quantizing kernel computes from the inputs x [tokens, in]: each row
+// (token) scaled by its own max|x| to int8 (scale max/127, round to nearest even, clamp to
+// [−128, 127], vLLM's dynamic scaled_int8_quant) or to e4m3 (scale max/448, vLLM's dynamic
+// per-token scaled_fp8_quant), then multiplied back. No-op for ActQuant::none.
+void fake_quant_tokens(Mat& x, ActQuant act);
 
 // Squared reconstruction error Σ (w − ŵ)², and relative error ‖w − ŵ‖ / ‖w‖.
 double squared_error(const Mat& w, const Mat& w_hat);

@@ -34,6 +34,7 @@ struct LinearToWrite {
   DType weight_dtype;           // the source checkpoint's dtype of this weight
   std::span<const float> bias;  // empty: the linear has no bias
   bool act_order = false;       // the method permuted columns (GPTQ desc_act): g_idx is part of the scheme
+  ActQuant act = ActQuant::none;  // the planned activation quantization (selects compressed-tensors int-quantized)
 };
 
 // What quantization_config is built from.

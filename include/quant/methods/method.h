@@ -46,6 +46,7 @@ struct MethodTraits {
   bool codebooks = false;               // non-uniform output (needs a codebook format)
   bool act_order = false;               // columns quantized out of order (needs a g_idx format)
   bool float_output = false;            // writes transformed float weights, quantizes nothing
+  bool fp8_weights = false;             // handles QuantSpec::fp8 (float8 weights)
   // The next stages see each quantized linear as its dequantized weight rounded to the source
   // checkpoint's dtype (what inference computes with); false: the float32 dequantized weight.
   bool round_to_source_dtype = true;

@@ -19,6 +19,8 @@ namespace quant {
 struct LayerWeights {
   std::array<Mat, 7> w;  // [out, in], indexed by LinearKind
   std::array<Vec, 7> b;  // bias, empty when absent
+  // Activation quantization each linear's kernel applies to its inputs (W8A8 checkpoints).
+  std::array<ActQuant, 7> act{};
   Vec attn_norm;
   Vec mlp_norm;
   Vec q_norm, k_norm;        // [head_dim], when the family has them

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "quant/core/quantizer.h"
 #include "quant/core/tensor.h"
 #include "quant/model/config.h"
 #include "quant/io/safetensors.h"
@@ -92,6 +93,9 @@ class Model;
 // Reads a linear stored packed (quantized) as float [out, in]. The formats layer provides one
 // (formats::decode_packed_linear); the model layer knows no format.
 using PackedLinearReader = Mat (*)(const Model& model, const LinearDesc& linear);
+// The activation quantization a checkpoint declares for a linear (compressed-tensors
+// input_activations), which the forward pass then simulates; from the formats layer too.
+using ActQuantReader = ActQuant (*)(const Model& model, const LinearDesc& linear);
 
 class Model {
  public:
@@ -118,6 +122,9 @@ class Model {
   // lm_head when it is not tied to the embedding.
   std::vector<const LinearDesc*> linears() const;
   PackedLinearReader packed_reader() const { return packed_reader_; }
+  void set_act_quant_reader(ActQuantReader reader) { act_reader_ = reader; }
+  // ActQuant::none unless a reader is attached and the checkpoint declares one for `linear`.
+  ActQuant act_quant(const LinearDesc& linear) const { return act_reader_ ? act_reader_(*this, linear) : ActQuant::none; }
 
  private:
   fs::path dir_;
@@ -125,6 +132,7 @@ class Model {
   TensorStore store_;
   ModelLayout layout_;
   PackedLinearReader packed_reader_ = nullptr;
+  ActQuantReader act_reader_ = nullptr;
 };
 
 }  // namespace quant

@@ -1,0 +1,99 @@
+#include "quant/methods/smoothquant.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "quant/core/error.h"
+#include "quant/core/log.h"
+#include "quant/methods/awq.h"
+
+namespace quant {
+
+namespace {
+constexpr double kMinScale = 1e-5;  // llm-compressor MINIMUM_SMOOTHING_SCALE
+}  // namespace
+
+Vec smoothing_scales(const std::vector<Mat>& xs, const std::vector<const Mat*>& ws, double alpha) {
+  if (ws.empty() || xs.empty()) fail<Error>("smoothing_scales: no linears or no activations");
+  const Eigen::Index in = ws.front()->cols();
+  Vec lo = Vec::Constant(in, std::numeric_limits<float>::infinity()), hi = Vec::Constant(in, -std::numeric_limits<float>::infinity());
+  for (const Mat& x : xs) {
+    if (x.cols() != in) fail<Error>("smoothing_scales: activations have {} channels, the linears {}", x.cols(), in);
+    if (x.rows() == 0) continue;
+    lo = lo.cwiseMin(x.colwise().minCoeff().transpose());
+    hi = hi.cwiseMax(x.colwise().maxCoeff().transpose());
+  }
+  Vec wmax = Vec::Zero(in);
+  for (const Mat* w : ws) wmax = wmax.cwiseMax(w->cwiseAbs().colwise().maxCoeff().transpose());
+  Vec s(in);
+  for (Eigen::Index j = 0; j < in; ++j) {
+    const double range = static_cast<double>(hi(j)) - static_cast<double>(lo(j));
+    const double wscale = 2.0 * static_cast<double>(wmax(j));
+    if (!(range > 0.0) || !(wscale > 0.0)) {
+      s(j) = 1.0f;
+      continue;
+    }
+    s(j) = static_cast<float>(std::max(std::pow(range, alpha) / std::pow(wscale, 1.0 - alpha), kMinScale));
+  }
+  return s;
+}
+
+SmoothedMethod::SmoothedMethod(std::unique_ptr<Method> inner, double alpha) : inner_(std::move(inner)), alpha_(alpha) {
+  if (!(alpha >= 0.0 && alpha <= 1.0)) fail<UsageError>("--smooth: the smoothing strength must be in [0, 1], got {}", alpha);
+  traits_ = inner_->traits();
+  if (traits_.transforms_layer) fail<UsageError>("--smooth cannot be combined with {} (it transforms the layer itself)", traits_.name);
+  if (traits_.float_output || traits_.codebooks) fail<UsageError>("--smooth needs a method that writes integer or fp8 weights, not {}", traits_.name);
+  traits_.calibrated = true;
+  traits_.transforms_layer = true;
+}
+
+nlohmann::json SmoothedMethod::config() const {
+  nlohmann::json c = inner_->config();
+  c["smoothquant"] = {{"smoothing_strength", alpha_}};
+  return c;
+}
+
+nlohmann::json SmoothedMethod::fingerprint() const {
+  nlohmann::json f = inner_->fingerprint();
+  f["smoothing_strength"] = alpha_;
+  return f;
+}
+
+LayerTransform SmoothedMethod::transform_layer(const LayerContext& ctx, LayerWeights& lw,
+                                               std::map<CapturePoint, InputStats>& stats) const {
+  using K = LinearKind;
+  struct Mapping {
+    AwqMapping id;
+    CapturePoint input;
+    std::vector<K> balance;
+  };
+  const std::vector<Mapping> mappings = {{AwqMapping::attn, CapturePoint::attn_in, {K::q, K::k, K::v}},
+                                         {AwqMapping::mlp, CapturePoint::mlp_in, {K::gate, K::up}}};
+  LayerTransform out;
+  for (const Mapping& m : mappings) {
+    const bool smooth = std::all_of(m.balance.begin(), m.balance.end(), [&](K k) {
+      const int i = static_cast<int>(k);
+      return ctx.planned[i] && ctx.specs[i].act != ActQuant::none;
+    });
+    if (!smooth) {
+      log::debug("layer {}: {} not smoothed (a linear is kept or has no activation quantization)", ctx.layer.index,
+                 m.id == AwqMapping::attn ? "attention" : "mlp");
+      continue;
+    }
+    std::vector<const Mat*> ws;
+    for (K k : m.balance) ws.push_back(&lw.linear(k));
+    const Vec s = smoothing_scales(ctx.inputs.at(m.input), ws, alpha_);
+    fold_awq_scales(lw, m.id, s, ctx.config.norm_offset);
+    InputStats& st = stats.at(m.input);  // the inputs are now X / s
+    const Vec inv = s.cwiseInverse();
+    if (st.hessian.size()) st.hessian = inv.asDiagonal() * st.hessian * inv.asDiagonal();
+    for (std::size_t j = 0; j < st.mean_square.size(); ++j) st.mean_square[j] *= inv(static_cast<Eigen::Index>(j)) * inv(static_cast<Eigen::Index>(j));
+    st.derived.reset();
+    for (K k : m.balance) out.extra[k] = {{"smoothquant_max_scale", s.maxCoeff()}, {"smoothquant_min_scale", s.minCoeff()}};
+    out.changed.emplace_back(m.id == AwqMapping::attn ? ctx.layer.attn_norm : ctx.layer.mlp_norm,
+                             m.id == AwqMapping::attn ? lw.attn_norm : lw.mlp_norm);
+  }
+  return out;
+}
+
+}  // namespace quant

@@ -1,0 +1,350 @@
+// Activation-quantized outputs (compressed-tensors int-quantized W8A8, float-quantized FP8),
+// float8 weights, the per-token activation fake-quant quant eval applies, and SmoothQuant.
+// Tensors are checked by a reader written here from the compressed-tensors spec
+// (NaiveQuantizationCompressor / FloatQuantizationCompressor: `weight` int8 or float8_e4m3fn
+// [out, in], `weight_scale` [out, 1], ŵ = scale · q), against the dense weights quant writes for
+// the same quantization.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "cli_helpers.h"
+#include "fixtures.h"
+#include "quant/core/dtype.h"
+#include "quant/core/quantizer.h"
+#include "quant/formats/codec.h"
+#include "quant/io/io.h"
+#include "quant/io/safetensors.h"
+#include "quant/methods/rtn.h"
+#include "quant/methods/smoothquant.h"
+#include "quant/model/forward.h"
+#include "quant/model/weights.h"
+
+namespace quant {
+namespace {
+
+using nlohmann::json;
+using testing::run_quant;
+using testing::TempDir;
+
+// The nearest finite e4m3 value by exhaustive search (ties: the even code).
+std::uint8_t nearest_e4m3(float x) {
+  std::uint8_t best = 0;
+  float err = INFINITY;
+  for (int c = 0; c < 256; ++c) {
+    const float v = f8e4m3_to_f32(static_cast<std::uint8_t>(c));
+    if (std::isnan(v) || (std::signbit(v) != std::signbit(x))) continue;
+    const float e = std::abs(v - x);
+    if (e < err || (e == err && (c & 1) == 0)) err = e, best = static_cast<std::uint8_t>(c);
+  }
+  return best;
+}
+
+TEST(Fp8Encode, RoundTripsEveryFiniteCode) {
+  for (int c = 0; c < 256; ++c) {
+    if ((c & 0x7f) == 0x7f) continue;  // NaN
+    EXPECT_EQ(f32_to_f8e4m3(f8e4m3_to_f32(static_cast<std::uint8_t>(c))), c) << c;
+  }
+}
+
+TEST(Fp8Encode, RoundsToNearestEvenAndSaturates) {
+  EXPECT_EQ(f32_to_f8e4m3(1.0625f), 0x38);  // halfway 1.0 | 1.125: even mantissa (1.0)
+  EXPECT_EQ(f32_to_f8e4m3(1.1875f), 0x3a);  // halfway 1.125 | 1.25: 1.25
+  EXPECT_EQ(f32_to_f8e4m3(500.0f), 0x7e);   // saturates at 448
+  EXPECT_EQ(f32_to_f8e4m3(-1e9f), 0xfe);
+  EXPECT_EQ(f32_to_f8e4m3(std::ldexp(1.0f, -10)), 0x00);      // half the smallest subnormal: to 0
+  EXPECT_EQ(f32_to_f8e4m3(3.0f * std::ldexp(1.0f, -10)), 0x02);  // 1.5 steps: to 2 (even)
+  EXPECT_EQ(f32_to_f8e4m3(0.0146484375f), 0x08);  // 7.5 subnormal steps round up into the first normal
+  EXPECT_EQ(f32_to_f8e4m3(NAN) & 0x7f, 0x7f);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-8.0f, 8.0f);
+  for (int i = 0; i < 20000; ++i) {
+    const float x = std::ldexp(u(rng), static_cast<int>(rng() % 14) - 9);
+    ASSERT_EQ(f32_to_f8e4m3(x), nearest_e4m3(x)) << x;
+  }
+}
+
+TEST(ActivationFakeQuant, Int8PerTokenByHand) {
+  Mat x(2, 3);
+  x << 1.27f, 0.004f, -0.635f, 0.0f, 0.0f, 0.0f;
+  fake_quant_tokens(x, ActQuant::int8);  // scale 1.27 / 127 = 0.01
+  EXPECT_NEAR(x(0, 0), 1.27f, 1e-6);
+  EXPECT_EQ(x(0, 1), 0.0f);               // 0.4 steps
+  EXPECT_NEAR(x(0, 2), -0.64f, 1e-6);     // −63.5 steps: ties to even, −64
+  EXPECT_EQ(x(1, 0), 0.0f);               // an all-zero token stays zero
+  Mat y(1, 3);
+  y << 448.0f, 1.06f, -3.3f;
+  fake_quant_tokens(y, ActQuant::fp8);  // scale 1
+  EXPECT_EQ(y(0, 0), 448.0f);
+  EXPECT_EQ(y(0, 1), 1.0f);
+  EXPECT_EQ(y(0, 2), -3.25f);
+  Mat z = y;
+  fake_quant_tokens(z, ActQuant::none);
+  EXPECT_EQ(z, y);
+}
+
+TEST(Fp8Weights, ScaleCoversEachRowAndCodesAreNearest) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> n(0.0f, 0.02f);
+  Mat w(16, 40);
+  for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = n(rng);
+  w.row(3).setZero();
+  QuantSpec spec;
+  spec.bits = 8;
+  spec.group_size = -1;
+  spec.sym = true;
+  spec.fp8 = true;
+  const QuantizedMatrix m = quantize_rtn(w, spec);
+  ASSERT_TRUE(m.fp8);
+  ASSERT_EQ(m.n_groups, 1);
+  const Mat d = m.dequantize();
+  for (Eigen::Index o = 0; o < w.rows(); ++o) {
+    const float s = m.scales[static_cast<std::size_t>(o)];
+    EXPECT_EQ(f16_to_f32(f32_to_f16(s)), s) << "scale is float16-representable";
+    EXPECT_GE(s * 448.0f, w.row(o).cwiseAbs().maxCoeff()) << "no weight saturates";
+    for (Eigen::Index j = 0; j < w.cols(); ++j) {
+      const std::uint8_t q = m.q[static_cast<std::size_t>(o * w.cols() + j)];
+      ASSERT_EQ(q, f32_to_f8e4m3(w(o, j) / s)) << o << "," << j;
+      ASSERT_EQ(d(o, j), s * f8e4m3_to_f32(q));
+    }
+  }
+  EXPECT_EQ(d.row(3).cwiseAbs().maxCoeff(), 0.0f);
+  // 3 mantissa bits: relative error at most 1/16 of each row's largest weight's binade.
+  EXPECT_LT((d - w).norm() / w.norm(), 0.04);
+}
+
+TEST(SmoothQuant, ScalesByHand) {
+  Mat x(2, 3);
+  x << 1.0f, -2.0f, 0.0f, 3.0f, 0.5f, 0.0f;  // ranges 2, 2.5, 0
+  Mat w1(1, 3), w2(1, 3);
+  w1 << 0.5f, -1.0f, 0.3f;
+  w2 << 0.25f, 2.0f, 0.0f;  // max |W| per channel 0.5, 2, 0.3 → ×2: 1, 4, 0.6
+  const Vec s = smoothing_scales({x}, {&w1, &w2}, 0.5);
+  EXPECT_NEAR(s(0), std::sqrt(2.0) / std::sqrt(1.0), 1e-6);
+  EXPECT_NEAR(s(1), std::sqrt(2.5) / std::sqrt(4.0), 1e-6);
+  EXPECT_EQ(s(2), 1.0f) << "a channel with no activation range is left alone";
+  const Vec s8 = smoothing_scales({x}, {&w1, &w2}, 0.8);
+  EXPECT_NEAR(s8(0), std::pow(2.0, 0.8) / std::pow(1.0, 0.2), 1e-5);
+}
+
+// The smoothed float layer computes the same function; its norms carry 1/s.
+TEST(SmoothQuant, TransformKeepsTheLayerFunction) {
+  TempDir dir;
+  testing::TinyModelSpec spec;
+  spec.seed = 9;
+  testing::write_tiny_model(dir / "m", spec);
+  const Model model = Model::open(dir / "m");
+  const ModelConfig& c = model.config();
+  const LayerWeights lw = load_layer(model, 0);
+  const RopeTable rope = build_rope(c, 16);
+  std::mt19937 rng(2);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  Mat h(16, c.hidden_size);
+  for (Eigen::Index i = 0; i < h.size(); ++i) h.data()[i] = n(rng);
+  std::map<CapturePoint, std::vector<Mat>> inputs;
+  const LinearInputHook hook = [&](CapturePoint p, const Mat& x) { inputs[p].push_back(x); };
+  Mat ref = h;
+  decoder_layer_forward(c, lw, rope, ref, &hook);
+  std::map<CapturePoint, InputStats> stats;
+  for (const auto& [p, xs] : inputs) stats[p] = measure_inputs(Statistic::hessian, xs);
+  LayerContext ctx{c, model.layout().layers[0], rope, {}, {}, inputs};
+  for (int k = 0; k < 7; ++k) {
+    ctx.planned[static_cast<std::size_t>(k)] = true;
+    ctx.specs[static_cast<std::size_t>(k)].act = ActQuant::int8;
+  }
+  const SmoothedMethod method(std::make_unique<RtnMethod>(), 0.5);
+  EXPECT_TRUE(method.traits().calibrated);
+  EXPECT_TRUE(method.traits().transforms_layer);
+  LayerWeights smoothed = lw;
+  const Mat h_before = stats.at(CapturePoint::attn_in).hessian;
+  const LayerTransform t = method.transform_layer(ctx, smoothed, stats);
+  ASSERT_EQ(t.changed.size(), 2u) << "input_layernorm and post_attention_layernorm";
+  EXPECT_GT((smoothed.attn_norm - lw.attn_norm).norm(), 1e-3);
+  EXPECT_GT((smoothed.linear(LinearKind::gate) - lw.linear(LinearKind::gate)).norm(), 1e-3);
+  EXPECT_EQ(smoothed.linear(LinearKind::o), lw.linear(LinearKind::o)) << "o and down are not smoothed";
+  EXPECT_GT((stats.at(CapturePoint::attn_in).hessian - h_before).norm(), 1e-6) << "the Hessian follows the inputs X / s";
+  Mat out = h;
+  decoder_layer_forward(c, smoothed, rope, out, nullptr);
+  EXPECT_LT((out - ref).cwiseAbs().maxCoeff(), 1e-4 * (1.0f + ref.cwiseAbs().maxCoeff()));
+}
+
+
+struct Fixture {
+  TempDir dir;
+  fs::path m, calib;
+  Fixture() {
+    testing::TinyModelSpec spec;
+    spec.hidden = 64;
+    spec.intermediate = 128;
+    spec.tied = false;
+    spec.seed = 5;
+    spec.dtype = DType::F16;
+    spec.weight_scale = 0.3f;
+    m = dir / "m";
+    testing::write_tiny_model(m, spec);
+    std::string text;
+    std::uint32_t x = 7;
+    for (int i = 0; i < 2048; ++i) {
+      x = x * 1664525u + 1013904223u;
+      text += std::to_string((x >> 9) % 96) + " ";
+    }
+    calib = dir / "calib.txt";
+    write_file_atomic(calib, text);
+  }
+  std::string calib_args() const { return "--calib-tokens " + calib.string() + " --nsamples 8 --seqlen 64"; }
+};
+
+// ŵ = weight_scale[o] · q, as the spec's dequantize computes it, rounded to the model's float16.
+std::vector<float> decode_naive(const TensorStore& s, const std::string& p) {
+  const TensorInfo& t = s.get(p + ".weight");
+  EXPECT_EQ(t.shape.size(), 2u);
+  const std::int64_t out = t.shape[0], in = t.shape[1];
+  EXPECT_EQ(s.get(p + ".weight_scale").shape, (std::vector<std::int64_t>{out, 1})) << p;
+  const std::vector<float> scale = s.read_f32(p + ".weight_scale");
+  const auto bytes = s.bytes(p + ".weight");
+  std::vector<float> w(static_cast<std::size_t>(out * in));
+  for (std::int64_t i = 0; i < out * in; ++i) {
+    const auto b = static_cast<std::uint8_t>(bytes[static_cast<std::size_t>(i)]);
+    const float q = t.dtype == DType::I8 ? static_cast<float>(static_cast<std::int8_t>(b)) : f8e4m3_to_f32(b);
+    w[static_cast<std::size_t>(i)] = f16_to_f32(f32_to_f16(scale[static_cast<std::size_t>(i / in)] * q));
+  }
+  return w;
+}
+
+struct NaiveCase {
+  std::string name, command, dense_command, format, scheme_class;
+  DType dtype;
+  ActQuant act;
+};
+void PrintTo(const NaiveCase& c, std::ostream* os) { *os << c.name; }
+
+class NaiveQuantized : public ::testing::TestWithParam<NaiveCase> {};
+
+TEST_P(NaiveQuantized, IndependentReaderEqualsDenseAndEvalSimulatesActivations) {
+  const NaiveCase& k = GetParam();
+  Fixture f;
+  const std::string a = fmt::format(fmt::runtime(k.command), f.m.string(), f.calib_args());
+  const auto r = run_quant(a + " -o " + (f.dir / "ct").string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto d = run_quant(fmt::format(fmt::runtime(k.dense_command), f.m.string(), f.calib_args()) + " --format dense -o " + (f.dir / "dense").string());
+  ASSERT_EQ(d.rc, 0) << d.err;
+  const auto c = run_quant("check " + (f.dir / "ct").string() + " --for vllm");
+  EXPECT_EQ(c.rc, 0) << c.out << c.err;
+  EXPECT_NE(c.out.find(k.scheme_class), std::string::npos) << c.out;
+
+  const json qc = read_json_file(f.dir / "ct" / "config.json")["quantization_config"];
+  EXPECT_EQ(qc["format"], k.format);
+  const json& g = qc["config_groups"].begin().value();
+  EXPECT_EQ(g["weights"]["strategy"], "channel");
+  EXPECT_EQ(g["weights"]["type"], k.dtype == DType::I8 ? "int" : "float");
+  if (k.act == ActQuant::none) {
+    EXPECT_TRUE(g["input_activations"].is_null());
+  } else {
+    EXPECT_EQ(g["input_activations"]["strategy"], "token");
+    EXPECT_EQ(g["input_activations"]["dynamic"], true);
+    EXPECT_EQ(g["input_activations"]["type"], k.act == ActQuant::int8 ? "int" : "float");
+  }
+  const TensorStore ct = TensorStore::open(f.dir / "ct"), dense = TensorStore::open(f.dir / "dense");
+  int n = 0;
+  const Model source = Model::open(f.m);
+  for (const LinearDesc* l : source.linears()) {
+    if (l->layer < 0) continue;
+    ASSERT_EQ(ct.get(l->weight_name()).dtype, k.dtype) << l->prefix;
+    EXPECT_FALSE(ct.contains(l->prefix + ".weight_shape")) << "naive formats store the weight unpacked";
+    EXPECT_FALSE(ct.contains(l->prefix + ".weight_zero_point")) << "symmetric";
+    const std::vector<float> mine = decode_naive(ct, l->prefix), theirs = dense.read_f32(l->weight_name());
+    ASSERT_EQ(mine.size(), theirs.size());
+    for (std::size_t i = 0; i < mine.size(); ++i) ASSERT_EQ(mine[i], theirs[i]) << l->prefix << " element " << i;
+    ++n;
+  }
+  EXPECT_EQ(n, 2 * 7);
+  EXPECT_EQ(ct.get("lm_head.weight").dtype, DType::F16) << "lm_head stays in float (ignore)";
+
+  // quant eval: the activation quantization is simulated (and said), and changes the result
+  // against the same weights without it.
+  const std::string eval = " --tokens " + f.calib.string() + " --ctx 64 --json";
+  const auto e = run_quant("eval " + (f.dir / "ct").string() + eval);
+  ASSERT_EQ(e.rc, 0) << e.err;
+  const auto ed = run_quant("eval " + (f.dir / "dense").string() + eval);
+  ASSERT_EQ(ed.rc, 0) << ed.err;
+  const json je = json::parse(e.out), jd = json::parse(ed.out);
+  EXPECT_EQ(jd["activation_quant"], "none");
+  if (k.act == ActQuant::none) {
+    EXPECT_EQ(je["activation_quant"], "none");
+    EXPECT_NEAR(je["ppl"].get<double>(), jd["ppl"].get<double>(), 1e-3 * jd["ppl"].get<double>());
+  } else {
+    EXPECT_EQ(je["activation_quant"], fmt::format("{} dynamic per-token on 14 of 14 linears", act_quant_name(k.act)));
+    EXPECT_NE(je["ppl"].get<double>(), jd["ppl"].get<double>());
+    EXPECT_NEAR(je["ppl"].get<double>(), jd["ppl"].get<double>(), 0.05 * jd["ppl"].get<double>()) << "8-bit activations are close";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Schemes, NaiveQuantized,
+    ::testing::Values(NaiveCase{"rtn_w8a8", "rtn {0} --scheme W8A8", "rtn {0} -b 8 -g -1 --sym", "int-quantized", "CompressedTensorsW8A8Int8",
+                                DType::I8, ActQuant::int8},
+                      NaiveCase{"gptq_w8a8", "gptq {0} --scheme w8a8 {1}", "gptq {0} -b 8 -g -1 --sym {1}", "int-quantized",
+                                "CompressedTensorsW8A8Int8", DType::I8, ActQuant::int8},
+                      NaiveCase{"rtn_fp8_dynamic", "rtn {0} --scheme FP8_DYNAMIC", "rtn {0} --scheme W8A16_FP8", "float-quantized",
+                                "CompressedTensorsW8A8Fp8", DType::F8_E4M3, ActQuant::fp8},
+                      NaiveCase{"rtn_fp8_weight_only", "rtn {0} --scheme W8A16_FP8", "rtn {0} --scheme W8A16_FP8", "float-quantized",
+                                "CompressedTensorsW8A16Fp8", DType::F8_E4M3, ActQuant::none}),
+    [](const ::testing::TestParamInfo<NaiveCase>& i) { return i.param.name; });
+
+// SmoothQuant writes the smoothed norms and weights; the result still loads for vLLM, the
+// smoothing strength is recorded, and the float function is unchanged up to quantization.
+TEST(SmoothQuantCli, WritesSmoothedNormsAndQuantizedWeights) {
+  Fixture f;
+  const auto r = run_quant("rtn " + f.m.string() + " --scheme W8A8 --smooth 0.5 " + f.calib_args() + " -o " + (f.dir / "sq").string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto c = run_quant("check " + (f.dir / "sq").string() + " --for vllm");
+  EXPECT_EQ(c.rc, 0) << c.out << c.err;
+  const TensorStore src = TensorStore::open(f.m), sq = TensorStore::open(f.dir / "sq");
+  const auto a = src.read_f32("model.layers.0.input_layernorm.weight"), b = sq.read_f32("model.layers.0.input_layernorm.weight");
+  EXPECT_NE(a, b) << "input_layernorm carries 1/s";
+  EXPECT_EQ(src.read_f32("model.norm.weight"), sq.read_f32("model.norm.weight"));
+  const json qc = read_json_file(f.dir / "sq" / "config.json")["quantization_config"];
+  EXPECT_EQ(qc["format"], "int-quantized");
+  const auto e = run_quant("eval " + (f.dir / "sq").string() + " --tokens " + f.calib.string() + " --ctx 64 --json");
+  ASSERT_EQ(e.rc, 0) << e.err;
+  const auto e0 = run_quant("eval " + f.m.string() + " --tokens " + f.calib.string() + " --ctx 64 --json");
+  ASSERT_EQ(e0.rc, 0) << e0.err;
+  EXPECT_NEAR(json::parse(e.out)["ppl"].get<double>(), json::parse(e0.out)["ppl"].get<double>(),
+              0.05 * json::parse(e0.out)["ppl"].get<double>());
+}
+
+// What vLLM cannot load, or what contradicts the scheme, is refused before any work.
+TEST(SchemeCli, RefusesContradictionsBeforeWork) {
+  Fixture f;
+  const std::string m = f.m.string();
+  struct Bad {
+    std::string args, message;
+  };
+  const std::vector<Bad> bad = {
+      {"rtn " + m + " --scheme W8A8 --format gptq", "drop --format gptq"},
+      {"rtn " + m + " --scheme W8A8 --format dense", "drop --format dense"},
+      {"rtn " + m + " --scheme W8A8 -b 4", "drop --bits 4"},
+      {"rtn " + m + " --scheme W8A8 -g 128", "drop --group-size 128"},
+      {"rtn " + m + " --scheme FP8 ", "unknown --scheme 'FP8'"},
+      {"gptq " + m + " --scheme FP8_DYNAMIC " + f.calib_args(), "does not write float8 weights"},
+      {"rtn " + m + " --smooth 0.5 " + f.calib_args(), "add --scheme W8A8"},
+      {"rtn " + m + " --scheme W8A8 --smooth 1.5 " + f.calib_args(), "smoothing strength must be in [0, 1]"},
+      {"awq " + m + " --scheme W8A8 --smooth 0.5 " + f.calib_args(), "--smooth"},
+      {"rtn " + m + " --scheme W8A8 --quantize-lm-head", "lm_head with w8g-1a8 is not supported"},
+      {"rtn " + m + " --scheme W8A8 --rule 'mlp\\.down_proj=bits:4'", "int8 activations (W8A8) need 8-bit symmetric per-channel weights"},
+  };
+  for (const Bad& b : bad) {
+    const auto r = run_quant(b.args + " -o " + (f.dir / "o").string());
+    EXPECT_NE(r.rc, 0) << b.args;
+    EXPECT_NE(r.err.find(b.message), std::string::npos) << b.args << "\n" << r.err;
+    EXPECT_FALSE(fs::exists(f.dir / "o")) << b.args;
+  }
+}
+
+}  // namespace
+}  // namespace quant
