@@ -78,6 +78,19 @@ std::uint8_t f32_to_f8e4m3(float f) {
   return static_cast<std::uint8_t>(sign | ((e + 7) << 3) | m);
 }
 
+float round_to_f8e4m3(float f) {
+  const float a = std::min(std::abs(f), 448.0f);
+  float r;
+  if (a < 0.015625f) {
+    r = std::nearbyint(a * 512.0f) * (1.0f / 512.0f);
+  } else {  // keep 3 of the 23 mantissa bits, ties to even
+    std::uint32_t b = std::bit_cast<std::uint32_t>(a);
+    b += 0x7ffffu + ((b >> 20) & 1u);
+    r = std::bit_cast<float>(b & 0xfff00000u);
+  }
+  return std::copysign(r, f);
+}
+
 float f16_to_f32(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
   const std::uint32_t exp = (h >> 10) & 0x1fu;

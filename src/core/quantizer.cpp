@@ -261,7 +261,7 @@ void fake_quant_tokens(Mat& x, ActQuant act) {
       for (Eigen::Index j = 0; j < row.size(); ++j) row(j) = std::clamp(std::nearbyint(row(j) / s), -128.0f, 127.0f) * s;
     } else {
       const float s = amax / 448.0f;
-      for (Eigen::Index j = 0; j < row.size(); ++j) row(j) = f8e4m3_to_f32(f32_to_f8e4m3(row(j) / s)) * s;
+      for (Eigen::Index j = 0; j < row.size(); ++j) row(j) = round_to_f8e4m3(row(j) / s) * s;
     }
   }
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "quant/core/error.h"
 #include "quant/core/log.h"
@@ -38,7 +39,8 @@ Vec smoothing_scales(const std::vector<Mat>& xs, const std::vector<const Mat*>& 
   return s;
 }
 
-SmoothedMethod::SmoothedMethod(std::unique_ptr<Method> inner, double alpha) : inner_(std::move(inner)), alpha_(alpha) {
+SmoothedMethod::SmoothedMethod(std::unique_ptr<Method> inner, double alpha, bool linear_mappings)
+    : inner_(std::move(inner)), alpha_(alpha), linear_mappings_(linear_mappings) {
   if (!(alpha >= 0.0 && alpha <= 1.0)) fail<UsageError>("--smooth: the smoothing strength must be in [0, 1], got {}", alpha);
   traits_ = inner_->traits();
   if (traits_.transforms_layer) fail<UsageError>("--smooth cannot be combined with {} (it transforms the layer itself)", traits_.name);
@@ -49,13 +51,14 @@ SmoothedMethod::SmoothedMethod(std::unique_ptr<Method> inner, double alpha) : in
 
 nlohmann::json SmoothedMethod::config() const {
   nlohmann::json c = inner_->config();
-  c["smoothquant"] = {{"smoothing_strength", alpha_}};
+  c["smoothquant"] = {{"smoothing_strength", alpha_}, {"mappings", linear_mappings_ ? "norms+linears" : "norms"}};
   return c;
 }
 
 nlohmann::json SmoothedMethod::fingerprint() const {
   nlohmann::json f = inner_->fingerprint();
   f["smoothing_strength"] = alpha_;
+  f["smoothing_linear_mappings"] = linear_mappings_;
   return f;
 }
 
@@ -66,18 +69,21 @@ LayerTransform SmoothedMethod::transform_layer(const LayerContext& ctx, LayerWei
     AwqMapping id;
     CapturePoint input;
     std::vector<K> balance;
+    std::optional<K> prev;  // the linear whose rows absorb 1/s (none: the norm)
   };
-  const std::vector<Mapping> mappings = {{AwqMapping::attn, CapturePoint::attn_in, {K::q, K::k, K::v}},
-                                         {AwqMapping::mlp, CapturePoint::mlp_in, {K::gate, K::up}}};
+  std::vector<Mapping> mappings = {{AwqMapping::attn, CapturePoint::attn_in, {K::q, K::k, K::v}, std::nullopt}};
+  if (linear_mappings_ && ctx.config.n_kv_heads == ctx.config.n_heads) mappings.push_back({AwqMapping::v_o, CapturePoint::o_in, {K::o}, K::v});
+  mappings.push_back({AwqMapping::mlp, CapturePoint::mlp_in, {K::gate, K::up}, std::nullopt});
+  if (linear_mappings_) mappings.push_back({AwqMapping::up_down, CapturePoint::down_in, {K::down}, K::up});
   LayerTransform out;
   for (const Mapping& m : mappings) {
     const bool smooth = std::all_of(m.balance.begin(), m.balance.end(), [&](K k) {
       const int i = static_cast<int>(k);
       return ctx.planned[i] && ctx.specs[i].act != ActQuant::none;
-    });
+    }) && (!m.prev || ctx.planned[static_cast<int>(*m.prev)]);
     if (!smooth) {
-      log::debug("layer {}: {} not smoothed (a linear is kept or has no activation quantization)", ctx.layer.index,
-                 m.id == AwqMapping::attn ? "attention" : "mlp");
+      log::debug("layer {}: mapping {} not smoothed (a linear is kept or has no activation quantization)", ctx.layer.index,
+                 static_cast<int>(m.id));
       continue;
     }
     std::vector<const Mat*> ws;
@@ -90,8 +96,8 @@ LayerTransform SmoothedMethod::transform_layer(const LayerContext& ctx, LayerWei
     for (std::size_t j = 0; j < st.mean_square.size(); ++j) st.mean_square[j] *= inv(static_cast<Eigen::Index>(j)) * inv(static_cast<Eigen::Index>(j));
     st.derived.reset();
     for (K k : m.balance) out.extra[k] = {{"smoothquant_max_scale", s.maxCoeff()}, {"smoothquant_min_scale", s.minCoeff()}};
-    out.changed.emplace_back(m.id == AwqMapping::attn ? ctx.layer.attn_norm : ctx.layer.mlp_norm,
-                             m.id == AwqMapping::attn ? lw.attn_norm : lw.mlp_norm);
+    if (m.id == AwqMapping::attn) out.changed.emplace_back(ctx.layer.attn_norm, lw.attn_norm);
+    if (m.id == AwqMapping::mlp) out.changed.emplace_back(ctx.layer.mlp_norm, lw.mlp_norm);
   }
   return out;
 }

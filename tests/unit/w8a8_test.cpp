@@ -66,7 +66,9 @@ TEST(Fp8Encode, RoundsToNearestEvenAndSaturates) {
   for (int i = 0; i < 20000; ++i) {
     const float x = std::ldexp(u(rng), static_cast<int>(rng() % 14) - 9);
     ASSERT_EQ(f32_to_f8e4m3(x), nearest_e4m3(x)) << x;
+    ASSERT_EQ(round_to_f8e4m3(x), f8e4m3_to_f32(nearest_e4m3(x))) << x;
   }
+  for (float x : {448.0f, 460.0f, 1e6f, -0.0f, 0.0146484375f, 1.0625f, -1.1875f}) EXPECT_EQ(round_to_f8e4m3(x), f8e4m3_to_f32(f32_to_f8e4m3(x))) << x;
 }
 
 TEST(ActivationFakeQuant, Int8PerTokenByHand) {
@@ -132,47 +134,52 @@ TEST(SmoothQuant, ScalesByHand) {
   EXPECT_NEAR(s8(0), std::pow(2.0, 0.8) / std::pow(1.0, 0.2), 1e-5);
 }
 
-// The smoothed float layer computes the same function; its norms carry 1/s.
+// The smoothed float layer computes the same function; its norms carry 1/s, and with the linear
+// mappings v_proj (without GQA) and up_proj rows carry it for o_proj and down_proj.
 TEST(SmoothQuant, TransformKeepsTheLayerFunction) {
-  TempDir dir;
-  testing::TinyModelSpec spec;
-  spec.seed = 9;
-  testing::write_tiny_model(dir / "m", spec);
-  const Model model = Model::open(dir / "m");
-  const ModelConfig& c = model.config();
-  const LayerWeights lw = load_layer(model, 0);
-  const RopeTable rope = build_rope(c, 16);
-  std::mt19937 rng(2);
-  std::normal_distribution<float> n(0.0f, 1.0f);
-  Mat h(16, c.hidden_size);
-  for (Eigen::Index i = 0; i < h.size(); ++i) h.data()[i] = n(rng);
-  std::map<CapturePoint, std::vector<Mat>> inputs;
-  const LinearInputHook hook = [&](CapturePoint p, const Mat& x) { inputs[p].push_back(x); };
-  Mat ref = h;
-  decoder_layer_forward(c, lw, rope, ref, &hook);
-  std::map<CapturePoint, InputStats> stats;
-  for (const auto& [p, xs] : inputs) stats[p] = measure_inputs(Statistic::hessian, xs);
-  LayerContext ctx{c, model.layout().layers[0], rope, {}, {}, inputs};
-  for (int k = 0; k < 7; ++k) {
-    ctx.planned[static_cast<std::size_t>(k)] = true;
-    ctx.specs[static_cast<std::size_t>(k)].act = ActQuant::int8;
+  for (const bool linears : {false, true}) {
+    SCOPED_TRACE(linears ? "norms and linears" : "norms");
+    TempDir dir;
+    testing::TinyModelSpec spec;
+    spec.seed = 9;
+    spec.kv_heads = linears ? spec.heads : 2;  // v → o needs v and o of one shape (no GQA)
+    testing::write_tiny_model(dir / "m", spec);
+    const Model model = Model::open(dir / "m");
+    const ModelConfig& c = model.config();
+    const LayerWeights lw = load_layer(model, 0);
+    const RopeTable rope = build_rope(c, 16);
+    std::mt19937 rng(2);
+    std::normal_distribution<float> n(0.0f, 1.0f);
+    Mat h(16, c.hidden_size);
+    for (Eigen::Index i = 0; i < h.size(); ++i) h.data()[i] = n(rng);
+    std::map<CapturePoint, std::vector<Mat>> inputs;
+    const LinearInputHook hook = [&](CapturePoint p, const Mat& x) { inputs[p].push_back(x); };
+    Mat ref = h;
+    decoder_layer_forward(c, lw, rope, ref, &hook);
+    std::map<CapturePoint, InputStats> stats;
+    for (const auto& [p, xs] : inputs) stats[p] = measure_inputs(Statistic::hessian, xs);
+    LayerContext ctx{c, model.layout().layers[0], rope, {}, {}, inputs};
+    for (int k = 0; k < 7; ++k) {
+      ctx.planned[static_cast<std::size_t>(k)] = true;
+      ctx.specs[static_cast<std::size_t>(k)].act = ActQuant::int8;
+    }
+    const SmoothedMethod method(std::make_unique<RtnMethod>(), 0.5, linears);
+    EXPECT_TRUE(method.traits().calibrated);
+    EXPECT_TRUE(method.traits().transforms_layer);
+    LayerWeights smoothed = lw;
+    const Mat h_before = stats.at(CapturePoint::attn_in).hessian;
+    const LayerTransform t = method.transform_layer(ctx, smoothed, stats);
+    ASSERT_EQ(t.changed.size(), 2u) << "input_layernorm and post_attention_layernorm";
+    EXPECT_GT((smoothed.attn_norm - lw.attn_norm).norm(), 1e-3);
+    EXPECT_GT((smoothed.linear(LinearKind::gate) - lw.linear(LinearKind::gate)).norm(), 1e-3);
+    EXPECT_EQ(smoothed.linear(LinearKind::o) != lw.linear(LinearKind::o), linears);
+    EXPECT_EQ(smoothed.linear(LinearKind::down) != lw.linear(LinearKind::down), linears);
+    EXPECT_GT((stats.at(CapturePoint::attn_in).hessian - h_before).norm(), 1e-6) << "the Hessian follows the inputs X / s";
+    Mat out = h;
+    decoder_layer_forward(c, smoothed, rope, out, nullptr);
+    EXPECT_LT((out - ref).cwiseAbs().maxCoeff(), 1e-4 * (1.0f + ref.cwiseAbs().maxCoeff()));
   }
-  const SmoothedMethod method(std::make_unique<RtnMethod>(), 0.5);
-  EXPECT_TRUE(method.traits().calibrated);
-  EXPECT_TRUE(method.traits().transforms_layer);
-  LayerWeights smoothed = lw;
-  const Mat h_before = stats.at(CapturePoint::attn_in).hessian;
-  const LayerTransform t = method.transform_layer(ctx, smoothed, stats);
-  ASSERT_EQ(t.changed.size(), 2u) << "input_layernorm and post_attention_layernorm";
-  EXPECT_GT((smoothed.attn_norm - lw.attn_norm).norm(), 1e-3);
-  EXPECT_GT((smoothed.linear(LinearKind::gate) - lw.linear(LinearKind::gate)).norm(), 1e-3);
-  EXPECT_EQ(smoothed.linear(LinearKind::o), lw.linear(LinearKind::o)) << "o and down are not smoothed";
-  EXPECT_GT((stats.at(CapturePoint::attn_in).hessian - h_before).norm(), 1e-6) << "the Hessian follows the inputs X / s";
-  Mat out = h;
-  decoder_layer_forward(c, smoothed, rope, out, nullptr);
-  EXPECT_LT((out - ref).cwiseAbs().maxCoeff(), 1e-4 * (1.0f + ref.cwiseAbs().maxCoeff()));
 }
-
 
 struct Fixture {
   TempDir dir;

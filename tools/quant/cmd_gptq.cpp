@@ -15,7 +15,7 @@ void register_gptq(CLI::App& app) {
   auto g = std::make_shared<GptqOptions>();
   auto no_true_seq = std::make_shared<bool>(false);
   auto mse = std::make_shared<bool>(false);
-  auto smooth = std::make_shared<double>(-1.0);
+  auto smooth = std::make_shared<SmoothCliOptions>();
   auto* cmd = app.add_subcommand("gptq", "GPTQ: calibrated, error-compensating quantization (arXiv:2210.17323)");
   add_quantize_options(cmd, *o, "gptq", true);
   add_calib_options(cmd, *c, 2048);
@@ -25,7 +25,7 @@ void register_gptq(CLI::App& app) {
   cmd->add_flag("--static-groups", g->static_groups, "group parameters from the original weights (with --act-order: g_idx stays j/group)");
   cmd->add_flag("--no-true-sequential", *no_true_seq, "capture all of a layer's inputs once instead of sub-group by sub-group");
   cmd->add_flag("--mse", *mse, "search a clipping factor for each group's range");
-  add_smooth_option(cmd, *smooth);
+  add_smooth_options(cmd, *smooth);
   cmd->callback([o, c, g, no_true_seq, mse, smooth] {
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;

@@ -12,11 +12,11 @@ void register_rtn(CLI::App& app) {
   auto o = std::make_shared<QuantizeCliOptions>();
   auto mse = std::make_shared<bool>(false);
   auto c = std::make_shared<CalibCliOptions>();
-  auto smooth = std::make_shared<double>(-1.0);
+  auto smooth = std::make_shared<SmoothCliOptions>();
   auto* cmd = app.add_subcommand("rtn", "round-to-nearest quantization (min/max ranges, no calibration)");
   add_quantize_options(cmd, *o, "gptq", true);
   cmd->add_flag("--mse", *mse, "search a clipping factor per group minimising squared error (never worse than min/max)");
-  add_smooth_option(cmd, *smooth);
+  add_smooth_options(cmd, *smooth);
   add_calib_options(cmd, *c, 512);
   cmd->get_option("--calib")->description("calibration text, only for --target-bpw's sensitivity and --smooth's activation ranges (RTN itself needs none)");
   cmd->callback([o, mse, c, smooth] {
@@ -24,7 +24,7 @@ void register_rtn(CLI::App& app) {
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;
     const bool calib = !c->text.empty() || !c->tokens.empty();
-    const bool smoothing = *smooth >= 0;
+    const bool smoothing = smooth->alpha >= 0;
     if (calib && o->target_bpw <= 0 && !smoothing) fail<UsageError>("--calib is used only with --target-bpw or --smooth; RTN needs no calibration");
     const RunOptions run = make_run_options(*o, "rtn", spec, c.get());
     const Model model = formats::open_model(o->model);

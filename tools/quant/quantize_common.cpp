@@ -174,16 +174,21 @@ QuantSpec make_spec(QuantizeCliOptions& o) {
   return s;
 }
 
-void add_smooth_option(CLI::App* cmd, double& alpha) {
-  cmd->add_option("--smooth", alpha,
+void add_smooth_options(CLI::App* cmd, SmoothCliOptions& o) {
+  cmd->add_option("--smooth", o.alpha,
                   "SmoothQuant before quantizing, with this smoothing strength (0.5 is llm-compressor's default; 0.8 the paper's "
                   "for Llama): migrates activation outliers into the weights; needs --scheme W8A8 or FP8_DYNAMIC");
+  cmd->add_option("--smooth-mappings", o.mappings,
+                  "norms: the norm-fed inputs only (llm-compressor's default mappings: q/k/v, gate/up); all: also the inputs of "
+                  "down_proj (absorbed by up_proj) and o_proj (by v_proj, without GQA)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"norms", "all"}));
 }
 
-std::unique_ptr<Method> maybe_smoothed(std::unique_ptr<Method> method, double alpha, const QuantSpec& spec) {
-  if (alpha < 0) return method;
+std::unique_ptr<Method> maybe_smoothed(std::unique_ptr<Method> method, const SmoothCliOptions& o, const QuantSpec& spec) {
+  if (o.alpha < 0) return method;
   if (spec.act == ActQuant::none) fail<UsageError>("--smooth smooths activations for activation quantization; add --scheme W8A8 (or FP8_DYNAMIC)");
-  return std::make_unique<SmoothedMethod>(std::move(method), alpha);
+  return std::make_unique<SmoothedMethod>(std::move(method), o.alpha, o.mappings == "all");
 }
 
 Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const Model& model,

@@ -84,9 +84,14 @@ RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& meth
 OutputPolicy output_policy(bool force, bool replace_foreign, std::vector<fs::path> inputs);
 // The spec of the options (applying --scheme, which may also set o.format).
 QuantSpec make_spec(QuantizeCliOptions& o);
-// --smooth ALPHA (rtn, gptq): SmoothQuant before the method; needs activation quantization.
-void add_smooth_option(CLI::App* cmd, double& alpha);
-std::unique_ptr<Method> maybe_smoothed(std::unique_ptr<Method> method, double alpha, const QuantSpec& spec);
+// --smooth ALPHA and --smooth-mappings (rtn, gptq): SmoothQuant before the method; needs
+// activation quantization.
+struct SmoothCliOptions {
+  double alpha = -1;  // < 0: off
+  std::string mappings = "norms";
+};
+void add_smooth_options(CLI::App* cmd, SmoothCliOptions& o);
+std::unique_ptr<Method> maybe_smoothed(std::unique_ptr<Method> method, const SmoothCliOptions& o, const QuantSpec& spec);
 
 // Prints the summary: a table on stderr, JSON on stdout with --json (else the output path).
 void print_report(const QuantizeReport& r, bool json);

@@ -36,6 +36,9 @@ float f8e4m3_to_f32(std::uint8_t v);
 // f32 -> e4m3fn, rounding to nearest (ties to even) and saturating at ±448 as vLLM's
 // scaled_fp8_quant clamps before its cast; NaN stays NaN (0x7f / 0xff).
 std::uint8_t f32_to_f8e4m3(float f);
+// f8e4m3_to_f32(f32_to_f8e4m3(f)) for finite f, by rounding the float's own bits (fast path for
+// activation fake-quant).
+float round_to_f8e4m3(float f);
 
 // Converts `n` elements of `dtype` stored little-endian at `src` to float.
 void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst);

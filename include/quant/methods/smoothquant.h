@@ -28,7 +28,9 @@ Vec smoothing_scales(const std::vector<Mat>& xs, const std::vector<const Mat*>& 
 // from calibration samples) and layer-transforming.
 class SmoothedMethod : public Method {
  public:
-  SmoothedMethod(std::unique_ptr<Method> inner, double alpha);
+  // linear_mappings: also smooth the inputs of o_proj (v_proj rows absorb 1/s; only without
+  // GQA, as AWQ) and down_proj (up_proj rows absorb 1/s).
+  SmoothedMethod(std::unique_ptr<Method> inner, double alpha, bool linear_mappings = false);
   const MethodTraits& traits() const override { return traits_; }
   nlohmann::json config() const override;
   nlohmann::json fingerprint() const override;
@@ -39,6 +41,7 @@ class SmoothedMethod : public Method {
  private:
   std::unique_ptr<Method> inner_;
   double alpha_;
+  bool linear_mappings_;
   MethodTraits traits_;
 };
 
