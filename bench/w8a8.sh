@@ -5,12 +5,12 @@
 # calibration 32 × 256 tokens of c4-calibration.txt). Each cell: perplexity / KL to the float
 # model (quant eval --base, with the checkpoint's activation quantization simulated).
 # The issue's bars: SmoothQuant W8A8 below plain W8A8; FP8 W8A8 within 1 % of FP16.
-# Usage: bench/w8a8.sh [BUILD_DIR] (needs ../shared; ~10 minutes on 2 cores)
+# Usage: bench/w8a8.sh [BUILD_DIR] (needs ../shared; ~15 minutes on 2 cores; ALPHAS="0.5 auto" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 Q=$BUILD/quant; S=../shared; T=${THREADS:-2}
-ALPHAS=${ALPHAS:-"0.5 0.8"}
+ALPHAS=${ALPHAS:-"0.5 auto"}
 [ -d "$S/models/wiki-llama-5m" ] || { echo "skipped: ../shared/models is absent"; exit 0; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 head -c 300000 "$S/data/wikitext2-test.txt" > "$tmp/wiki.txt"
@@ -26,7 +26,11 @@ for spec in "stories260K $S/data/tinystories-eval.txt 256 $S/data/tinystories-ca
   float=$("$Q" -q -t "$T" eval "$m" --text "$text" --ctx "$ctx" --json | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])')
   echo "== $name: FP16/FP32 perplexity $float"
   runs=("rtn --scheme W8A16" "rtn --scheme W8A8" "gptq --scheme W8A8 $cal" "rtn --scheme W8A16_FP8" "rtn --scheme FP8_DYNAMIC")
-  for a in $ALPHAS; do runs+=("rtn --scheme W8A8 --smooth $a $cal" "gptq --scheme W8A8 --smooth $a $cal"); done
+  for a in $ALPHAS; do
+    for maps in norms all; do
+      runs+=("rtn --scheme W8A8 --smooth $a --smooth-mappings $maps $cal" "gptq --scheme W8A8 --smooth $a --smooth-mappings $maps $cal")
+    done
+  done
   for run in "${runs[@]}"; do
     # shellcheck disable=SC2086
     "$Q" -q -t "$T" $run "$m" -o "$tmp/out" --force > /dev/null

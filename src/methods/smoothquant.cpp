@@ -12,6 +12,36 @@ namespace quant {
 
 namespace {
 constexpr double kMinScale = 1e-5;  // llm-compressor MINIMUM_SMOOTHING_SCALE
+constexpr Eigen::Index kAutoTokens = 2048;  // tokens the automatic strength is scored on
+
+// Every k-th row of the stacked inputs, at most kAutoTokens rows.
+Mat token_subsample(const std::vector<Mat>& xs) {
+  Eigen::Index n = 0;
+  for (const Mat& x : xs) n += x.rows();
+  const Eigen::Index step = std::max<Eigen::Index>(1, (n + kAutoTokens - 1) / kAutoTokens);
+  Mat out((n + step - 1) / step, xs.front().cols());
+  Eigen::Index i = 0, r = 0;
+  for (const Mat& x : xs) {
+    for (Eigen::Index t = 0; t < x.rows(); ++t, ++i) {
+      if (i % step == 0) out.row(r++) = x.row(t);
+    }
+  }
+  return out.topRows(r);
+}
+
+// Σ_k ‖X W_kᵀ − A(X/s) Q_k(W_k·diag s)ᵀ‖²: the error the balance linears' outputs get from weight
+// quantization (RTN with each one's spec) and the kernel's activation quantization A.
+double smoothed_error(const Mat& x, const std::vector<const Mat*>& ws, const std::vector<QuantSpec>& specs,
+                      const std::vector<Mat>& ref, const Vec& s) {
+  Mat xs = x * s.cwiseInverse().asDiagonal();
+  fake_quant_tokens(xs, specs.front().act);
+  double e = 0;
+  for (std::size_t k = 0; k < ws.size(); ++k) {
+    const Mat wq = quantize_rtn(*ws[k] * s.asDiagonal(), specs[k]).dequantize();
+    e += (ref[k] - xs * wq.transpose()).cast<double>().squaredNorm();
+  }
+  return e;
+}
 }  // namespace
 
 Vec smoothing_scales(const std::vector<Mat>& xs, const std::vector<const Mat*>& ws, double alpha) {
@@ -41,7 +71,9 @@ Vec smoothing_scales(const std::vector<Mat>& xs, const std::vector<const Mat*>& 
 
 SmoothedMethod::SmoothedMethod(std::unique_ptr<Method> inner, double alpha, bool linear_mappings)
     : inner_(std::move(inner)), alpha_(alpha), linear_mappings_(linear_mappings) {
-  if (!(alpha >= 0.0 && alpha <= 1.0)) fail<UsageError>("--smooth: the smoothing strength must be in [0, 1], got {}", alpha);
+  if (!(alpha >= 0.0 && alpha <= 1.0) && alpha != kAutoStrength) {
+    fail<UsageError>("--smooth: the smoothing strength must be in [0, 1] or auto, got {}", alpha);
+  }
   traits_ = inner_->traits();
   if (traits_.transforms_layer) fail<UsageError>("--smooth cannot be combined with {} (it transforms the layer itself)", traits_.name);
   if (traits_.float_output || traits_.codebooks) fail<UsageError>("--smooth needs a method that writes integer or fp8 weights, not {}", traits_.name);
@@ -51,7 +83,7 @@ SmoothedMethod::SmoothedMethod(std::unique_ptr<Method> inner, double alpha, bool
 
 nlohmann::json SmoothedMethod::config() const {
   nlohmann::json c = inner_->config();
-  c["smoothquant"] = {{"smoothing_strength", alpha_}, {"mappings", linear_mappings_ ? "norms+linears" : "norms"}};
+  c["smoothquant"] = {{"smoothing_strength", alpha_ >= 0 ? nlohmann::json(alpha_) : nlohmann::json("auto")}, {"mappings", linear_mappings_ ? "norms+linears" : "norms"}};
   return c;
 }
 
@@ -87,15 +119,37 @@ LayerTransform SmoothedMethod::transform_layer(const LayerContext& ctx, LayerWei
       continue;
     }
     std::vector<const Mat*> ws;
-    for (K k : m.balance) ws.push_back(&lw.linear(k));
-    const Vec s = smoothing_scales(ctx.inputs.at(m.input), ws, alpha_);
+    std::vector<QuantSpec> specs;
+    for (K k : m.balance) ws.push_back(&lw.linear(k)), specs.push_back(ctx.specs[static_cast<int>(k)]);
+    const std::vector<Mat>& xs = ctx.inputs.at(m.input);
+    double alpha = alpha_;
+    Vec s;
+    if (alpha_ >= 0) {
+      s = smoothing_scales(xs, ws, alpha_);
+    } else {  // automatic: the strength of a grid whose smoothed outputs err least (s = 1 included)
+      const Mat x = token_subsample(xs);
+      std::vector<Mat> ref;
+      for (const Mat* w : ws) ref.push_back(x * w->transpose());
+      s = Vec::Ones(x.cols());
+      double best = smoothed_error(x, ws, specs, ref, s);
+      alpha = -1;  // −1: no smoothing won
+      for (int i = 0; i <= kAutoGrid; ++i) {
+        const double a = static_cast<double>(i) / kAutoGrid;
+        const Vec cand = smoothing_scales(xs, ws, a);
+        const double e = smoothed_error(x, ws, specs, ref, cand);
+        if (e < best) best = e, s = cand, alpha = a;
+      }
+      if (alpha < 0) continue;
+    }
     fold_awq_scales(lw, m.id, s, ctx.config.norm_offset);
     InputStats& st = stats.at(m.input);  // the inputs are now X / s
     const Vec inv = s.cwiseInverse();
     if (st.hessian.size()) st.hessian = inv.asDiagonal() * st.hessian * inv.asDiagonal();
     for (std::size_t j = 0; j < st.mean_square.size(); ++j) st.mean_square[j] *= inv(static_cast<Eigen::Index>(j)) * inv(static_cast<Eigen::Index>(j));
     st.derived.reset();
-    for (K k : m.balance) out.extra[k] = {{"smoothquant_max_scale", s.maxCoeff()}, {"smoothquant_min_scale", s.minCoeff()}};
+    for (K k : m.balance) {
+      out.extra[k] = {{"smoothquant_alpha", alpha}, {"smoothquant_max_scale", s.maxCoeff()}, {"smoothquant_min_scale", s.minCoeff()}};
+    }
     if (m.id == AwqMapping::attn) out.changed.emplace_back(ctx.layer.attn_norm, lw.attn_norm);
     if (m.id == AwqMapping::mlp) out.changed.emplace_back(ctx.layer.mlp_norm, lw.mlp_norm);
   }

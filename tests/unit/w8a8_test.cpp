@@ -181,6 +181,59 @@ TEST(SmoothQuant, TransformKeepsTheLayerFunction) {
   }
 }
 
+// --smooth auto: with an outlier channel in the inputs, the chosen strength smooths, and the
+// quantized outputs err less than without smoothing (the objective it minimises, computed here).
+TEST(SmoothQuant, AutoStrengthBeatsNoSmoothingOnOutliers) {
+  TempDir dir;
+  testing::TinyModelSpec spec;
+  spec.seed = 4;
+  testing::write_tiny_model(dir / "m", spec);
+  const Model model = Model::open(dir / "m");
+  const ModelConfig& c = model.config();
+  const LayerWeights lw = load_layer(model, 0);
+  const RopeTable rope = build_rope(c, 32);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  Mat h(32, c.hidden_size);
+  for (Eigen::Index i = 0; i < h.size(); ++i) h.data()[i] = n(rng);
+  std::map<CapturePoint, std::vector<Mat>> inputs;
+  const LinearInputHook hook = [&](CapturePoint p, const Mat& x) { inputs[p].push_back(x); };
+  decoder_layer_forward(c, lw, rope, h, &hook);
+  inputs[CapturePoint::attn_in][0].col(3) *= 60.0f;  // an outlier channel, as LLM activations have
+  std::map<CapturePoint, InputStats> stats;
+  for (const auto& [p, xs] : inputs) stats[p] = measure_inputs(Statistic::none, xs);
+  LayerContext ctx{c, model.layout().layers[0], rope, {}, {}, inputs};
+  QuantSpec w8a8;
+  w8a8.bits = 8;
+  w8a8.group_size = -1;
+  w8a8.sym = true;
+  w8a8.act = ActQuant::int8;
+  for (int k = 0; k < 7; ++k) {
+    ctx.planned[static_cast<std::size_t>(k)] = true;
+    ctx.specs[static_cast<std::size_t>(k)] = w8a8;
+  }
+  LayerWeights smoothed = lw;
+  const LayerTransform t = SmoothedMethod(std::make_unique<RtnMethod>(), kAutoStrength).transform_layer(ctx, smoothed, stats);
+  ASSERT_TRUE(t.extra.count(LinearKind::q));
+  const double alpha = t.extra.at(LinearKind::q)["smoothquant_alpha"];
+  EXPECT_GE(alpha, 0.0) << "an outlier channel is worth smoothing";
+  const Vec s = lw.attn_norm.cwiseQuotient(smoothed.attn_norm);
+  const Mat& x = inputs[CapturePoint::attn_in][0];
+  auto error = [&](const Vec& scale) {
+    Mat xq = x * scale.cwiseInverse().asDiagonal();
+    fake_quant_tokens(xq, ActQuant::int8);
+    double e = 0;
+    for (LinearKind k : {LinearKind::q, LinearKind::k, LinearKind::v}) {
+      const Mat& w = lw.linear(k);
+      const Mat wq = quantize_rtn(w * scale.asDiagonal(), w8a8).dequantize();
+      e += (x * w.transpose() - xq * wq.transpose()).cast<double>().squaredNorm();
+    }
+    return e;
+  };
+  EXPECT_LT(error(s), error(Vec::Ones(s.size())));
+  EXPECT_LT(error(s), error(smoothing_scales({x}, {&lw.linear(LinearKind::q), &lw.linear(LinearKind::k), &lw.linear(LinearKind::v)}, 1.0)) + 1e-9);
+}
+
 struct Fixture {
   TempDir dir;
   fs::path m, calib;
@@ -340,7 +393,7 @@ TEST(SchemeCli, RefusesContradictionsBeforeWork) {
       {"rtn " + m + " --scheme FP8 ", "unknown --scheme 'FP8'"},
       {"gptq " + m + " --scheme FP8_DYNAMIC " + f.calib_args(), "does not write float8 weights"},
       {"rtn " + m + " --smooth 0.5 " + f.calib_args(), "add --scheme W8A8"},
-      {"rtn " + m + " --scheme W8A8 --smooth 1.5 " + f.calib_args(), "smoothing strength must be in [0, 1]"},
+      {"rtn " + m + " --scheme W8A8 --smooth 1.5 " + f.calib_args(), "smoothing strength must be in [0, 1] or auto"},
       {"awq " + m + " --scheme W8A8 --smooth 0.5 " + f.calib_args(), "--smooth"},
       {"rtn " + m + " --scheme W8A8 --quantize-lm-head", "lm_head with w8g-1a8 is not supported"},
       {"rtn " + m + " --scheme W8A8 --rule 'mlp\\.down_proj=bits:4'", "int8 activations (W8A8) need 8-bit symmetric per-channel weights"},

@@ -24,7 +24,7 @@ void register_rtn(CLI::App& app) {
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;
     const bool calib = !c->text.empty() || !c->tokens.empty();
-    const bool smoothing = smooth->alpha >= 0;
+    const bool smoothing = !smooth->alpha.empty();
     if (calib && o->target_bpw <= 0 && !smoothing) fail<UsageError>("--calib is used only with --target-bpw or --smooth; RTN needs no calibration");
     const RunOptions run = make_run_options(*o, "rtn", spec, c.get());
     const Model model = formats::open_model(o->model);

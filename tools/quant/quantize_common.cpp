@@ -177,7 +177,8 @@ QuantSpec make_spec(QuantizeCliOptions& o) {
 void add_smooth_options(CLI::App* cmd, SmoothCliOptions& o) {
   cmd->add_option("--smooth", o.alpha,
                   "SmoothQuant before quantizing, with this smoothing strength (0.5 is llm-compressor's default; 0.8 the paper's "
-                  "for Llama): migrates activation outliers into the weights; needs --scheme W8A8 or FP8_DYNAMIC");
+                  "for Llama) or auto (per mapping, the strength whose quantized outputs err least): migrates activation "
+                  "outliers into the weights; needs --scheme W8A8 or FP8_DYNAMIC");
   cmd->add_option("--smooth-mappings", o.mappings,
                   "norms: the norm-fed inputs only (llm-compressor's default mappings: q/k/v, gate/up); all: also the inputs of "
                   "down_proj (absorbed by up_proj) and o_proj (by v_proj, without GQA)")
@@ -186,9 +187,17 @@ void add_smooth_options(CLI::App* cmd, SmoothCliOptions& o) {
 }
 
 std::unique_ptr<Method> maybe_smoothed(std::unique_ptr<Method> method, const SmoothCliOptions& o, const QuantSpec& spec) {
-  if (o.alpha < 0) return method;
+  if (o.alpha.empty()) return method;
   if (spec.act == ActQuant::none) fail<UsageError>("--smooth smooths activations for activation quantization; add --scheme W8A8 (or FP8_DYNAMIC)");
-  return std::make_unique<SmoothedMethod>(std::move(method), o.alpha, o.mappings == "all");
+  double alpha = kAutoStrength;
+  if (o.alpha != "auto") {
+    char* end = nullptr;
+    alpha = std::strtod(o.alpha.c_str(), &end);
+    if (end == o.alpha.c_str() || *end != '\0' || !(alpha >= 0 && alpha <= 1)) {
+      fail<UsageError>("--smooth: the smoothing strength must be in [0, 1] or auto, got '{}'", o.alpha);
+    }
+  }
+  return std::make_unique<SmoothedMethod>(std::move(method), alpha, o.mappings == "all");
 }
 
 Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const Model& model,

@@ -87,7 +87,7 @@ QuantSpec make_spec(QuantizeCliOptions& o);
 // --smooth ALPHA and --smooth-mappings (rtn, gptq): SmoothQuant before the method; needs
 // activation quantization.
 struct SmoothCliOptions {
-  double alpha = -1;  // < 0: off
+  std::string alpha;  // empty: off; a number in [0, 1] or "auto"
   std::string mappings = "norms";
 };
 void add_smooth_options(CLI::App* cmd, SmoothCliOptions& o);

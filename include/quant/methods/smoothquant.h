@@ -22,6 +22,13 @@ namespace quant {
 // linears `ws` ([out, in] each) reading them.
 Vec smoothing_scales(const std::vector<Mat>& xs, const std::vector<const Mat*>& ws, double alpha);
 
+// The strength that selects, per mapping, the α of {0, 0.1, …, 1} (or no smoothing) whose
+// balance linears' outputs err least on a subsample of at most 2048 calibration tokens, with the
+// weights RTN-quantized by their spec and the inputs by their activation quantization:
+// Σ_k ‖X W_kᵀ − A(X/s) Q(W_k·diag s)ᵀ‖² (Intel Neural Compressor's "auto" α, per mapping).
+inline constexpr double kAutoStrength = -1.0;
+inline constexpr int kAutoGrid = 10;
+
 // Wraps a weight quantizer (rtn, gptq): transform_layer smooths each layer whose mapped linears
 // are all planned for int8 or fp8 activations, then the inner method quantizes the smoothed
 // weights. The wrapped method's traits are kept, made calibrated (the activation ranges come
