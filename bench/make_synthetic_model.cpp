@@ -1,30 +1,109 @@
 // Writes a random Llama-family checkpoint of a given shape (F16, fixed seed) for benchmarks:
 //   quant_make_synthetic OUT_DIR [--preset llama-1.1b|tiny] [--layers N] [--seed S]
 // llama-1.1b: hidden 2048, ffn 5632, 22 layers, 32 heads, 4 KV heads, vocab 32000, ctx 2048
-// (TinyLlama-1.1B's shapes). Weights ~ N(0, 0.02²), norms 1; no tokenizer (calibrate with
-// --calib-tokens, e.g. the ids file this tool also writes).
+// (TinyLlama-1.1B's shapes). Weights ~ N(0, 0.02²), norms 1. A sentencepiece BPE tokenizer.model
+// of the model's vocabulary size comes with it (<unk>, <s>, </s>, 256 byte-fallback pieces, then
+// generated letter pieces), so the model can be evaluated on text and exported to GGUF; random
+// calibration ids are written to calib.ids (for --calib-tokens).
+#include <cstdio>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <string>
 
 #include "quant/io/io.h"
 #include "quant/io/safetensors.h"
+#include "quant/model/tokenizer.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: quant_make_synthetic OUT_DIR [--preset llama-1.1b|tiny] [--layers N] [--seed S]\n"
+    "Writes a random Llama checkpoint (F16 weights ~ N(0, 0.02^2), sentencepiece tokenizer.model, calib.ids)\n"
+    "into OUT_DIR, which must not exist or be empty.\n"
+    "  --preset llama-1.1b  hidden 2048, ffn 5632, 22 layers, 32 heads, 4 KV heads, vocab 32000 (default)\n"
+    "  --preset tiny        hidden 256, ffn 688, 4 layers, 8 heads, 4 KV heads, vocab 1024\n";
+
+// <unk>, <s>, </s>, the 256 byte pieces, then U+2581 and letter pieces up to `n`.
+quant::SentencepieceVocab synthetic_vocab(std::int64_t n) {
+  quant::SentencepieceVocab v;
+  auto add = [&](const std::string& p, std::int64_t type, float score) {
+    v.pieces.push_back(p);
+    v.types.push_back(type);
+    v.scores.push_back(score);
+  };
+  add("<unk>", 2, 0);
+  add("<s>", 3, 0);
+  add("</s>", 3, 0);
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    add(name, 6, 0);
+  }
+  const std::string space = "\xe2\x96\x81";
+  std::vector<std::string> words = {space};
+  for (char c = 33; c < 127; ++c) words.emplace_back(1, c);
+  for (char c = 33; c < 127; ++c) words.push_back(space + c);
+  for (int len = 2; words.size() < static_cast<std::size_t>(n); ++len) {
+    std::vector<std::string> level = {""};
+    for (int i = 0; i < len; ++i) {
+      std::vector<std::string> next;
+      for (const auto& p : level) {
+        for (char c = 'a'; c <= 'z'; ++c) next.push_back(p + c);
+      }
+      level = std::move(next);
+    }
+    for (const auto& w : level) words.push_back(w), words.push_back(space + w);
+  }
+  for (std::size_t i = 0; v.pieces.size() < static_cast<std::size_t>(n); ++i) add(words[i], 1, -static_cast<float>(i));
+  v.bos = 1;
+  v.eos = 2;
+  return v;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace quant;
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s OUT_DIR [--preset llama-1.1b|tiny] [--layers N] [--seed S]\n", argv[0]);
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (argv[1][0] == '-') {
+    std::fprintf(stderr, "error: the first argument is the output directory, got option '%s'\n%s", argv[1], kUsage);
     return 2;
   }
   const fs::path out = argv[1];
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out))) {
+    std::fprintf(stderr, "error: %s exists and is not an empty directory; not writing into it\n", out.c_str());
+    return 2;
+  }
   std::string preset = "llama-1.1b";
   int layers = -1;
   unsigned seed = 0;
-  for (int i = 2; i + 1 < argc; i += 2) {
+  for (int i = 2; i < argc; i += 2) {
     const std::string k = argv[i];
-    if (k == "--preset") preset = argv[i + 1];
-    else if (k == "--layers") layers = std::stoi(argv[i + 1]);
-    else if (k == "--seed") seed = static_cast<unsigned>(std::stoul(argv[i + 1]));
+    if (k == "--help" || k == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "error: %s needs a value\n%s", k.c_str(), kUsage);
+      return 2;
+    }
+    try {
+      if (k == "--preset") preset = argv[i + 1];
+      else if (k == "--layers") layers = std::stoi(argv[i + 1]);
+      else if (k == "--seed") seed = static_cast<unsigned>(std::stoul(argv[i + 1]));
+      else {
+        std::fprintf(stderr, "error: unknown option %s\n%s", k.c_str(), kUsage);
+        return 2;
+      }
+    } catch (const std::exception&) {
+      std::fprintf(stderr, "error: %s needs a number, got '%s'\n", k.c_str(), argv[i + 1]);
+      return 2;
+    }
   }
   std::int64_t H = 2048, F = 5632, L = 22, heads = 32, kv = 4, V = 32000, ctx = 2048;
   if (preset == "tiny") { H = 256; F = 688; L = 4; heads = 8; kv = 4; V = 1024; ctx = 512; }
@@ -38,6 +117,8 @@ int main(int argc, char** argv) {
                            {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false},
                            {"hidden_act", "silu"}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"torch_dtype", "float16"}};
   write_file_atomic(out / "config.json", config.dump(2));
+  write_file_atomic(out / "tokenizer.model", sentencepiece_bpe_proto(synthetic_vocab(V), (out / "tokenizer.model").string()));
+  write_file_atomic(out / "tokenizer_config.json", nlohmann::json({{"add_bos_token", true}, {"add_eos_token", false}}).dump(2));
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 0.02f);
   WriterOptions wo;

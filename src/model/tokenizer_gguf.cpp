@@ -83,44 +83,17 @@ std::unique_ptr<Tokenizer> spm_tokenizer(const gguf::File& f) {
   const std::size_t n = tokens.arr.size();
   const Value& scores = array(f, "tokenizer.ggml.scores", ValueType::FLOAT32);
   if (scores.arr.size() != n) fail("{}: tokenizer.ggml.scores has {} entries for {} tokens", f.path().string(), scores.arr.size(), n);
-  const std::vector<std::int64_t> types = token_types(f, n);
-  Proto model;
-  int bytes = 0;
-  std::int64_t unk = -1;
+  SentencepieceVocab v;
+  v.types = token_types(f, n);
   for (std::size_t i = 0; i < n; ++i) {
-    if (types[i] < kNormal || types[i] > kByte) fail("{}: token {} has type {}, not a llama.cpp token type", f.path().string(), i, types[i]);
-    if (tokens.arr[i].s.empty()) fail("{}: token {} is empty", f.path().string(), i);
-    Proto piece;
-    piece.bytes(1, tokens.arr[i].s);
-    piece.f32(2, static_cast<float>(scores.arr[i].f));
-    piece.varint(3, static_cast<std::uint64_t>(types[i]));
-    model.bytes(1, piece.str());
-    bytes += types[i] == kByte;
-    if (types[i] == kUnknown && unk < 0) unk = static_cast<std::int64_t>(i);
+    v.pieces.push_back(tokens.arr[i].s);
+    v.scores.push_back(static_cast<float>(scores.arr[i].f));
   }
-  if (unk < 0) fail("{}: the vocabulary has no unknown token (type 2), which a sentencepiece model needs", f.path().string());
-  const std::int64_t bos = id_key(f, "tokenizer.ggml.bos_token_id"), eos = id_key(f, "tokenizer.ggml.eos_token_id");
-  auto text = [&](std::int64_t id) { return id >= 0 && static_cast<std::size_t>(id) < n ? tokens.arr[static_cast<std::size_t>(id)].s : std::string(); };
-  Proto trainer;
-  trainer.varint(3, 2);  // model_type BPE
-  trainer.int32(4, static_cast<std::int32_t>(n));
-  if (bytes == 256) trainer.varint(35, 1);  // byte_fallback
-  trainer.int32(40, static_cast<std::int32_t>(unk));
-  trainer.int32(41, static_cast<std::int32_t>(bos));
-  trainer.int32(42, static_cast<std::int32_t>(eos));
-  trainer.int32(43, -1);
-  trainer.bytes(45, text(unk));
-  if (bos >= 0) trainer.bytes(46, text(bos));
-  if (eos >= 0) trainer.bytes(47, text(eos));
-  Proto normalizer;
-  normalizer.bytes(1, "identity");
-  normalizer.varint(3, bool_key(f, "tokenizer.ggml.add_space_prefix", true));
-  normalizer.varint(4, 0);  // remove_extra_whitespaces
-  normalizer.varint(5, 1);  // escape_whitespaces
-  model.bytes(2, trainer.str());
-  model.bytes(3, normalizer.str());
-  auto tok = load_sentencepiece_proto(model.str(), f.path().string());
-  tok->set_bos(static_cast<std::int32_t>(bos), bool_key(f, "tokenizer.ggml.add_bos_token", true));
+  v.bos = id_key(f, "tokenizer.ggml.bos_token_id");
+  v.eos = id_key(f, "tokenizer.ggml.eos_token_id");
+  v.add_space_prefix = bool_key(f, "tokenizer.ggml.add_space_prefix", true);
+  auto tok = load_sentencepiece_proto(sentencepiece_bpe_proto(v, f.path().string()), f.path().string());
+  tok->set_bos(static_cast<std::int32_t>(v.bos), bool_key(f, "tokenizer.ggml.add_bos_token", true));
   return tok;
 }
 
@@ -166,6 +139,46 @@ std::unique_ptr<Tokenizer> bpe_tokenizer(const gguf::File& f) {
 }
 
 }  // namespace
+
+std::string sentencepiece_bpe_proto(const SentencepieceVocab& v, const std::string& where) {
+  const std::size_t n = v.pieces.size();
+  if (v.scores.size() != n || v.types.size() != n) fail("{}: {} pieces but {} scores and {} types", where, n, v.scores.size(), v.types.size());
+  Proto model;
+  int bytes = 0;
+  std::int64_t unk = -1;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (v.types[i] < kNormal || v.types[i] > kByte) fail("{}: token {} has type {}, not a llama.cpp token type", where, i, v.types[i]);
+    if (v.pieces[i].empty()) fail("{}: token {} is empty", where, i);
+    Proto piece;
+    piece.bytes(1, v.pieces[i]);
+    piece.f32(2, v.scores[i]);
+    piece.varint(3, static_cast<std::uint64_t>(v.types[i]));
+    model.bytes(1, piece.str());
+    bytes += v.types[i] == kByte;
+    if (v.types[i] == kUnknown && unk < 0) unk = static_cast<std::int64_t>(i);
+  }
+  if (unk < 0) fail("{}: the vocabulary has no unknown token (type 2), which a sentencepiece model needs", where);
+  auto text = [&](std::int64_t id) { return id >= 0 && static_cast<std::size_t>(id) < n ? v.pieces[static_cast<std::size_t>(id)] : std::string(); };
+  Proto trainer;
+  trainer.varint(3, 2);  // model_type BPE
+  trainer.int32(4, static_cast<std::int32_t>(n));
+  if (bytes == 256) trainer.varint(35, 1);  // byte_fallback
+  trainer.int32(40, static_cast<std::int32_t>(unk));
+  trainer.int32(41, static_cast<std::int32_t>(v.bos));
+  trainer.int32(42, static_cast<std::int32_t>(v.eos));
+  trainer.int32(43, -1);
+  trainer.bytes(45, text(unk));
+  if (v.bos >= 0) trainer.bytes(46, text(v.bos));
+  if (v.eos >= 0) trainer.bytes(47, text(v.eos));
+  Proto normalizer;
+  normalizer.bytes(1, "identity");
+  normalizer.varint(3, v.add_space_prefix);
+  normalizer.varint(4, 0);  // remove_extra_whitespaces
+  normalizer.varint(5, 1);  // escape_whitespaces
+  model.bytes(2, trainer.str());
+  model.bytes(3, normalizer.str());
+  return model.str();
+}
 
 std::unique_ptr<Tokenizer> load_gguf_tokenizer(const fs::path& path) {
   const gguf::File f = gguf::File::open(path);

@@ -49,6 +49,21 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const fs::path& path);
 std::unique_ptr<Tokenizer> load_tokenizer_json(const fs::path& path);
 // A sentencepiece ModelProto in its serialized (protobuf) form; `where` names it in errors.
 std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& proto, const std::string& where);
+
+// A BPE sentencepiece vocabulary (what llama.cpp's "llama" tokenizer holds): pieces with scores
+// and types numbered as ModelProto.SentencePiece.Type (1 normal, 2 unknown, 3 control,
+// 4 user-defined, 5 unused, 6 byte); byte fallback when all 256 byte pieces are there.
+struct SentencepieceVocab {
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::vector<std::int64_t> types;
+  std::int64_t bos = -1, eos = -1;
+  bool add_space_prefix = true;
+};
+// The serialized ModelProto (a tokenizer.model file's bytes) of `vocab`, identity normalizer,
+// whitespace escaped to U+2581. InputError (naming `where`) on a piece that is empty, a type
+// out of range, or no unknown piece.
+std::string sentencepiece_bpe_proto(const SentencepieceVocab& vocab, const std::string& where);
 // A tokenizer.json document already parsed.
 std::unique_ptr<Tokenizer> tokenizer_from_json(const nlohmann::json& j, const std::string& where);
 // The tokenizer stored in a GGUF file (tokenizer.ggml.*): "llama" vocabularies as a
