@@ -50,15 +50,28 @@ std::vector<std::vector<std::int32_t>> load_calibration(const Model& model, cons
   if (static_cast<std::int64_t>(ids.size()) < seqlen) {
     fail("{}: {} tokens, shorter than one calibration window of {} (lower --seqlen)", source, ids.size(), seqlen);
   }
-  std::mt19937_64 rng(o.seed);
-  std::uniform_int_distribution<std::int64_t> start(0, static_cast<std::int64_t>(ids.size()) - seqlen);
+  // Random windows (GPTQ's sampling) while the text holds nsamples·seqlen tokens; a shorter text
+  // is cut into its disjoint windows instead, so no token is drawn twice.
+  const auto n_tokens = static_cast<std::int64_t>(ids.size());
+  const std::int64_t fit = n_tokens / seqlen;
   std::vector<std::vector<std::int32_t>> samples;
-  for (std::int64_t s = 0; s < o.nsamples; ++s) {
-    const std::int64_t b = start(rng);
-    samples.emplace_back(ids.begin() + b, ids.begin() + b + seqlen);
-    if (o.bos_first && tokenizer && tokenizer->bos_id() >= 0) samples.back()[0] = tokenizer->bos_id();
+  if (o.nsamples > fit) {
+    log::warn("{}: {} tokens fill only {} windows of {} without repeating; using those {} disjoint windows instead of --nsamples {}",
+              source, n_tokens, fit, seqlen, fit, o.nsamples);
+    for (std::int64_t s = 0; s < fit; ++s) samples.emplace_back(ids.begin() + s * seqlen, ids.begin() + (s + 1) * seqlen);
+  } else {
+    std::mt19937_64 rng(o.seed);
+    std::uniform_int_distribution<std::int64_t> start(0, n_tokens - seqlen);
+    for (std::int64_t s = 0; s < o.nsamples; ++s) {
+      const std::int64_t b = start(rng);
+      samples.emplace_back(ids.begin() + b, ids.begin() + b + seqlen);
+    }
   }
-  log::info("calibration: {} windows of {} tokens from {} ({} tokens)", o.nsamples, seqlen, source, ids.size());
+  if (o.bos_first && tokenizer && tokenizer->bos_id() >= 0) {
+    for (auto& w : samples) w[0] = tokenizer->bos_id();
+  }
+  log::info("calibration: {} windows of {} tokens ({} tokens) from {} ({} tokens)", samples.size(), seqlen,
+            static_cast<std::int64_t>(samples.size()) * seqlen, source, n_tokens);
   return samples;
 }
 
