@@ -9,12 +9,17 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include "quant/core/error.h"
+#include "quant/core/log.h"
 #include "quant/io/gguf.h"
 
 namespace quant {
@@ -274,6 +279,23 @@ bool is_stream_target(const fs::path& path) {
 
 bool is_quant_output_dir(const fs::path& dir) { return fs::is_regular_file(dir / "quant_summary.json"); }
 
+std::string quant_output_job_id(const fs::path& out) {
+  std::error_code ec;
+  try {
+    if (fs::is_directory(out, ec)) {
+      if (!is_quant_output_dir(out)) return "";
+      const nlohmann::json j = read_json_file(out / "quant_summary.json");
+      return j.is_object() && j.contains("job_id") && j["job_id"].is_string() ? j["job_id"].get<std::string>() : "";
+    }
+    if (!fs::is_regular_file(out, ec)) return "";
+    const gguf::File g = gguf::File::open(out);
+    const gguf::Value* v = g.find("quant.job_id");
+    return v && v->type == gguf::ValueType::STRING ? v->s : "";
+  } catch (const Error&) {
+    return "";
+  }
+}
+
 void check_output_inputs(const fs::path& out, const std::vector<fs::path>& inputs) {
   const fs::path target = resolve_output_path(out);
   const bool stream = is_stream_target(target);
@@ -298,7 +320,11 @@ fs::path check_output(const fs::path& out, OutputKind kind, const OutputPolicy& 
   if (stream && kind == OutputKind::directory) fail<UsageError>("{}: is a device or pipe; this output is a directory", out.string());
   check_output_inputs(out, policy.inputs);
   if (stream) return target;
-  if (kind == OutputKind::file && !fs::is_directory(target.parent_path())) fail<UsageError>("{}: no such directory", target.parent_path().string());
+  if (kind == OutputKind::file) {  // missing parent folders are created (as for directory outputs), under a folder
+    fs::path p = target.parent_path();
+    while (!p.empty() && !fs::exists(p) && p != p.parent_path()) p = p.parent_path();
+    if (!p.empty() && !fs::is_directory(p)) fail<UsageError>("{}: {} is not a directory", out.string(), p.string());
+  }
   struct stat st {};
   if (::lstat(target.c_str(), &st) != 0) return target;  // does not exist yet
   const bool is_dir = S_ISDIR(st.st_mode), is_file = S_ISREG(st.st_mode);
@@ -332,18 +358,69 @@ void check_distinct_outputs(const std::vector<fs::path>& outputs, const std::str
   }
 }
 
+// Touches the lock file every kLockHeartbeatSeconds until stopped.
+struct OutputLock::Heartbeat {
+  std::mutex m;
+  std::condition_variable cv;
+  bool stop = false;
+  std::thread thread;
+
+  explicit Heartbeat(int fd) {
+    thread = std::thread([this, fd] {
+      std::unique_lock<std::mutex> lock(m);
+      while (!cv.wait_for(lock, std::chrono::seconds(kLockHeartbeatSeconds), [this] { return stop; })) ::futimens(fd, nullptr);
+    });
+  }
+  ~Heartbeat() {
+    {
+      std::lock_guard<std::mutex> lock(m);
+      stop = true;
+    }
+    cv.notify_all();
+    thread.join();
+  }
+};
+
+namespace {
+
+std::string this_host() {
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  return host;
+}
+
+// The claim a lock file holds ("pid P on host H (since …)"): its text and host, "" when empty.
+std::pair<std::string, std::string> read_claim(int fd) {
+  std::string text(256, '\0');
+  const ssize_t n = ::pread(fd, text.data(), text.size(), 0);
+  text.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\0')) text.pop_back();
+  std::string host;
+  if (const auto at = text.find(" on host "); at != std::string::npos) {
+    host = text.substr(at + 9);
+    host = host.substr(0, host.find(' '));
+  }
+  return {text, host};
+}
+
+int stale_seconds() {
+  const char* e = std::getenv("QUANT_LOCK_STALE_SECONDS");
+  const int v = e ? std::atoi(e) : 0;
+  return v > 0 ? v : kLockStaleSeconds;
+}
+
+}  // namespace
+
 OutputLock::OutputLock(const fs::path& out) : path_(out.string() + ".lock") {
   std::error_code ec;
   if (!path_.parent_path().empty()) fs::create_directories(path_.parent_path(), ec);
+  const std::string host = this_host();
   for (int attempt = 0; attempt < 10; ++attempt) {
     fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd_ < 0) fail<IoError>("{}: cannot create the output lock: {}", path_.string(), std::strerror(errno));
     if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
-      std::string holder(256, '\0');
-      const ssize_t n = ::pread(fd_, holder.data(), holder.size(), 0);
-      holder.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
-      while (!holder.empty() && (holder.back() == '\n' || holder.back() == '\0')) holder.pop_back();
+      const std::string holder = read_claim(fd_).first;
       ::close(fd_);
       fd_ = -1;
       if (err == EWOULDBLOCK) {
@@ -356,13 +433,24 @@ OutputLock::OutputLock(const fs::path& out) : path_(out.string() + ".lock") {
     // unlinked inode and a third run could lock a new file. Retry until the path is ours.
     struct stat a {}, b {};
     if (::fstat(fd_, &a) == 0 && ::stat(path_.c_str(), &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev) {
-      char host[256] = {};
-      ::gethostname(host, sizeof host - 1);
+      // A claim left in the file: its holder died without releasing (stale), or holds the file
+      // from a host whose locks we do not see (alive while its heartbeat is fresh).
+      const auto [holder, holder_host] = read_claim(fd_);
       const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+      const long long age = static_cast<long long>(now) - static_cast<long long>(a.st_mtim.tv_sec);
+      if (!holder.empty() && !holder_host.empty() && holder_host != host && age < stale_seconds()) {
+        ::close(fd_);
+        fd_ = -1;
+        fail<UsageError>("{}: in use by {} (lock {}, heartbeat {} s ago; this filesystem does not share locks between hosts); "
+                         "wait for that run, or if it is dead, {} s after its last heartbeat the lock is stale",
+                         out.string(), holder, path_.string(), std::max(0LL, age), stale_seconds());
+      }
+      if (!holder.empty()) log::warn("{}: taking over a stale lock ({})", path_.string(), holder);
       const std::string who = fmt::format("pid {} on host {} (since unix time {})\n", ::getpid(), host, static_cast<long long>(now));
       if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, who.data(), who.size(), 0) != static_cast<ssize_t>(who.size())) {
-        // Naming the holder is a courtesy; the lock itself holds.
+        // Naming the holder is a courtesy; the flock itself holds.
       }
+      heartbeat_ = std::make_unique<Heartbeat>(fd_);
       return;
     }
     ::close(fd_);
@@ -372,6 +460,7 @@ OutputLock::OutputLock(const fs::path& out) : path_(out.string() + ".lock") {
 }
 
 OutputLock::~OutputLock() {
+  heartbeat_.reset();
   if (fd_ >= 0) {
     ::unlink(path_.c_str());
     ::close(fd_);

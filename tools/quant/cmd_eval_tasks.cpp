@@ -11,6 +11,7 @@
 #include "progress.h"
 #include "quant/core/error.h"
 #include "quant/core/log.h"
+#include "quant/core/strings.h"
 #include "quant/formats/codec.h"
 #include "quant/io/hash.h"
 #include "quant/io/io.h"
@@ -18,24 +19,6 @@
 #include "quant/pipeline/tasks.h"
 
 namespace quant::cli {
-
-namespace {
-
-std::string xml_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
-
-}  // namespace
 
 void write_junit(const EvalCliOptions& o, const GateResults& gates, const std::string& non_finite, const EvalResult& r) {
   std::size_t failures = 0;

@@ -82,6 +82,9 @@ fs::path resolve_output_path(const fs::path& path);
 bool is_stream_target(const fs::path& path);
 // A directory quant wrote (it carries quant_summary.json).
 bool is_quant_output_dir(const fs::path& dir);
+// The job id a complete quant output records (`job_id` in a directory's quant_summary.json, the
+// `quant.job_id` key of a GGUF file; set by `quant run` for its jobs): "" when none or unreadable.
+std::string quant_output_job_id(const fs::path& out);
 
 // Refuses (UsageError) an output that equals, contains or lies inside one of the inputs — with
 // the `.partial`, `.resume`, `.lock` and `.tmp` siblings quant writes beside it — and an existing
@@ -95,9 +98,18 @@ void check_output_inputs(const fs::path& out, const std::vector<fs::path>& input
 void check_distinct_outputs(const std::vector<fs::path>& outputs, const std::string& what);
 
 // An exclusive lock on an output and its journal for the whole run: `<out>.lock` beside it,
-// holding "pid host start-time". flock(2) (emulated over NFS with fcntl locks by Linux), released
-// by the kernel when the process dies; a second run on the same output is refused with the
-// holder named. The lock file is removed on release.
+// holding "pid P on host H (since unix time T)". Two layers (docs/cluster.md):
+// - flock(2): released by the kernel when the holder dies; Linux emulates it with fcntl locks
+//   over NFS, so on a shared filesystem with working locks a second worker anywhere is refused.
+// - the file as a claim with a heartbeat, for filesystems that keep locks per host (NFS mounted
+//   `nolock`, Lustre `localflock`): the holder touches the file every kLockHeartbeatSeconds, and
+//   the file is removed on release. A run that gets the flock but finds a claim from another host
+//   whose heartbeat is younger than the stale limit (kLockStaleSeconds, or QUANT_LOCK_STALE_SECONDS)
+//   is refused too; an older claim, or one from this host (whose holder the flock shows is dead),
+//   is stale and taken over.
+// A second run is refused (UsageError) with the holder named.
+inline constexpr int kLockHeartbeatSeconds = 30;
+inline constexpr int kLockStaleSeconds = 120;
 class OutputLock {
  public:
   explicit OutputLock(const fs::path& out);
@@ -106,8 +118,10 @@ class OutputLock {
   OutputLock& operator=(const OutputLock&) = delete;
 
  private:
+  struct Heartbeat;
   fs::path path_;
   int fd_ = -1;
+  std::unique_ptr<Heartbeat> heartbeat_;
 };
 
 // An output directory built at `<final>.partial/` and renamed to `<final>` by commit(), after
