@@ -397,6 +397,7 @@ void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
   w.set("general.file_type", Value::u32(o.type.ftype));
   w.set("general.quantization_version", Value::u32(2));
   w.set("general.quantized_by", Value::str("quant 0.1.0"));  // marks the file as quant's own (--force replaces only these)
+  if (!o.job_id.empty()) w.set("quant.job_id", Value::str(o.job_id));
   w.set("general.alignment", Value::u32(32));
   w.set(arch + ".context_length", Value::u32(static_cast<std::uint32_t>(c.max_position_embeddings)));
   w.set(arch + ".embedding_length", Value::u32(static_cast<std::uint32_t>(c.hidden_size)));

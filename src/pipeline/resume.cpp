@@ -11,10 +11,14 @@
 // warning naming the file) and the layers are recomputed.
 #include <fmt/format.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
+#include <thread>
 
 #include "quant/core/error.h"
+#include "quant/core/interrupt.h"
 #include "quant/io/hash.h"
 #include "quant/core/log.h"
 #include "quant/pipeline/session.h"
@@ -227,6 +231,14 @@ void OutputSession::checkpoint(int layer, const std::vector<Mat>& hidden) {
   reports_journaled_ = reports_.size();
   // Fault injection for the kill-and-resume tests: die as `kill -9` would, right here.
   if (const char* k = std::getenv("QUANT_FAULT_KILL_AFTER_LAYER"); k && std::atoi(k) == layer) std::raise(SIGKILL);
+  // And for the scheduler tests (a job cancelled mid-run, then requeued): with
+  // QUANT_FAULT_STALL_AFTER_LAYER=N[:TEXT], wait here after layer N (of a journal whose path
+  // contains TEXT) until a signal arrives.
+  if (const char* k = std::getenv("QUANT_FAULT_STALL_AFTER_LAYER");
+      k && std::atoi(k) == layer && (!std::strchr(k, ':') || resume_dir_.string().find(std::strchr(k, ':') + 1) != std::string::npos)) {
+    while (!interrupt_requested()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    check_interrupted();
+  }
 }
 
 }  // namespace quant

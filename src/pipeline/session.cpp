@@ -283,7 +283,9 @@ QuantizeReport OutputSession::finish() {
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   rusage ru{};
   if (getrusage(RUSAGE_SELF, &ru) == 0) rep.peak_rss_bytes = static_cast<std::uint64_t>(ru.ru_maxrss) * 1024;
-  write_file_atomic(dir / "quant_summary.json", rep.to_json().dump(2) + "\n");
+  json summary = rep.to_json();
+  if (!options_.job_id.empty()) summary["job_id"] = options_.job_id;
+  write_file_atomic(dir / "quant_summary.json", summary.dump(2) + "\n");
   staged_->commit();
   if (!resume_dir_.empty()) {
     std::error_code ec;

@@ -33,6 +33,7 @@ struct ExportOptions {
   std::map<std::string, std::vector<float>> importance;
   OutputPolicy output;  // what may be replaced; the inputs it may not touch
   std::string name;  // general.name; empty: the model directory's name
+  std::string job_id;  // written as quant.job_id when set (quant run's jobs)
   // Also write the GGUF's weights, dequantized (and un-permuted), as a dense HF checkpoint
   // here, so that `quant eval` measures exactly what llama.cpp runs (export_gguf_job does).
   fs::path dense_out;

@@ -36,6 +36,9 @@ struct RunOptions {
   // every finished layer's output tensors: about 2·N·T·hidden·4 bytes plus the output's size.
   // When that estimate exceeds journal_limit (> 0), the run is not journaled (warned).
   std::uint64_t journal_limit = 0;
+  // Recorded as `job_id` in quant_summary.json (quant run's jobs: their outputs are recognised
+  // as complete when a retried shard meets them again). Empty: not recorded.
+  std::string job_id;
   nlohmann::json fingerprint_extra;  // method options not in method_config (part of the resume fingerprint)
   nlohmann::json method_config = nlohmann::json::object();  // merged into quantization_config
 };
