@@ -1,4 +1,5 @@
 // quant gguf MODEL: export to a GGUF file for llama.cpp, optionally importance-weighted.
+#include <omp.h>
 #include <unistd.h>
 
 #include <iostream>
@@ -8,6 +9,7 @@
 #include "quant/core/error.h"
 #include "quant/formats/codec.h"
 #include "quant/formats/gguf_export.h"
+#include "quant/pipeline/estimate.h"
 #include "quant/pipeline/gguf_job.h"
 #include "quant/core/log.h"
 #include "quantize_common.h"
@@ -17,12 +19,13 @@ namespace quant::cli {
 namespace {
 
 // --dry-run: each tensor's type, shape and size (llama-quantize's log lines), then the file size.
-void print_gguf_plan(const gguf::ExportReport& r, const fs::path& out, const std::string& type, bool json) {
+void print_gguf_plan(const gguf::ExportReport& r, const fs::path& out, const std::string& type, const JobEstimate& est, bool json) {
   if (json) {
     nlohmann::ordered_json j;
     j["output"] = out.string();
     j["type"] = type;
     j["bytes"] = r.bytes;
+    j["estimate"] = est.to_json();
     j["tensors"] = nlohmann::json::array();
     for (const auto& t : r.tensors) {
       j["tensors"].push_back({{"name", t.name}, {"type", gguf::type_info(t.type).name}, {"shape", std::vector<std::int64_t>(t.ne.rbegin(), t.ne.rend())},
@@ -35,8 +38,9 @@ void print_gguf_plan(const gguf::ExportReport& r, const fs::path& out, const std
     std::cout << fmt::format("{:<32} {:<5} [{}] {} bytes\n", t.name, gguf::type_info(t.type).name,
                              fmt::join(std::vector<std::int64_t>(t.ne.rbegin(), t.ne.rend()), ", "), t.bytes);
   }
-  std::cout << fmt::format("{} ({}): {} tensors, {} bytes ({:.2f} MiB); nothing written\n", out.string(), type, r.tensors.size(), r.bytes,
-                           static_cast<double>(r.bytes) / (1 << 20));
+  std::cout << fmt::format("{} ({}): {} tensors, {} bytes ({:.2f} MiB); estimated peak memory {:.0f} MB, time {:.0f} s; nothing written\n",
+                           out.string(), type, r.tensors.size(), r.bytes, static_cast<double>(r.bytes) / (1 << 20),
+                           static_cast<double>(est.peak_rss_bytes) / 1e6, est.seconds);
 }
 
 }  // namespace
@@ -89,6 +93,7 @@ void register_gguf(CLI::App& app) {
     e.pure = o->pure;
     e.leave_output = o->leave_output;
     e.dry_run = o->dry_run;
+    e.job_id = run_job_id();
     fs::path out = o->out;
     if (out.empty()) {
       fs::path m = o->model;
@@ -112,7 +117,8 @@ void register_gguf(CLI::App& app) {
       const Model model = formats::open_model(o->model);
       e.importance_planned = !o->imatrix.empty() || !c->text.empty() || !c->tokens.empty();
       const gguf::ExportReport r = gguf::export_gguf(model, out, e);
-      print_gguf_plan(r, out, e.type.name, o->json);
+      const JobEstimate est = estimate_job(model.config(), model.n_params(), "gguf", 0, 0, omp_get_max_threads(), e.type.name.rfind("iq", 0) == 0);
+      print_gguf_plan(r, out, e.type.name, est, o->json);
       return;
     }
     const bool to_stdout = out == "-";

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cstddef>
 #include <filesystem>
+#include <string>
 
 namespace quant::cli {
 
@@ -15,6 +16,12 @@ struct GlobalOptions {
   bool quiet = false;
 };
 GlobalOptions& global_options();
+
+// `quant run` names each job it starts by an id (a hash of the job's command) in the child's
+// environment, QUANT_RUN_JOB_ID; quantizing commands record it in their output so that a retried
+// shard recognises the jobs it already finished. "" outside quant run.
+inline constexpr const char* kRunJobIdEnv = "QUANT_RUN_JOB_ID";
+std::string run_job_id();
 
 void register_inspect(CLI::App& app);
 void register_eval(CLI::App& app);

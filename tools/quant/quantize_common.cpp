@@ -4,10 +4,12 @@
 #include <fmt/ranges.h>
 
 #include <malloc.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <iostream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -16,6 +18,7 @@
 #include "commands.h"
 #include "progress.h"
 #include "quant/pipeline/allocate.h"
+#include "quant/pipeline/estimate.h"
 #include "quant/core/error.h"
 #include "quant/core/log.h"
 #include "quant/methods/smoothquant.h"
@@ -30,6 +33,11 @@ void reuse_large_allocations() {
 GlobalOptions& global_options() {
   static GlobalOptions options;
   return options;
+}
+
+std::string run_job_id() {
+  const char* id = std::getenv(kRunJobIdEnv);
+  return id ? id : "";
 }
 
 using nlohmann::json;
@@ -230,7 +238,8 @@ Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const
   return Policy::standard(defaults, o.quantize_lm_head, std::move(all));
 }
 
-bool dry_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const RunOptions& run) {
+bool dry_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const RunOptions& run,
+             const std::vector<std::vector<std::int32_t>>& samples) {
   if (!o.dry_run) return false;
   json linears = json::array();
   std::uint64_t bytes = 0;
@@ -255,8 +264,14 @@ bool dry_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, 
   for (const auto& name : model.store().names()) {
     if (!planned.count(name)) bytes += model.store().get(name).nbytes;
   }
+  std::int64_t tokens = 0, seqlen = 0;
+  for (const auto& s : samples) {
+    tokens += static_cast<std::int64_t>(s.size());
+    seqlen = std::max(seqlen, static_cast<std::int64_t>(s.size()));
+  }
+  const JobEstimate est = estimate_job(model.config(), model.n_params(), run.method, tokens, seqlen, omp_get_max_threads());
   const json out = {{"model", model.dir().string()}, {"output", run.out.string()}, {"format", formats::format_name(plan.format)},
-                    {"method", run.method}, {"estimated_bytes", bytes}, {"linears", linears}};
+                    {"method", run.method}, {"estimated_bytes", bytes}, {"estimate", est.to_json()}, {"linears", linears}};
   if (o.json) {
     std::cout << out.dump(2) << "\n";
   } else {
@@ -268,15 +283,16 @@ bool dry_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, 
         std::cout << fmt::format("{:<48} {:>6}x{:<6} kept ({})\n", e["name"].get<std::string>(), l_out(e), l_in(e), e["reason"].get<std::string>());
       }
     }
-    std::cout << fmt::format("{} → {} ({}): about {:.1f} MB\n", run.method, run.out.string(), formats::format_name(plan.format),
-                             static_cast<double>(bytes) / 1e6);
+    std::cout << fmt::format("{} → {} ({}): about {:.1f} MB; estimated peak memory {:.0f} MB, time {:.0f} s\n", run.method, run.out.string(),
+                             formats::format_name(plan.format), static_cast<double>(bytes) / 1e6, static_cast<double>(est.peak_rss_bytes) / 1e6,
+                             est.seconds);
   }
   return true;
 }
 
 void plan_and_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const Method& method, const RunOptions& run,
                   const std::vector<std::vector<std::int32_t>>& samples) {
-  if (dry_run(o, model, plan, run)) return;
+  if (dry_run(o, model, plan, run, samples)) return;
   LazyProgress bar(run.method);
   const QuantizeReport r = quantize_model(model, plan, method, run, samples, bar.callback());
   bar.finish();
@@ -304,6 +320,7 @@ RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& meth
   }
   r.skip_unsupported = o.skip_unsupported;
   r.resume = !o.no_resume;
+  r.job_id = run_job_id();
   r.max_shard_bytes = parse_size(o.shard_size);
   if (!o.journal_limit.empty()) {
     r.journal_limit = parse_size(o.journal_limit);

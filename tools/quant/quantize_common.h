@@ -71,7 +71,10 @@ Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const
                    const std::vector<std::vector<std::int32_t>>& samples = {});
 // With --dry-run: prints the plan (each linear's decision, bits, group, estimated output size)
 // on stdout and returns true; the command then stops before writing anything.
-bool dry_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const RunOptions& run);
+// The JSON also carries `estimate` (peak_rss_bytes, seconds; pipeline/estimate.h) for the
+// calibration `samples`.
+bool dry_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const RunOptions& run,
+             const std::vector<std::vector<std::int32_t>>& samples);
 // Plans (refusing what the format cannot hold), prints the plan with --dry-run, else quantizes
 // with a progress bar and prints the summary: the common tail of every quantizing command.
 void plan_and_run(const QuantizeCliOptions& o, const Model& model, const Plan& plan, const Method& method, const RunOptions& run,
