@@ -40,9 +40,9 @@ EXAMPLE=$(readlink -f "$HERE/../../examples/slurm/quant-array.sbatch")
 export PATH="$(dirname "$QUANT"):$PATH"
 [ "$(command -v quant)" = "$QUANT" ] || fail "the quant under test is not first on PATH"
 
-# 1. A 2-task array, then the merge job of the example (afterany), waited for with sbatch --wait.
+# 1. A 2-task array (sbatch --wait), then the merge job of the example (afterany).
 cd "$W/array" && mkdir -p logs
-job=$(sbatch --parsable --array=0-1 -c 1 "$EXAMPLE") || fail "sbatch of the example failed"
+job=$(timeout 150 sbatch --wait --parsable --array=0-1 -c 1 "$EXAMPLE") || fail "sbatch --wait of the example failed (or a task did)"
 timeout 150 sbatch --wait --dependency=afterany:"$job" -o merge.out \
   --wrap "quant run jobs.json --report-merge reports --junit merged.xml" > /dev/null || { cat merge.out; fail "the merge job failed"; }
 grep -q "shard 0/2 (SLURM_ARRAY_TASK_ID=0" "logs/quant-${job}_0.out" || fail "task 0 did not say which shard it ran"
