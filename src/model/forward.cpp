@@ -384,18 +384,37 @@ LayerCache::LayerCache(const Model& model, std::size_t budget_bytes) : model_(mo
       (c.n_heads + 2 * c.n_kv_heads) * c.head_dim * c.hidden_size +
       c.n_heads * c.head_dim * c.hidden_size + 3 * c.intermediate_size * c.hidden_size) * sizeof(float);
   keep_all_ = per_layer * static_cast<std::size_t>(c.n_layers) <= budget_bytes;
-  layers_.resize(static_cast<std::size_t>(c.n_layers));
+  if (keep_all_) layers_.resize(static_cast<std::size_t>(c.n_layers));
+}
+
+LayerCache::~LayerCache() {
+  if (next_.valid()) next_.wait();  // the background read uses model_; an error in it no longer matters
 }
 
 const LayerWeights& LayerCache::get(int layer) {
-  auto& slot = layers_.at(static_cast<std::size_t>(layer));
-  if (!slot) {
-    if (!keep_all_) {
-      for (auto& l : layers_) l.reset();
-    }
-    slot = std::make_unique<LayerWeights>(load_layer(model_, layer));
+  const int n = static_cast<int>(model_.config().n_layers);
+  if (layer < 0 || layer >= n) fail<Error>("LayerCache: layer {} of {}", layer, n);
+  if (keep_all_) {
+    auto& slot = layers_[static_cast<std::size_t>(layer)];
+    if (!slot) slot = std::make_unique<LayerWeights>(load_layer(model_, layer));
+    return *slot;
   }
-  return *slot;
+  if (current_layer_ == layer) return *current_;
+  current_.reset();  // free it before the next one lands
+  current_layer_ = -1;
+  if (next_.valid() && next_layer_ == layer) {
+    current_ = next_.get();
+  } else {
+    if (next_.valid()) next_.wait();
+    next_ = {};
+    current_ = std::make_unique<LayerWeights>(load_layer(model_, layer));
+  }
+  current_layer_ = layer;
+  next_layer_ = (layer + 1) % n;
+  const Model* m = &model_;
+  const int l = next_layer_;
+  next_ = std::async(std::launch::async, [m, l] { return std::make_unique<LayerWeights>(load_layer(*m, l)); });
+  return *current_;
 }
 
 }  // namespace quant

@@ -154,9 +154,9 @@ EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
   const HeadWeights head = load_head(model);
   std::optional<HeadWeights> base_head;
   if (base) base_head = load_head(*base);
-  LayerCache cache(model);
+  LayerCache cache(model, opt.resident_layers_budget);
   std::optional<LayerCache> base_cache;
-  if (base) base_cache.emplace(*base);
+  if (base) base_cache.emplace(*base, opt.resident_layers_budget);
   const RopeTable rope = build_rope(c, ctx);
   std::optional<RopeTable> base_rope;
   if (base) base_rope = build_rope(base->config(), ctx);

@@ -103,6 +103,40 @@ TEST(EvalUncertainty, StandardErrorsMatchPerTokenComputation) {
   EXPECT_NEAR(r.top1_stderr, std::sqrt(r.top1_agreement * (1 - r.top1_agreement) / (n - 1)), 1e-12);
 }
 
+// Streaming the layers (two resident, the next read in the background, wrapping to layer 0 for
+// the next batch) computes exactly what resident layers compute, with a base model too.
+TEST(EvalUncertainty, StreamedLayersGiveTheResidentResultsBitForBit) {
+  TempDir dir;
+  testing::TinyModelSpec spec;
+  spec.seed = 3;
+  spec.layers = 3;
+  testing::write_tiny_model(dir / "base", spec);
+  spec.seed = 4;
+  testing::write_tiny_model(dir / "q", spec);
+  const Model base = Model::open(dir / "base"), q = Model::open(dir / "q");
+  const auto tokens = ids(160, 5);
+  EvalOptions opt;
+  opt.ctx = 32;
+  opt.windows_per_batch = 2;  // three batches: every layer is read three times when streaming
+  const EvalResult resident = evaluate(q, tokens, opt, &base);
+  ASSERT_FALSE(LayerCache(q).streaming());
+  opt.resident_layers_budget = 0;
+  ASSERT_TRUE(LayerCache(q, 0).streaming());
+  const EvalResult streamed = evaluate(q, tokens, opt, &base);
+  EXPECT_EQ(streamed.tokens_scored, resident.tokens_scored);
+  EXPECT_EQ(streamed.ppl, resident.ppl);
+  EXPECT_EQ(streamed.base_ppl, resident.base_ppl);
+  EXPECT_EQ(streamed.kl_mean, resident.kl_mean);
+  EXPECT_EQ(streamed.top1_agreement, resident.top1_agreement);
+  // Asking for layers out of order still gives each its own weights.
+  LayerCache cache(q, 0);
+  const Mat l2 = cache.get(2).w[0];
+  const Mat l0 = cache.get(0).w[0];
+  EXPECT_EQ(l0, load_layer(q, 0).w[0]);
+  EXPECT_EQ(l2, load_layer(q, 2).w[0]);
+  EXPECT_NE(l0, l2);
+}
+
 TEST(EvalUncertainty, NoiseAwareGateAndJUnitReport) {
   TempDir dir;
   write_pair(dir);

@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
 #include <span>
 #include <vector>
@@ -96,16 +97,31 @@ Mat final_logits(const ModelConfig& config, const HeadWeights& head, const Mat& 
 // RMSNorm of each row: x / sqrt(mean(x²) + eps) * (offset + weight).
 void rms_norm(const Mat& x, const Vec& weight, double eps, Mat& out, float offset = 0.0f);
 
-// Keeps dequantized layers in memory while their total stays under a budget, else reloads.
+// The decoder layers for repeated passes over the stack (evaluation). Layers stay resident, as
+// float32, when all of them fit in `budget_bytes` (small models: no reloading). Otherwise they
+// stream: one layer is resident and the next one is read and converted (or dequantized) in the
+// background while the current one runs, wrapping around to layer 0 for the next pass, so memory
+// holds two layers instead of the whole model as float32 (twice an F16 checkpoint). Reading comes
+// from the page cache after the first pass (pread; not counted in the process's RSS).
+inline constexpr std::size_t kResidentLayersBudget = std::size_t{256} << 20;
 class LayerCache {
  public:
-  LayerCache(const Model& model, std::size_t budget_bytes = std::size_t{4} << 30);
+  explicit LayerCache(const Model& model, std::size_t budget_bytes = kResidentLayersBudget);
+  ~LayerCache();
+  LayerCache(const LayerCache&) = delete;
+  LayerCache& operator=(const LayerCache&) = delete;
+  // Valid until the next get().
   const LayerWeights& get(int layer);
+  bool streaming() const { return !keep_all_; }
 
  private:
   const Model& model_;
   bool keep_all_;
-  std::vector<std::unique_ptr<LayerWeights>> layers_;
+  std::vector<std::unique_ptr<LayerWeights>> layers_;  // keep_all_
+  std::unique_ptr<LayerWeights> current_;              // streaming
+  int current_layer_ = -1;
+  std::future<std::unique_ptr<LayerWeights>> next_;
+  int next_layer_ = -1;
 };
 
 }  // namespace quant
