@@ -1,6 +1,7 @@
 // Writes a random Llama-family checkpoint of a given shape (F16, fixed seed) for benchmarks:
-//   quant_make_synthetic OUT_DIR [--preset llama-1.1b|tiny] [--layers N] [--seed S]
+//   quant_make_synthetic OUT_DIR [--preset llama-1.1b|llama-7b|tiny] [--layers N] [--seed S]
 // llama-1.1b: hidden 2048, ffn 5632, 22 layers, 32 heads, 4 KV heads, vocab 32000, ctx 2048
+// llama-7b: hidden 4096, ffn 11008, 32 layers, 32 heads, 32 KV heads, vocab 32000, ctx 4096
 // (TinyLlama-1.1B's shapes). Weights ~ N(0, 0.02²), norms 1. A sentencepiece BPE tokenizer.model
 // of the model's vocabulary size comes with it (<unk>, <s>, </s>, 256 byte-fallback pieces, then
 // generated letter pieces), so the model can be evaluated on text and exported to GGUF; random
@@ -19,10 +20,11 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: quant_make_synthetic OUT_DIR [--preset llama-1.1b|tiny] [--layers N] [--seed S]\n"
+    "usage: quant_make_synthetic OUT_DIR [--preset llama-1.1b|llama-7b|tiny] [--layers N] [--seed S]\n"
     "Writes a random Llama checkpoint (F16 weights ~ N(0, 0.02^2), sentencepiece tokenizer.model, calib.ids)\n"
     "into OUT_DIR, which must not exist or be empty.\n"
     "  --preset llama-1.1b  hidden 2048, ffn 5632, 22 layers, 32 heads, 4 KV heads, vocab 32000 (default)\n"
+    "  --preset llama-7b    hidden 4096, ffn 11008, 32 layers, 32 heads, 32 KV heads, vocab 32000 (13.5 GB)\n"
     "  --preset tiny        hidden 256, ffn 688, 4 layers, 8 heads, 4 KV heads, vocab 1024\n";
 
 // <unk>, <s>, </s>, the 256 byte pieces, then U+2581 and letter pieces up to `n`.
@@ -107,6 +109,7 @@ int main(int argc, char** argv) {
   }
   std::int64_t H = 2048, F = 5632, L = 22, heads = 32, kv = 4, V = 32000, ctx = 2048;
   if (preset == "tiny") { H = 256; F = 688; L = 4; heads = 8; kv = 4; V = 1024; ctx = 512; }
+  else if (preset == "llama-7b") { H = 4096; F = 11008; L = 32; heads = 32; kv = 32; V = 32000; ctx = 4096; }
   else if (preset != "llama-1.1b") { std::fprintf(stderr, "unknown preset %s\n", preset.c_str()); return 2; }
   if (layers > 0) L = layers;
   const std::int64_t hd = H / heads;
