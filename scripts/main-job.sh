@@ -12,7 +12,9 @@ OUT=${OUT:-out/wiki-llama-5m-awq-w4g128}
 if [ -f ../shared/data/wikitext2-test.txt ] && [ -f ../shared/data/c4-calibration.txt ]; then
   TEXT=../shared/data/wikitext2-test.txt
   LIMIT=(--limit-bytes 200000)
-  CALIB=(--calib ../shared/data/c4-calibration.txt)
+  # 32 windows of 256 tokens (8,192 tokens): ~20 s of AWQ on 2 cores; AutoAWQ's 128 x 512 takes
+  # ~150 s here for a perplexity 0.9 % lower (87.87 vs 88.67 on this slice).
+  CALIB=(--calib ../shared/data/c4-calibration.txt --nsamples 32 --seqlen 256)
 else
   TEXT=/usr/share/common-licenses/GPL-3
   LIMIT=()

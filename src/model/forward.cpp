@@ -378,12 +378,15 @@ Mat final_logits(const ModelConfig& c, const HeadWeights& head, const Mat& h) {
   return logits;
 }
 
+std::size_t layer_f32_bytes(const ModelConfig& c) {
+  return static_cast<std::size_t>((c.n_heads + 2 * c.n_kv_heads) * c.head_dim * c.hidden_size + c.n_heads * c.head_dim * c.hidden_size +
+                                  3 * c.intermediate_size * c.hidden_size) *
+         sizeof(float);
+}
+
 LayerCache::LayerCache(const Model& model, std::size_t budget_bytes) : model_(model) {
   const auto& c = model.config();
-  const std::size_t per_layer = static_cast<std::size_t>(
-      (c.n_heads + 2 * c.n_kv_heads) * c.head_dim * c.hidden_size +
-      c.n_heads * c.head_dim * c.hidden_size + 3 * c.intermediate_size * c.hidden_size) * sizeof(float);
-  keep_all_ = per_layer * static_cast<std::size_t>(c.n_layers) <= budget_bytes;
+  keep_all_ = layer_f32_bytes(c) * static_cast<std::size_t>(c.n_layers) <= budget_bytes;
   if (keep_all_) layers_.resize(static_cast<std::size_t>(c.n_layers));
 }
 

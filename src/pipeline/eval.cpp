@@ -118,6 +118,20 @@ std::int64_t eval_window(const ModelConfig& c, const EvalOptions& opt) {
   return opt.ctx != 0 ? opt.ctx : std::min<std::int64_t>(opt.protocol == EvalProtocol::gptq ? 2048 : 512, c.max_position_embeddings);
 }
 
+std::uint64_t eval_memory_estimate(const Model& model, std::int64_t ctx, int threads, std::size_t resident_layers_budget) {
+  const ModelConfig& c = model.config();
+  const double layer = static_cast<double>(layer_f32_bytes(c)), L = static_cast<double>(c.n_layers);
+  const double layers = layer * L <= static_cast<double>(resident_layers_budget) ? layer * L : 2 * layer;
+  double head = 0;
+  for (const auto& name : model.store().names()) {
+    if (name.find(".layers.") == std::string::npos) head += static_cast<double>(model.store().get(name).numel()) * 4;
+  }
+  const double T = static_cast<double>(ctx), H = static_cast<double>(c.hidden_size), I = static_cast<double>(c.intermediate_size);
+  const double hidden = std::min(512.0 * (1 << 20), 64 * T * H * 4);
+  const double per_thread = T * (3 * I + 6 * H) * 4 + T * static_cast<double>(c.vocab_size) * 4 * 2;
+  return static_cast<std::uint64_t>(head + layers + hidden + std::max(1, threads) * per_thread + 64e6);
+}
+
 EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
                     const EvalOptions& opt, const Model* base, const ProgressFn& progress) {
   const auto& c = model.config();

@@ -128,6 +128,9 @@ TEST(EvalUncertainty, StreamedLayersGiveTheResidentResultsBitForBit) {
   EXPECT_EQ(streamed.base_ppl, resident.base_ppl);
   EXPECT_EQ(streamed.kl_mean, resident.kl_mean);
   EXPECT_EQ(streamed.top1_agreement, resident.top1_agreement);
+  // The memory estimate counts two layers instead of all of them when streaming.
+  const std::uint64_t all = eval_memory_estimate(q, 32, 2), two = eval_memory_estimate(q, 32, 2, 0);
+  EXPECT_EQ(all - two, (3 - 2) * layer_f32_bytes(q.config()));
   // Asking for layers out of order still gives each its own weights.
   LayerCache cache(q, 0);
   const Mat l2 = cache.get(2).w[0];

@@ -1,6 +1,7 @@
 // quant eval MODEL --text FILE: perplexity (GPTQ-paper or llama.cpp protocol), KL divergence
 // against a base model, and regression gates for CI.
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <cmath>
 #include <iostream>
@@ -93,12 +94,10 @@ void run_eval(const EvalCliOptions& o) {
   std::optional<Model> base;
   if (!o.base.empty()) base.emplace(formats::open_model(o.base, true));
 
-  // Memory: the layers held as float32 (model and base) and a window's logits.
-  std::uint64_t estimate = 0;
-  for (const Model* m : std::initializer_list<const Model*>{&model, base ? &*base : nullptr}) {
-    if (!m) continue;
-    for (const auto& name : m->store().names()) estimate += static_cast<std::uint64_t>(m->store().get(name).numel()) * 4;
-  }
+  // Memory: the model's (and base's) head and layers, a batch's activations (pipeline/eval.h).
+  const std::int64_t ctx = o.ctx > 0 ? o.ctx : std::min<std::int64_t>(2048, model.config().max_position_embeddings);
+  std::uint64_t estimate = eval_memory_estimate(model, ctx, omp_get_max_threads());
+  if (base) estimate += eval_memory_estimate(*base, ctx, omp_get_max_threads());
   check_memory_estimate(estimate, "evaluating " + o.model + (base ? " against " + o.base : std::string()), !o.no_memory_check);
 
   EvalOptions opt;

@@ -104,6 +104,8 @@ void rms_norm(const Mat& x, const Vec& weight, double eps, Mat& out, float offse
 // holds two layers instead of the whole model as float32 (twice an F16 checkpoint). Reading comes
 // from the page cache after the first pass (pread; not counted in the process's RSS).
 inline constexpr std::size_t kResidentLayersBudget = std::size_t{256} << 20;
+// The float32 bytes of one decoder layer's linears.
+std::size_t layer_f32_bytes(const ModelConfig& config);
 class LayerCache {
  public:
   explicit LayerCache(const Model& model, std::size_t budget_bytes = kResidentLayersBudget);

@@ -92,6 +92,13 @@ using ProgressFn = std::function<void(std::int64_t done, std::int64_t total)>;
 // The window length evaluate() uses for `model` under `options`.
 std::int64_t eval_window(const ModelConfig& config, const EvalOptions& options);
 
+// Peak memory evaluate() needs for `model` with windows of `ctx` tokens on `threads` threads:
+// the head (embedding, output) as float32, the decoder layers (all of them when they fit
+// `resident_layers_budget`, else two streamed ones), a batch's hidden states (≤ 512 MB) and
+// each thread's layer intermediates and window logits.
+std::uint64_t eval_memory_estimate(const Model& model, std::int64_t ctx, int threads,
+                                   std::size_t resident_layers_budget = kResidentLayersBudget);
+
 EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
                     const EvalOptions& options, const Model* base = nullptr,
                     const ProgressFn& progress = {});
