@@ -17,6 +17,7 @@
 #include "quant/pipeline/eval.h"
 #include "quant/io/hash.h"
 #include "quant/pipeline/eval_presets.h"
+#include "quantize_common.h"
 #include "quant/io/io.h"
 #include "quant/core/log.h"
 #include "quant/model/tokenizer.h"
@@ -89,6 +90,7 @@ void run_eval(const EvalCliOptions& o) {
   if (!o.junit.empty()) {  // before any work: never an input, never a foreign file
     check_output(o.junit, OutputKind::file, OutputPolicy{o.force, false, {o.model, o.base, o.text, o.tokens, o.tokenizer}});
   }
+  reuse_large_allocations();  // streamed layers reuse the freed one's memory: no fresh page faults per layer
   const Model model = formats::open_model(o.model, true);
   const std::string act_quant = activation_quant_summary(model);
   std::optional<Model> base;
