@@ -194,13 +194,16 @@ struct Recipe {
     spec.heads = 4;
     spec.kv_heads = 4;
     testing::write_tiny_model(dir / "m", spec);
+    std::string ids;
+    for (int i = 0; i < 200; ++i) ids += std::to_string((i * 37) % 96) + " ";
+    write_file_atomic(dir / "ids.txt", ids);
     write(bits_of_c);
   }
   void write(int bits_of_c) const {
     const json recipe = {{"defaults", {{"model", "m"}, {"group_size", 32}}},
                          {"jobs",
                           {{{"name", "a"}, {"method", "rtn"}, {"output", "out/a"}},
-                           {{"name", "b"}, {"method", "rtn"}, {"output", "out/b"}, {"bits", 8}},
+                           {{"name", "b"}, {"method", "rtn"}, {"output", "out/b"}, {"bits", 8}, {"eval", {{"tokens", "ids.txt"}, {"ctx", 32}}}},
                            {{"name", "c"}, {"method", "rtn"}, {"output", "out/c"}, {"bits", bits_of_c}}}}};
     write_file_atomic(dir / "r.json", recipe.dump());
   }
@@ -228,6 +231,7 @@ TEST(CliRunShards, EachShardRunsItsJobsAndARetrySkipsFinishedOnes) {
   ASSERT_EQ(rep.size(), 1u);
   EXPECT_EQ(rep[0]["name"], "b");
   EXPECT_EQ(rep[0]["shard"], 1);
+  EXPECT_GT(rep[0]["ppl"].get<double>(), 1.0);  // its eval ran
   EXPECT_FALSE(fs::exists(f.dir / "out" / "a"));
   {
     ScopedEnv env({{"SLURM_ARRAY_TASK_ID", "0"}, {"SLURM_ARRAY_TASK_MIN", "0"}, {"SLURM_ARRAY_TASK_COUNT", "2"}});
@@ -300,6 +304,9 @@ TEST(CliRunShards, ListsShardsAndRefusesInconsistentOnes) {
     EXPECT_EQ(rep[0]["status"], "planned");
     EXPECT_GT(rep[0]["estimate"]["peak_rss_bytes"].get<double>(), 1e6);
     EXPECT_GT(rep[0]["estimate"]["seconds"].get<double>(), 0.0);
+    // b has an eval: its memory is estimated too and the job's peak covers it.
+    EXPECT_GT(rep[0]["estimate"]["eval_peak_rss_bytes"].get<double>(), 1e6);
+    EXPECT_GE(rep[0]["estimate"]["peak_rss_bytes"].get<double>(), rep[0]["estimate"]["eval_peak_rss_bytes"].get<double>());
   }
   r = testing::run_quant("run " + f.recipe() + " --dry-run");
   ASSERT_EQ(r.rc, 0) << r.err;

@@ -1,5 +1,6 @@
 // quant run RECIPE.json: batch jobs (quantize, then optionally evaluate), each a subcommand run
 // as a child process of this executable, validated in full before any job starts.
+#include <omp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,8 +14,10 @@
 #include "exit_codes.h"
 #include "quant/core/error.h"
 #include "quant/core/log.h"
+#include "quant/formats/codec.h"
 #include "quant/io/hash.h"
 #include "quant/io/io.h"
+#include "quant/pipeline/eval.h"
 #include "quant/pipeline/policy.h"
 #include "quant/pipeline/recipe.h"
 
@@ -277,6 +280,24 @@ void merge(const RunOptions& o, const std::vector<Job>& jobs) {
   if (failed) throw JobsFailed("one or more jobs did not succeed (or are in no report)");
 }
 
+// A dry run's estimate of a job with an eval covers the eval too: the eval's peak memory
+// (pipeline/eval.h; the quantized model has the source's shapes) when it exceeds the
+// quantization's, as `estimate.eval_peak_rss_bytes`. Its time is not estimated.
+void add_eval_memory(json& report, const std::vector<RecipeJob>& recipe) {
+  for (std::size_t i = 0; i < recipe.size() && i < report.size(); ++i) {
+    const RecipeJob& rj = recipe[i];
+    json& e = report[i];
+    if (rj.eval.is_null() || !e.contains("estimate")) continue;
+    const Model model = formats::open_model(rj.model);
+    const std::int64_t ctx = rj.eval.contains("ctx") && rj.eval["ctx"].is_number_integer()
+                                 ? rj.eval["ctx"].get<std::int64_t>()
+                                 : std::min<std::int64_t>(2048, model.config().max_position_embeddings);
+    const std::uint64_t mem = eval_memory_estimate(model, ctx, omp_get_max_threads());
+    e["estimate"]["eval_peak_rss_bytes"] = mem;
+    if (mem > e["estimate"].value("peak_rss_bytes", std::uint64_t{0})) e["estimate"]["peak_rss_bytes"] = mem;
+  }
+}
+
 }  // namespace
 
 void register_run(CLI::App& app) {
@@ -360,7 +381,8 @@ void register_run(CLI::App& app) {
       return json{{"bytes", fs::file_size(rj.output)}};
     };
     bool failed = false;
-    const json report = run_batch(recipe, bo, quantize, evaluate, failed);
+    json report = run_batch(recipe, bo, quantize, evaluate, failed);
+    if (o->dry_run) add_eval_memory(report, recipe);
     const bool estimates = o->dry_run && !o->json;  // the table of estimates instead of statuses
     print_report(*o, report, !estimates);
     if (estimates) std::cout << estimates_table(report);
