@@ -194,17 +194,19 @@ struct Recipe {
     spec.heads = 4;
     spec.kv_heads = 4;
     testing::write_tiny_model(dir / "m", spec);
+    testing::write_tiny_tokenizer(dir / "m", spec.vocab);  // for the GGUF job
     std::string ids;
     for (int i = 0; i < 200; ++i) ids += std::to_string((i * 37) % 96) + " ";
     write_file_atomic(dir / "ids.txt", ids);
     write(bits_of_c);
   }
   void write(int bits_of_c) const {
-    const json recipe = {{"defaults", {{"model", "m"}, {"group_size", 32}}},
+    const json recipe = {{"defaults", {{"model", "m"}}},
                          {"jobs",
-                          {{{"name", "a"}, {"method", "rtn"}, {"output", "out/a"}},
-                           {{"name", "b"}, {"method", "rtn"}, {"output", "out/b"}, {"bits", 8}, {"eval", {{"tokens", "ids.txt"}, {"ctx", 32}}}},
-                           {{"name", "c"}, {"method", "rtn"}, {"output", "out/c"}, {"bits", bits_of_c}}}}};
+                          {{{"name", "a"}, {"method", "rtn"}, {"output", "out/a"}, {"group_size", 32}},
+                           {{"name", "b"}, {"method", "rtn"}, {"output", "out/b"}, {"bits", 8}, {"group_size", 32}, {"eval", {{"tokens", "ids.txt"}, {"ctx", 32}}}},
+                           {{"name", "c"}, {"method", "rtn"}, {"output", "out/c"}, {"bits", bits_of_c}, {"group_size", 32}},
+                           {{"name", "g"}, {"method", "gguf"}, {"output", "out/g.gguf"}, {"type", "q8_0"}}}}};
     write_file_atomic(dir / "r.json", recipe.dump());
   }
   std::string recipe() const { return (dir / "r.json").string(); }
@@ -228,11 +230,19 @@ TEST(CliRunShards, EachShardRunsItsJobsAndARetrySkipsFinishedOnes) {
   auto r = testing::run_quant("run " + f.recipe() + " --shard 1/2 --json --report " + (f.dir / "reports" / "s1.json").string());
   ASSERT_EQ(r.rc, 0) << r.err;
   json rep = json::parse(r.out);
-  ASSERT_EQ(rep.size(), 1u);
+  ASSERT_EQ(rep.size(), 2u);
   EXPECT_EQ(rep[0]["name"], "b");
   EXPECT_EQ(rep[0]["shard"], 1);
   EXPECT_GT(rep[0]["ppl"].get<double>(), 1.0);  // its eval ran
+  EXPECT_EQ(rep[1]["name"], "g");
   EXPECT_FALSE(fs::exists(f.dir / "out" / "a"));
+  // Retried: the GGUF file is recognised by the job id it carries (quant.job_id), like directories.
+  r = testing::run_quant("run " + f.recipe() + " --shard 1/2 --json");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  rep = json::parse(r.out);
+  EXPECT_EQ(rep[0]["status"], "done");
+  EXPECT_EQ(rep[1]["status"], "done");
+  EXPECT_GT(rep[1]["bytes"].get<double>(), 1000.0);
   {
     ScopedEnv env({{"SLURM_ARRAY_TASK_ID", "0"}, {"SLURM_ARRAY_TASK_MIN", "0"}, {"SLURM_ARRAY_TASK_COUNT", "2"}});
     r = testing::run_quant("run " + f.recipe() + " --json --report " + (f.dir / "reports" / "s0.json").string());
@@ -258,9 +268,9 @@ TEST(CliRunShards, EachShardRunsItsJobsAndARetrySkipsFinishedOnes) {
                          (f.dir / "merged.xml").string());
   ASSERT_EQ(r.rc, 0) << r.err;
   rep = json::parse(r.out);
-  ASSERT_EQ(rep.size(), 3u);
+  ASSERT_EQ(rep.size(), 4u);
   for (const auto& e : rep) EXPECT_EQ(e["status"], "ok") << e.dump();
-  EXPECT_NE(read_text_file(f.dir / "merged.xml").find("tests=\"3\" failures=\"0\""), std::string::npos);
+  EXPECT_NE(read_text_file(f.dir / "merged.xml").find("tests=\"4\" failures=\"0\""), std::string::npos);
   fs::remove(f.dir / "reports" / "s0.json");
   r = testing::run_quant("run " + f.recipe() + " --report-merge " + (f.dir / "reports").string() + " --json");
   EXPECT_EQ(r.rc, 6);
@@ -282,10 +292,11 @@ TEST(CliRunShards, ListsShardsAndRefusesInconsistentOnes) {
   auto r = testing::run_quant("run " + f.recipe() + " --list --shard 0/2 --json");
   ASSERT_EQ(r.rc, 0) << r.err;
   const json list = json::parse(r.out);
-  ASSERT_EQ(list.size(), 3u);
+  ASSERT_EQ(list.size(), 4u);
   EXPECT_EQ(list[0]["shard"], 0);
   EXPECT_EQ(list[1]["shard"], 1);
   EXPECT_EQ(list[2]["shard"], 0);
+  EXPECT_EQ(list[3]["shard"], 1);
   EXPECT_NE(list[0]["job_id"], list[1]["job_id"]);
   EXPECT_FALSE(fs::exists(f.dir / "out"));
   r = testing::run_quant("run " + f.recipe() + " --shard 2/2");
