@@ -195,14 +195,14 @@ std::size_t validate_recipe(const fs::path& path) { return load_recipe(path).siz
 
 namespace {
 
-struct RunOptions {
+struct RunCliOptions {
   std::string recipe, report, shard, report_merge, junit;
   std::size_t shards = 0;
   bool keep_going = false, json = false, dry_run = false, list = false, force = false;
 };
 
 // The shard this worker runs: --shard, else the scheduler's environment, else all jobs.
-Shard choose_shard(const RunOptions& o) {
+Shard choose_shard(const RunCliOptions& o) {
   if (!o.shard.empty()) {
     if (o.shards != 0) fail<UsageError>("--shard K/N already gives the count; --shards is for JOB_COMPLETION_INDEX");
     return parse_shard(o.shard);
@@ -213,7 +213,7 @@ Shard choose_shard(const RunOptions& o) {
 }
 
 // Writes --report and --junit, and prints the report (a table, or JSON with --json) when `print`.
-void print_report(const RunOptions& o, const json& report, bool print = true) {
+void print_report(const RunCliOptions& o, const json& report, bool print = true) {
   if (!o.report.empty()) write_file_atomic(o.report, report.dump(2) + "\n");
   if (!o.junit.empty()) {
     StagedFile out(o.junit, OutputPolicy{o.force, false, {o.recipe}});
@@ -227,7 +227,7 @@ void print_report(const RunOptions& o, const json& report, bool print = true) {
 }
 
 // --list: every job with its shard (for N shards: --shard's, the environment's or 1).
-void list_jobs(const RunOptions& o, const std::vector<Job>& jobs, const Shard& shard) {
+void list_jobs(const RunCliOptions& o, const std::vector<Job>& jobs, const Shard& shard) {
   std::vector<RecipeJob> recipe;
   for (const Job& j : jobs) recipe.push_back(j.recipe);
   const std::vector<std::size_t> of = assign_shards(recipe, shard.count);
@@ -248,7 +248,7 @@ void list_jobs(const RunOptions& o, const std::vector<Job>& jobs, const Shard& s
 }
 
 // --report-merge DIR: the shard reports (*.json) in DIR, merged in recipe order.
-void merge(const RunOptions& o, const std::vector<Job>& jobs) {
+void merge(const RunCliOptions& o, const std::vector<Job>& jobs) {
   std::vector<RecipeJob> recipe;
   for (const Job& j : jobs) recipe.push_back(j.recipe);
   if (!fs::is_directory(o.report_merge)) fail<UsageError>("--report-merge {}: not a directory", o.report_merge);
@@ -301,7 +301,7 @@ void add_eval_memory(json& report, const std::vector<RecipeJob>& recipe) {
 }  // namespace
 
 void register_run(CLI::App& app) {
-  auto o = std::make_shared<RunOptions>();
+  auto o = std::make_shared<RunCliOptions>();
   auto* cmd = app.add_subcommand("run", "run the jobs of a recipe (JSON): quantize with per-tensor rules, then evaluate");
   cmd->add_option("recipe", o->recipe, "recipe file (docs/cli.md)")->required();
   cmd->add_flag("-k,--keep-going", o->keep_going, "run the remaining jobs after one fails");
