@@ -77,13 +77,23 @@ scancel "$task" || fail "scancel failed"
 wait_state 30 CANCELLED || fail "scancel did not cancel the task"
 [ -d "$W/kill/out/gptq" ] && fail "the cancelled GPTQ job left an output"
 [ -d "$W/kill/out/gptq.resume" ] || fail "the cancelled GPTQ job lost its journal"
-scontrol requeue "$task" || fail "scontrol requeue failed"
-wait_state 10 PENDING RUNNING COMPLETED || fail "the requeued task is not pending"
-# Slurm holds a requeued job back (BeginTime about two minutes ahead); let it start now (again
-# while it stays pending: an update that lands as the requeue settles can be lost).
-for _ in $(seq 1 18); do
-  [ "$(state)" = PENDING ] && scontrol update JobId="$task" StartTime=now > /dev/null 2>&1
-  wait_state 5 COMPLETED > /dev/null && break
+# Requeue once the node has let go of the cancelled instance (its slurmstepd gone): a task
+# started while the old one is still being torn down can fail to launch (exit 1, no output);
+# such a launch failure is requeued again, up to three times.
+jobid=$(scontrol show job "$task" | grep -o '^JobId=[0-9]*' | cut -d= -f2)
+for _ in $(seq 1 50); do pgrep -f "slurmstepd: \[${jobid}\." > /dev/null || break; sleep 0.2; done
+for attempt in 1 2 3; do
+  scontrol requeue "$task" || fail "scontrol requeue failed"
+  wait_state 10 PENDING RUNNING COMPLETED FAILED || fail "the requeued task is not pending"
+  # Slurm holds a requeued job back (BeginTime about two minutes ahead); let it start now (again
+  # while it stays pending: an update that lands as the requeue settles can be lost).
+  for _ in $(seq 1 18); do
+    [ "$(state)" = PENDING ] && scontrol update JobId="$task" StartTime=now > /dev/null 2>&1
+    wait_state 5 COMPLETED FAILED > /dev/null && break
+  done
+  [ "$(state)" = FAILED ] || break
+  echo "requeued task failed to launch (attempt $attempt); requeueing again"
+  sleep 2
 done
 [ "$(state)" = COMPLETED ] || { scontrol show job "$task"; fail "the requeued task did not complete within 90 s"; }
 for _ in $(seq 1 150); do
