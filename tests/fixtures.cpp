@@ -46,11 +46,14 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
   fs::create_directories(dir);
   const int head_dim = s.head_dim > 0 ? s.head_dim : s.hidden / s.heads;
   const bool gemma = s.model_type == "gemma2" || s.model_type == "gemma3_text";
-  const bool qk_norm = s.model_type == "qwen3" || s.model_type == "gemma3_text";
+  const bool qk_norm = s.model_type == "qwen3" || s.model_type == "gemma3_text" || s.model_type == "qwen3_moe";
   static const std::map<std::string, std::string> kArch = {
       {"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"},
       {"qwen3", "Qwen3ForCausalLM"}, {"gemma2", "Gemma2ForCausalLM"}, {"gemma3_text", "Gemma3ForCausalLM"},
-      {"phi3", "Phi3ForCausalLM"}};
+      {"phi3", "Phi3ForCausalLM"}, {"mixtral", "MixtralForCausalLM"}, {"qwen2_moe", "Qwen2MoeForCausalLM"},
+      {"qwen3_moe", "Qwen3MoeForCausalLM"}};
+  const bool mixtral = s.model_type == "mixtral", qwen_moe = s.model_type == "qwen2_moe" || s.model_type == "qwen3_moe";
+  const bool shared = s.model_type == "qwen2_moe" && s.shared_ffn > 0;
   const bool phi3 = s.model_type == "phi3";
   const auto arch = kArch.find(s.model_type);
   nlohmann::json config = {
@@ -77,6 +80,17 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
     }
   }
   if (phi3) config["sliding_window"] = s.sliding_window;
+  if (mixtral) {
+    config["num_local_experts"] = s.experts;
+    config["num_experts_per_tok"] = s.top_k;
+  }
+  if (qwen_moe) {
+    config["num_experts"] = s.experts;
+    config["num_experts_per_tok"] = s.top_k;
+    config["moe_intermediate_size"] = s.moe_ffn;
+    config["norm_topk_prob"] = s.model_type == "qwen3_moe";
+    if (s.model_type == "qwen2_moe") config["shared_expert_intermediate_size"] = s.shared_ffn;
+  }
   for (const auto& [k, v] : s.extra_config.items()) config[k] = v;
   write_file_atomic(dir / "config.json", config.dump(2));
 
@@ -91,8 +105,9 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
     for (auto& x : v) x = offset + scale * normal(rng);
     w.add_f32(name, s.dtype, shape, v);
   };
-  const bool qkv_bias = s.model_type == "qwen2" || s.attention_bias;
-  const bool o_bias = s.model_type != "qwen2" && s.attention_bias;
+  const bool qwen2 = s.model_type == "qwen2" || s.model_type == "qwen2_moe";
+  const bool qkv_bias = qwen2 || s.attention_bias;
+  const bool o_bias = !qwen2 && s.attention_bias;
   const std::int64_t H = s.hidden, F = s.intermediate, qo = s.heads * head_dim,
                      kvo = s.kv_heads * head_dim;
   // Gemma multiplies embeddings by sqrt(hidden) and ties the head: smaller rows keep its logits sane.
@@ -124,6 +139,24 @@ void write_tiny_model(const fs::path& dir, const TinyModelSpec& s) {
       rand_tensor(p + "self_attn.v_proj.bias", {kvo}, 0.1f);
     }
     if (o_bias) rand_tensor(p + "self_attn.o_proj.bias", {H}, 0.1f);
+    if (mixtral || qwen_moe) {  // every layer sparse (no mlp_only_layers here)
+      const std::string block = p + (mixtral ? "block_sparse_moe." : "mlp.");
+      const std::int64_t ffn = mixtral ? F : s.moe_ffn;
+      rand_tensor(block + "gate.weight", {s.experts, H}, 1.0f);  // the router: spread-out logits
+      for (int e = 0; e < s.experts; ++e) {
+        const std::string x = block + "experts." + std::to_string(e) + ".";
+        rand_tensor(x + (mixtral ? "w1" : "gate_proj") + ".weight", {ffn, H}, s.weight_scale);
+        rand_tensor(x + (mixtral ? "w3" : "up_proj") + ".weight", {ffn, H}, s.weight_scale);
+        rand_tensor(x + (mixtral ? "w2" : "down_proj") + ".weight", {H, ffn}, s.weight_scale);
+      }
+      if (shared) {
+        rand_tensor(block + "shared_expert.gate_proj.weight", {s.shared_ffn, H}, s.weight_scale);
+        rand_tensor(block + "shared_expert.up_proj.weight", {s.shared_ffn, H}, s.weight_scale);
+        rand_tensor(block + "shared_expert.down_proj.weight", {H, s.shared_ffn}, s.weight_scale);
+        rand_tensor(block + "shared_expert_gate.weight", {1, H}, 0.3f);
+      }
+      continue;
+    }
     if (phi3) {  // Phi3MLP.gate_up_proj = [gate; up]
       rand_tensor(p + "mlp.gate_up_proj.weight", {2 * F, H}, s.weight_scale);
     } else {

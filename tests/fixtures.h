@@ -45,6 +45,12 @@ struct TinyModelSpec {
   double final_softcap = 3.0;   // gemma2
   double query_pre_attn_scalar = 24.0;
   nlohmann::json extra_config = nlohmann::json::object();  // merged into config.json last
+  // MoE families (mixtral, qwen2_moe, qwen3_moe): experts per sparse layer, experts per token,
+  // each expert's intermediate size, the shared expert's (qwen2_moe; 0: none).
+  int experts = 4;
+  int top_k = 2;
+  int moe_ffn = 24;
+  int shared_ffn = 40;
   DType dtype = DType::F32;
   std::uint32_t seed = 1;
   float weight_scale = 0.15f;

@@ -160,6 +160,17 @@ std::string plan_refusal(const Codec& codec, const std::vector<PlannedLinear>& l
       }
     }
   }
+  if (codec.format == Format::gptq || codec.format == Format::awq) {
+    // vLLM runs a layer's routed experts as one FusedMoE: GPTQ through gptq_marlin's MoE method
+    // or moe_wna16 (is_moe_wna16_compatible: bits 4 or 8), AWQ through awq_marlin's (4-bit).
+    for (const PlannedLinear& p : linears) {
+      if (p.quantize && p.desc->expert >= 0 && p.spec.bits != 4 && p.spec.bits != 8) {
+        return fmt::format("'{}' is {}: vLLM's MoE kernels (gptq_marlin MoE, moe_wna16) take 4- or 8-bit experts only; "
+                           "use --bits 4 or 8 for the experts (e.g. --rule 'experts\\.=bits:4'), or --format dense",
+                           p.desc->prefix, describe(p));
+      }
+    }
+  }
   if (!codec.per_module_specs) {
     const PlannedLinear* base = nullptr;
     for (const PlannedLinear& p : linears) {

@@ -48,10 +48,13 @@ struct Known {
   const char* source;
 };
 const std::vector<Known> kKnown = {
-      {"transformers", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"}, "transformers models/auto/modeling_auto.py MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"},
-      {"vllm", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"}, "vllm model_executor/models/registry.py _TEXT_GENERATION_MODELS"},
-      {"gptqmodel", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"}, "GPTQModel models/auto.py MODEL_MAP"},
-      {"autoawq", {"llama", "mistral", "qwen2", "gemma2", "phi3"}, "AutoAWQ awq/models/auto.py AWQ_CAUSAL_LM_MODEL_MAP (00c3dfa)"},
+      {"transformers", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "mixtral", "qwen2_moe", "qwen3_moe"},
+       "transformers models/auto/modeling_auto.py MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"},
+      {"vllm", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "mixtral", "qwen2_moe", "qwen3_moe"},
+       "vllm model_executor/models/registry.py _TEXT_GENERATION_MODELS"},
+      {"gptqmodel", {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "mixtral", "qwen2_moe", "qwen3_moe"},
+       "GPTQModel models/auto.py MODEL_MAP"},
+      {"autoawq", {"llama", "mistral", "qwen2", "gemma2", "phi3", "mixtral"}, "AutoAWQ awq/models/auto.py AWQ_CAUSAL_LM_MODEL_MAP (00c3dfa)"},
 };
 
 bool has_model_class(const std::string& loader, const std::string& model_type) {
@@ -101,6 +104,18 @@ std::string fused_disagree(const Model& m, const Codec& c) {
   return {};
 }
 
+// vLLM runs a layer's routed experts as one FusedMoE module: GPTQ through gptq_marlin's MoE
+// method (uint4b8/uint8b128) or moe_wna16 (is_moe_wna16_compatible: bits 4 or 8, no desc_act).
+constexpr const char* kVllmMoe = "vllm quantization/gptq_marlin.py GPTQMarlinMoEMethod, quantization/moe_wna16.py is_moe_wna16_compatible";
+std::string moe_bits_disagree(const Model& m, const Codec& c) {
+  for (const LinearDesc* l : m.linears()) {
+    if (l->expert < 0) continue;
+    const auto e = c.expected(m.config().quantization_config, *l, m.dir() / "config.json");
+    if (e && e->bits != 4 && e->bits != 8) return fmt::format("'{}' is {}-bit", l->prefix, e->bits);
+  }
+  return {};
+}
+
 void check_gptq(const Model& m, Checker& k) {
   const auto& qc = m.config().quantization_config;
   const fs::path where = m.dir() / "config.json";
@@ -125,7 +140,11 @@ void check_gptq(const Model& m, Checker& k) {
                 : "none",
         kTfGptq);
   const std::string fused = fused_disagree(m, codec(Format::gptq));
-  k.add("vllm", "fused siblings (qkv_proj, gate_up_proj) share one config", fused.empty(), fused.empty() ? "yes" : fused, kVllmDynamic);
+  k.add("vllm", "fused siblings (qkv_proj, gate_up_proj, a layer's experts) share one config", fused.empty(), fused.empty() ? "yes" : fused, kVllmDynamic);
+  if (m.config().is_moe()) {
+    const std::string moe = moe_bits_disagree(m, codec(Format::gptq));
+    k.add("vllm", "MoE experts are 4- or 8-bit", moe.empty(), moe.empty() ? "yes" : moe, kVllmMoe);
+  }
   const std::string t = tensors_disagree(m);
   k.all({"vllm", "transformers", "gptqmodel", "quant"}, "tensors match quantization_config", t.empty(), t.empty() ? "yes" : t, kVllmGptq);
 }
@@ -155,7 +174,7 @@ void check_awq(const Model& m, Checker& k) {
   }
   k.add("autoawq", "kept modules are kept in every layer", partial.empty(), partial.empty() ? "yes" : partial, kAutoAwq);
   const std::string fused = fused_disagree(m, codec(Format::awq));
-  k.add("vllm", "fused siblings (qkv_proj, gate_up_proj) share one config", fused.empty(), fused.empty() ? "yes" : fused, kVllmAwq);
+  k.add("vllm", "fused siblings (qkv_proj, gate_up_proj, a layer's experts) share one config", fused.empty(), fused.empty() ? "yes" : fused, kVllmAwq);
   const std::string t = tensors_disagree(m);
   k.all({"vllm", "autoawq", "transformers", "quant"}, "tensors match quantization_config", t.empty(), t.empty() ? "yes" : t, kVllmAwq);
 }
@@ -218,7 +237,7 @@ void check_compressed_tensors(const Model& m, Checker& k) {
   k.add("vllm", "every group has a vLLM scheme (WNA16, W8A8Int8, W8A8Fp8, W8A16Fp8)", bad.empty(),
         bad.empty() ? fmt::format("{}", fmt::join(schemes, ", ")) : bad, kVllmCt);
   const std::string fused = fused_disagree(m, codec(Format::compressed_tensors));
-  k.add("vllm", "fused siblings (qkv_proj, gate_up_proj) match one group", fused.empty(), fused.empty() ? "yes" : fused, kVllmCtMatch);
+  k.add("vllm", "fused siblings (qkv_proj, gate_up_proj, a layer's experts) match one group", fused.empty(), fused.empty() ? "yes" : fused, kVllmCtMatch);
   const std::string t = tensors_disagree(m);
   k.all({"vllm", "transformers", "quant"}, "tensors match quantization_config", t.empty(), t.empty() ? "yes" : t, kVllmCt);
 }

@@ -360,6 +360,9 @@ void check_gemma2(const Model& model) {
 void check_exportable(const Model& model) {
   const ModelConfig& c = model.config();
   const std::string dir = model.dir().string();
+  if (c.is_moe()) {
+    fail<UsageError>("{}: GGUF export of {} (mixture of experts: llama.cpp's stacked ffn_*_exps tensors) is not supported yet", dir, c.model_type);
+  }
   if (c.model_type == "gemma2") check_gemma2(model);
   if (c.model_type == "gemma3_text") check_gemma3(model);
   if (c.model_type == "phi3") check_phi3(model);

@@ -80,6 +80,9 @@ std::int64_t token_id(const File& f, const char* key) {
 json hf_config(const File& f, const std::string& arch) {
   const Meta m(f, arch);
   const std::string where = f.path().string();
+  if (m.integer("expert_count", 0) > 0) {
+    fail("{}: a mixture-of-experts GGUF ({}.expert_count = {}) cannot be read as a checkpoint yet", where, arch, m.integer("expert_count", 0));
+  }
   json j;
   j["model_type"] = arch == "gemma3" ? "gemma3_text" : arch;
   j["architectures"] = json::array({arch == "llama" ? "LlamaForCausalLM" : arch == "qwen2" ? "Qwen2ForCausalLM"

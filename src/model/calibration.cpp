@@ -18,7 +18,8 @@ std::uint64_t calibration_memory_estimate(const ModelConfig& c, std::int64_t nsa
   const double heads = static_cast<double>(c.n_heads);
   const double hidden = 2 * n * t * h * 4;
   const double window = (3 * t * i + t * t * heads + 4 * t * h) * 4;
-  const double layer = (4 * h * h + 3 * h * i) * 4 + std::max(h, i) * std::max(h, i) * 8;
+  const double ffn = c.is_moe() ? static_cast<double>(std::max({c.intermediate_size, c.moe.expert_ffn, c.moe.shared_ffn})) : i;
+  const double layer = static_cast<double>(layer_f32_bytes(c)) + std::max(h, ffn) * std::max(h, ffn) * 8;
   return static_cast<std::uint64_t>(hidden + window + layer);
 }
 
@@ -104,7 +105,9 @@ void LayerRunner::check_finite(const std::vector<Mat>& xs, int stage, bool layer
   static const std::vector<std::vector<K>> readers = {{K::q, K::k, K::v}, {K::o}, {K::gate, K::up}, {K::down}};
   std::string names;
   const auto& layers = model_.layout().layers;
-  if (layer_ < static_cast<int>(layers.size())) {
+  if (layer_ < static_cast<int>(layers.size()) && stage >= 2 && layers[static_cast<std::size_t>(layer_)].moe) {
+    names = fmt::format("the router and experts of model.layers.{}", layer_);
+  } else if (layer_ < static_cast<int>(layers.size())) {
     for (K k : readers[static_cast<std::size_t>(stage)]) names += (names.empty() ? "" : ", ") + layers[static_cast<std::size_t>(layer_)].linear(k).prefix;
   }
   if (layer_input) {
@@ -117,6 +120,7 @@ void LayerRunner::check_finite(const std::vector<Mat>& xs, int stage, bool layer
 
 void LayerRunner::compute(int stage, const LayerWeights& L) {
   check_interrupted();
+  if (stage == 3 && L.moe()) fail<Error>("LayerRunner: layer {} is sparse: its experts' inputs come from the routing, not stage down_in", layer_);
   if (stage == 0) check_finite(hidden_, 0, true);
   const auto& c = model_.config();
   const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(hidden_.size());
@@ -133,7 +137,7 @@ void LayerRunner::compute(int stage, const LayerWeights& L) {
         add_block_output(c, act_[s], L, LinearKind::o, h_mid_[s]);
         apply_norm(c, h_mid_[s], L.mlp_norm, next[s]);
         break;
-      case 3: next[s] = mlp_activation(c, L, act_[s]); break;
+      case 3: next[s] = L.moe() ? Mat() : mlp_activation(c, L, act_[s]); break;
       default: break;
     }
   }
@@ -150,13 +154,15 @@ const std::vector<Mat>& LayerRunner::stage(CapturePoint p, const LayerWeights& l
 }
 
 void LayerRunner::finish(const LayerWeights& layer) {
-  stage(CapturePoint::down_in, layer);
+  const bool moe = layer.moe();
+  stage(moe ? CapturePoint::mlp_in : CapturePoint::down_in, layer);
   const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(hidden_.size());
 #pragma omp parallel for schedule(dynamic, 1)
   for (std::ptrdiff_t i = 0; i < n; ++i) {
     const auto s = static_cast<std::size_t>(i);
     hidden_[s] = std::move(h_mid_[s]);
-    add_block_output(model_.config(), act_[s], layer, LinearKind::down, hidden_[s]);
+    if (moe) hidden_[s] += moe_block(model_.config(), layer, act_[s]);
+    else add_block_output(model_.config(), act_[s], layer, LinearKind::down, hidden_[s]);
   }
   act_.clear();
   h_mid_.clear();

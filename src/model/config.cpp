@@ -62,15 +62,65 @@ bool read_layer_types(const json& j, const std::string& source, ModelConfig& c) 
   return true;
 }
 
+// The MoE families (transformers' MixtralConfig/MixtralSparseMoeBlock, Qwen2MoeConfig/
+// Qwen2MoeSparseMoeBlock/Qwen2MoeDecoderLayer, Qwen3MoeConfig/Qwen3MoeSparseMoeBlock).
+void moe_details(const json& j, const std::string& source, ModelConfig& c) {
+  MoeConfig& m = c.moe;
+  const bool mixtral = c.model_type == "mixtral";
+  const auto positive_int = [&](const char* key, std::int64_t fallback) {
+    const std::int64_t v = get_int(j, key, source, false, fallback);
+    if (v <= 0 || v > (std::int64_t{1} << 31)) fail("{}: '{}' must be positive, found {}", source, key, v);
+    return v;
+  };
+  if (mixtral) {
+    // MixtralConfig: num_local_experts 8, num_experts_per_tok 2; every layer sparse; the top-k
+    // weights always renormalized; experts w1 (gate), w3 (up), w2 (down) of intermediate_size.
+    m.n_experts = positive_int("num_local_experts", 8);
+    m.top_k = positive_int("num_experts_per_tok", 2);
+    m.norm_topk_prob = true;
+    m.expert_ffn = c.intermediate_size;
+    m.block = "block_sparse_moe.";
+    m.expert_names = {"w1", "w3", "w2"};
+    m.layer_moe.assign(static_cast<std::size_t>(c.n_layers), true);
+  } else {
+    // Qwen2MoeConfig: 60 experts, top 4, moe_intermediate_size 1408, shared expert 5632;
+    // Qwen3MoeConfig: 128, top 8, 768, none. norm_topk_prob false by default in both. A layer
+    // is sparse unless in mlp_only_layers, and when (i + 1) % decoder_sparse_step == 0.
+    const bool qwen2 = c.model_type == "qwen2_moe";
+    m.n_experts = positive_int("num_experts", qwen2 ? 60 : 128);
+    m.top_k = positive_int("num_experts_per_tok", qwen2 ? 4 : 8);
+    m.norm_topk_prob = get_bool(j, "norm_topk_prob", source, false);
+    m.expert_ffn = positive_int("moe_intermediate_size", qwen2 ? 1408 : 768);
+    if (qwen2) m.shared_ffn = positive_int("shared_expert_intermediate_size", 5632);
+    m.block = "mlp.";
+    m.expert_names = {"gate_proj", "up_proj", "down_proj"};
+    const std::int64_t step = positive_int("decoder_sparse_step", 1);
+    std::set<std::int64_t> dense;
+    if (auto it = j.find("mlp_only_layers"); it != j.end() && !it->is_null()) {
+      if (!it->is_array()) fail("{}: 'mlp_only_layers' must be a list of layer indices", source);
+      for (const json& v : *it) {
+        if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() >= c.n_layers) {
+          fail("{}: 'mlp_only_layers' holds {}, not a layer index below {}", source, v.dump(), c.n_layers);
+        }
+        dense.insert(v.get<std::int64_t>());
+      }
+    }
+    m.layer_moe.assign(static_cast<std::size_t>(c.n_layers), false);
+    for (std::int64_t i = 0; i < c.n_layers; ++i) m.layer_moe[static_cast<std::size_t>(i)] = !dense.count(i) && (i + 1) % step == 0;
+  }
+  if (m.top_k > m.n_experts) fail("{}: num_experts_per_tok ({}) exceeds the number of experts ({})", source, m.top_k, m.n_experts);
+}
+
 // qwen3: Qwen3Attention (q_norm/k_norm); gemma2: Gemma2Model/Gemma2Attention/Gemma2RMSNorm;
 // gemma3_text: Gemma3TextModel/Gemma3Attention (transformers' modeling_<family>.py).
 void family_details(const json& j, const std::string& source, ModelConfig& c) {
   c.attn_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
   const bool gemma2 = c.model_type == "gemma2", gemma3 = c.model_type == "gemma3_text";
-  if (c.model_type == "qwen3") {
+  if (c.model_type == "mixtral" || c.model_type == "qwen2_moe" || c.model_type == "qwen3_moe") moe_details(j, source, c);
+  if (c.model_type == "qwen3" || c.model_type == "qwen3_moe") {
     c.qk_norm = true;
     if (get_bool(j, "use_sliding_window", source, false)) {
-      fail("{}: use_sliding_window = true is not supported for qwen3 (transformers ignores it for Qwen3 too)", source);
+      fail("{}: use_sliding_window = true is not supported for {} (transformers ignores it for Qwen3 too)", source, c.model_type);
     }
   }
   if (c.model_type == "phi3") {
@@ -82,16 +132,17 @@ void family_details(const json& j, const std::string& source, ModelConfig& c) {
     c.layer_sliding.assign(static_cast<std::size_t>(c.n_layers), c.sliding_window > 0);
     return;
   }
-  if (c.model_type == "mistral") {
-    // MistralConfig.sliding_window defaults to 4096 (null: none); MistralModel masks every layer
-    // with it (create_sliding_window_causal_mask).
-    c.sliding_window = get_int(j, "sliding_window", source, false, j.contains("sliding_window") ? 0 : 4096);
+  if (c.model_type == "mistral" || c.model_type == "mixtral") {
+    // MistralConfig.sliding_window defaults to 4096 (null: none), MixtralConfig's to none;
+    // MistralModel/MixtralModel mask every layer with it (create_sliding_window_causal_mask).
+    const bool has_default = c.model_type == "mistral" && !j.contains("sliding_window");
+    c.sliding_window = get_int(j, "sliding_window", source, false, has_default ? 4096 : 0);
     if (c.sliding_window < 0) fail("{}: 'sliding_window' must be positive, found {}", source, c.sliding_window);
     c.layer_sliding.assign(static_cast<std::size_t>(c.n_layers), c.sliding_window > 0);
     return;
   }
-  if (c.model_type == "qwen2") {
-    // Qwen2Config: sliding_window applies only with use_sliding_window, and then to the layers
+  if (c.model_type == "qwen2" || c.model_type == "qwen2_moe") {
+    // Qwen2Config (and Qwen2MoeConfig): sliding_window applies only with use_sliding_window, and then to the layers
     // from max_window_layers on (its layer_types default), unless layer_types says otherwise.
     if (!get_bool(j, "use_sliding_window", source, false)) return;
     c.sliding_window = get_int(j, "sliding_window", source, false, 4096);
@@ -230,7 +281,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   auto mt = j.find("model_type");
   if (mt == j.end() || !mt->is_string()) fail("{}: missing 'model_type'", source);
   c.model_type = mt->get<std::string>();
-  static const std::set<std::string> kTypes = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"};
+  static const std::set<std::string> kTypes = {"llama",  "mistral", "qwen2",   "qwen3",     "gemma2",
+                                               "gemma3_text", "phi3", "mixtral", "qwen2_moe", "qwen3_moe"};
   if (!kTypes.count(c.model_type)) {
     fail("{}: unsupported model_type '{}' (supported: {})", source, c.model_type, kSupportedModelTypes);
   }
@@ -273,14 +325,18 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     fail("{}: partial_rotary_factor {} gives {} rotary dims of head_dim {} (must be positive and even)", source, partial, c.rotary_dim, c.head_dim);
   }
   c.rms_norm_eps = get_num(j, "rms_norm_eps", source, 1e-6);
-  // Qwen3Config and Gemma3TextConfig default rope_theta to 10^6, the others to 10^4.
-  c.rope_theta = get_num(j, "rope_theta", source, c.model_type == "qwen3" || c.model_type == "gemma3_text" ? 1e6 : 10000.0);
+  // Qwen3Config, Gemma3TextConfig and MixtralConfig default rope_theta to 10^6, the others to 10^4.
+  const bool theta_1e6 = c.model_type == "qwen3" || c.model_type == "gemma3_text" || c.model_type == "mixtral";
+  c.rope_theta = get_num(j, "rope_theta", source, theta_1e6 ? 1e6 : 10000.0);
   if (!(c.rms_norm_eps >= 0 && c.rms_norm_eps < 1)) fail("{}: 'rms_norm_eps' must be in [0, 1), found {}", source, c.rms_norm_eps);
   if (!(c.rope_theta > 0 && std::isfinite(c.rope_theta))) fail("{}: 'rope_theta' must be positive and finite, found {}", source, c.rope_theta);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, gemma);  // Gemma*Config default true
   const bool attention_bias = get_bool(j, "attention_bias", source, false);
-  c.qkv_bias = c.model_type == "qwen2" ? true : attention_bias;  // qwen3/gemma: attention_bias (default false)
-  c.o_bias = c.model_type == "qwen2" ? false : attention_bias;
+  // qwen2: q/k/v biases always (Qwen2Attention), qwen2_moe: qkv_bias (Qwen2MoeConfig default
+  // true); qwen3/gemma/mixtral: attention_bias (default false).
+  const bool qwen2 = c.model_type == "qwen2" || c.model_type == "qwen2_moe";
+  c.qkv_bias = c.model_type == "qwen2" ? true : c.model_type == "qwen2_moe" ? get_bool(j, "qkv_bias", source, true) : attention_bias;
+  c.o_bias = qwen2 ? false : attention_bias;
   c.mlp_bias = get_bool(j, "mlp_bias", source, false);
   // Gemma's MLP reads hidden_activation (Gemma2MLP: ACT2FN[config.hidden_activation]); the
   // others hidden_act.

@@ -24,14 +24,36 @@ std::size_t LayerWeights::bytes() const {
                                            post_attn_norm.size() + post_mlp_norm.size());
   for (const auto& m : w) n += static_cast<std::size_t>(m.size());
   for (const auto& v : b) n += static_cast<std::size_t>(v.size());
+  n += static_cast<std::size_t>(router.size() + shared_gate.size() + shared.gate.size() + shared.up.size() + shared.down.size());
+  for (const auto& e : experts) n += static_cast<std::size_t>(e.gate.size() + e.up.size() + e.down.size());
   return n * sizeof(float);
+}
+
+Mat& LayerWeights::weight(const LinearDesc& d) {
+  if (d.expert >= 0) return experts.at(static_cast<std::size_t>(d.expert)).linear(d.kind);
+  if (d.shared_expert) return shared.linear(d.kind);
+  return linear(d.kind);
+}
+
+const Vec& LayerWeights::bias(const LinearDesc& d) const {
+  static const Vec kNone;
+  return d.in_expert() ? kNone : b[static_cast<int>(d.kind)];
 }
 
 LayerWeights load_layer(const Model& model, int layer) {
   const LayerDesc& d = model.layout().layers.at(static_cast<std::size_t>(layer));
   LayerWeights lw;
   std::map<std::string, Mat> stored;  // Phi-3: each fused tensor read once, its parts sliced from it
+  if (d.moe) {
+    lw.router = load_matrix(model, d.router);
+    lw.experts.resize(static_cast<std::size_t>(d.n_experts));
+    if (d.has_shared_expert()) lw.shared_gate = load_matrix(model, d.shared_gate);
+  }
   for (const auto& l : d.linears) {
+    if (l.in_expert()) {
+      lw.weight(l) = load_linear(model, l);
+      continue;
+    }
     if (l.fused()) {
       auto it = stored.find(l.storage);
       if (it == stored.end()) it = stored.emplace(l.storage, load_linear(model, l.storage_desc())).first;
@@ -339,6 +361,10 @@ void decoder_layer_forward(const ModelConfig& c, const LayerWeights& L, const Ro
   add_block_output(c, attn, L, LinearKind::o, h);
   apply_norm(c, h, L.mlp_norm, x);
   if (hook) (*hook)(CapturePoint::mlp_in, x);
+  if (L.moe()) {  // a sparse layer's experts see only their tokens: no down_in for the hook
+    h += moe_block(c, L, x);
+    return;
+  }
   const Mat act = mlp_activation(c, L, x);
   if (hook) (*hook)(CapturePoint::down_in, act);
   add_block_output(c, act, L, LinearKind::down, h);
@@ -379,8 +405,12 @@ Mat final_logits(const ModelConfig& c, const HeadWeights& head, const Mat& h) {
 }
 
 std::size_t layer_f32_bytes(const ModelConfig& c) {
+  // The largest layer: a sparse one holds every expert (and the router), a dense one its MLP.
+  const std::int64_t mlp = c.is_moe() ? (c.moe.n_experts * c.moe.expert_ffn + c.moe.shared_ffn) * 3 * c.hidden_size + (c.moe.n_experts + 1) * c.hidden_size
+                                      : 3 * c.intermediate_size * c.hidden_size;
+  const std::int64_t dense = c.is_moe() ? 3 * c.intermediate_size * c.hidden_size : 0;
   return static_cast<std::size_t>((c.n_heads + 2 * c.n_kv_heads) * c.head_dim * c.hidden_size + c.n_heads * c.head_dim * c.hidden_size +
-                                  3 * c.intermediate_size * c.hidden_size) *
+                                  std::max(mlp, dense)) *
          sizeof(float);
 }
 

@@ -24,6 +24,9 @@ std::string_view linear_kind_name(LinearKind kind) {
 std::string fused_prefix(const LinearDesc& l) {
   if (l.fused()) return l.storage;
   if (l.layer < 0) return l.prefix;
+  // Routed experts: vLLM's FusedMoE module of the layer ("...mlp.experts"), which stacks every
+  // expert's gate/up as w13 and down as w2 under one quantization config.
+  if (l.expert >= 0) return l.prefix.substr(0, l.prefix.rfind(".experts.") + std::string(".experts").size());
   const std::string block = l.prefix.substr(0, l.prefix.rfind('.') + 1);
   switch (l.kind) {
     case LinearKind::q: case LinearKind::k: case LinearKind::v: return block + "qkv_proj";
@@ -49,6 +52,28 @@ std::string block_relative_name(const LinearDesc& l) {
   return at == std::string::npos ? l.prefix : l.prefix.substr(at + marker.size());
 }
 
+const LinearDesc& LayerDesc::linear(LinearKind k) const {
+  const auto i = static_cast<std::size_t>(k);
+  if (moe && k >= LinearKind::gate) fail<Error>("layer {} is a sparse (MoE) layer: its {} belongs to an expert", index, linear_kind_name(k));
+  return linears.at(i);
+}
+
+const LinearDesc& LayerDesc::expert(int e, LinearKind k) const {
+  if (!moe || k < LinearKind::gate || e < -1 || e >= n_experts || (e == -1 && !has_shared_expert())) {
+    fail<Error>("layer {}: no expert {} {}", index, e, linear_kind_name(k));
+  }
+  const int slot = (e < 0 ? n_experts : e) * 3 + static_cast<int>(k) - static_cast<int>(LinearKind::gate);
+  return linears.at(static_cast<std::size_t>(4 + slot));
+}
+
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> LayerDesc::moe_tensors(std::int64_t hidden) const {
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> out;
+  if (!moe) return out;
+  out.push_back({router, {n_experts, hidden}});
+  if (has_shared_expert()) out.push_back({shared_gate, {1, hidden}});
+  return out;
+}
+
 ModelLayout build_layout(const ModelConfig& c) {
   ModelLayout L;
   L.tied = c.tie_word_embeddings;
@@ -60,16 +85,39 @@ ModelLayout build_layout(const ModelConfig& c) {
     d.index = i;
     const std::string p = fmt::format("model.layers.{}.", i);
     auto lin = [&](LinearKind k, const char* block, std::int64_t out, std::int64_t in, bool bias) {
-      d.linears[static_cast<int>(k)] =
-          LinearDesc{p + block + std::string(linear_kind_name(k)), k, i, out, in, bias};
+      d.linears.push_back(LinearDesc{p + block + std::string(linear_kind_name(k)), k, i, out, in, bias});
     };
     lin(LinearKind::q, "self_attn.", q_out, c.hidden_size, c.qkv_bias);
     lin(LinearKind::k, "self_attn.", kv_out, c.hidden_size, c.qkv_bias);
     lin(LinearKind::v, "self_attn.", kv_out, c.hidden_size, c.qkv_bias);
     lin(LinearKind::o, "self_attn.", c.hidden_size, q_out, c.o_bias);
-    lin(LinearKind::gate, "mlp.", c.intermediate_size, c.hidden_size, c.mlp_bias);
-    lin(LinearKind::up, "mlp.", c.intermediate_size, c.hidden_size, c.mlp_bias);
-    lin(LinearKind::down, "mlp.", c.hidden_size, c.intermediate_size, c.mlp_bias);
+    if (c.is_moe_layer(i)) {
+      // MixtralSparseMoeBlock: block_sparse_moe.{gate, experts.E.w1/w3/w2}; Qwen2MoeSparseMoeBlock/
+      // Qwen3MoeSparseMoeBlock: mlp.{gate, experts.E.*_proj, shared_expert.*_proj, shared_expert_gate}.
+      const MoeConfig& m = c.moe;
+      d.moe = true;
+      d.n_experts = static_cast<int>(m.n_experts);
+      d.router = p + m.block + "gate.weight";
+      auto expert = [&](const std::string& base, int e, std::int64_t ffn, const std::array<std::string, 3>& names) {
+        for (int j = 0; j < 3; ++j) {
+          const auto k = static_cast<LinearKind>(static_cast<int>(LinearKind::gate) + j);
+          LinearDesc l{base + names[static_cast<std::size_t>(j)], k, i, k == LinearKind::down ? c.hidden_size : ffn,
+                       k == LinearKind::down ? ffn : c.hidden_size, false};
+          l.expert = e;
+          l.shared_expert = e < 0;
+          d.linears.push_back(std::move(l));
+        }
+      };
+      for (int e = 0; e < d.n_experts; ++e) expert(fmt::format("{}{}experts.{}.", p, m.block, e), e, m.expert_ffn, m.expert_names);
+      if (m.shared_ffn > 0) {
+        expert(p + m.block + "shared_expert.", -1, m.shared_ffn, {"gate_proj", "up_proj", "down_proj"});
+        d.shared_gate = p + m.block + "shared_expert_gate.weight";
+      }
+    } else {
+      lin(LinearKind::gate, "mlp.", c.intermediate_size, c.hidden_size, c.mlp_bias);
+      lin(LinearKind::up, "mlp.", c.intermediate_size, c.hidden_size, c.mlp_bias);
+      lin(LinearKind::down, "mlp.", c.hidden_size, c.intermediate_size, c.mlp_bias);
+    }
     if (c.fused_qkv_gate_up) {  // Phi3Attention.qkv_proj = [q; k; v], Phi3MLP.gate_up_proj = [gate; up]
       auto fuse = [&](LinearKind k, const std::string& storage, std::int64_t offset, std::int64_t rows) {
         LinearDesc& d2 = d.linears[static_cast<int>(k)];
@@ -188,6 +236,7 @@ Model Model::from_store(const fs::path& dir, ModelConfig config, TensorStore sto
   }
   for (const auto& layer : m.layout_.layers) {
     for (const auto& [name, n] : layer.norms(c.hidden_size, c.head_dim)) expect_shape(m.store_, name, {n}, dir);
+    for (const auto& [name, shape] : layer.moe_tensors(c.hidden_size)) expect_shape(m.store_, name, shape, dir);
     for (const auto& l : layer.linears) check_linear(l);
   }
   return m;
@@ -205,6 +254,7 @@ std::int64_t Model::n_params() const {
   std::int64_t n = c.vocab_size * c.hidden_size + c.hidden_size;
   for (const auto& layer : layout_.layers) {
     for (const auto& norm : layer.norms(c.hidden_size, c.head_dim)) n += norm.second;
+    for (const auto& t : layer.moe_tensors(c.hidden_size)) n += t.second[0] * t.second[1];
   }
   for (const LinearDesc* l : linears()) n += l->out * l->in + (l->bias ? l->out : 0);
   return n;
@@ -226,6 +276,7 @@ std::vector<std::string> Model::unused_tensors(const std::vector<std::string>& l
   }
   for (const auto& layer : layout_.layers) {
     for (const auto& norm : layer.norms(config_.hidden_size, config_.head_dim)) used.insert(norm.first);
+    for (const auto& t : layer.moe_tensors(config_.hidden_size)) used.insert(t.first);
   }
   std::vector<std::string> out;
   for (const auto& name : store_.names()) {

@@ -174,18 +174,18 @@ Allocation allocate_bits(const Model& model, const Policy& policy, double target
   }
   const double base_nll = 0.0;  // KL of the float model to itself
   auto measure_layer = [&](const LayerDesc& layer, const LayerWeights& lw, const std::map<CapturePoint, Mat>* hess) {
-    for (LinearKind k : kAllLinearKinds) {
-      const LinearDesc& l = layer.linear(k);
+    for (const LinearDesc& l : layer.linears) {
       const Decision d = policy.decide(l.tensor_prefix());
       if (!d.quantize) continue;
-      check_finite(lw.linear(k), l.weight_name());
+      const Mat& w = lw.weight(l);
+      check_finite(w, l.weight_name());
       if (probe) {
-        BitChoice c = measure(l, lw.linear(k), nullptr, d.spec, candidates);
+        BitChoice c = measure(l, w, nullptr, d.spec, candidates);
         LayerWeights q = probe->layer(layer.index);
         for (std::size_t j = 0; j < candidates.size(); ++j) {
           QuantSpec s = d.spec;
           s.bits = candidates[j];
-          q.linear(k) = quantize_rtn(lw.linear(k), s).dequantize();
+          q.weight(l) = quantize_rtn(w, s).dequantize();
           c.loss[j] = std::max(0.0, probe->nll(layer.index, &q) - base_nll);
         }
         // More bits never cost more loss (measurement noise aside).
@@ -193,7 +193,11 @@ Allocation allocate_bits(const Model& model, const Policy& policy, double target
         log::debug("{}: nll increase {}", l.prefix, fmt::join(c.loss, " "));
         a.linears.push_back(std::move(c));
       } else {
-        a.linears.push_back(measure(l, lw.linear(k), hess ? &hess->at(capture_point(k)) : nullptr, d.spec, candidates));
+        // A sparse layer's experts: gate/up weighted by every token's inputs (not only the
+        // routed ones), down by none (its inputs depend on the routing).
+        const Mat* h = nullptr;
+        if (hess && !(l.in_expert() && l.kind == LinearKind::down)) h = &hess->at(capture_point(l.kind));
+        a.linears.push_back(measure(l, w, h, d.spec, candidates));
       }
     }
   };
@@ -202,7 +206,7 @@ Allocation allocate_bits(const Model& model, const Policy& policy, double target
     std::map<CapturePoint, Mat> hess;
     observe_float_model(model, samples, false, [&](const LayerDesc* layer, const LayerWeights* lw, CapturePoint p, const std::vector<Mat>& xs) {
       hess[p] = hessian(xs);
-      if (p == CapturePoint::down_in) measure_layer(*layer, *lw, &hess);
+      if (p == (layer->moe ? CapturePoint::mlp_in : CapturePoint::down_in)) measure_layer(*layer, *lw, &hess);
     });
   } else {
     for (const auto& layer : model.layout().layers) measure_layer(layer, load_layer(model, layer.index), nullptr);

@@ -30,7 +30,9 @@ JobEstimate estimate_job(const ModelConfig& c, std::int64_t n_params, const std:
   const double q = static_cast<double>(c.n_heads) * head_dim, kv = static_cast<double>(c.n_kv_heads) * head_dim;
   const double L = static_cast<double>(c.n_layers), V = static_cast<double>(c.vocab_size);
   const double T = static_cast<double>(std::max<std::int64_t>(0, calib_tokens)), S = static_cast<double>(std::max<std::int64_t>(1, seqlen));
-  const double p_attn = H * q + 2 * H * kv + q * H, p_mlp = 3 * H * I, p_layer = p_attn + p_mlp;
+  // A sparse layer holds every expert (and the shared one): n_experts · expert_ffn rows.
+  const double moe_rows = c.is_moe() ? static_cast<double>(c.moe.n_experts * c.moe.expert_ffn + c.moe.shared_ffn) : 0;
+  const double p_attn = H * q + 2 * H * kv + q * H, p_mlp = 3 * H * std::max(I, moe_rows), p_layer = p_attn + p_mlp;
   const double largest = std::max({V * H, H * I, H * q});  // the largest single tensor, in parameters
   const double speed = 2.0 / std::max(1, threads);
   JobEstimate e;

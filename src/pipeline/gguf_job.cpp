@@ -24,8 +24,8 @@ Imatrix compute_imatrix(const Model& model, const std::vector<std::vector<std::i
       m.entries[model.layout().tied ? "token_embd.weight" : "output.weight"] = e;
       return;
     }
-    for (LinearKind k : kAllLinearKinds) {
-      if (capture_point(k) == p) m.entries[gguf_linear_name(layer->linear(k).storage_desc())] = e;
+    for (const LinearDesc& l : layer->linears) {
+      if (l.expert < 0 && capture_point(l.kind) == p) m.entries[gguf_linear_name(l.storage_desc())] = e;
     }
   });
   return m;

@@ -4,6 +4,7 @@
 
 #include "quant/core/error.h"
 #include "quant/core/log.h"
+#include "quant/methods/rtn.h"
 #include "quant/model/weights.h"
 
 namespace quant {
@@ -16,8 +17,10 @@ std::string PhaseTimer::summary() const {
 
 namespace {
 
-std::vector<std::vector<LinearKind>> sub_groups(bool true_sequential) {
+// A sparse layer's groups hold only the attention: its experts follow (Loop::moe_mlp).
+std::vector<std::vector<LinearKind>> sub_groups(bool true_sequential, bool moe) {
   using K = LinearKind;
+  if (moe) return true_sequential ? std::vector<std::vector<K>>{{K::q, K::k, K::v}, {K::o}} : std::vector<std::vector<K>>{{K::q, K::k, K::v, K::o}};
   if (!true_sequential) return {{K::q, K::k, K::v, K::o, K::gate, K::up, K::down}};
   return {{K::q, K::k, K::v}, {K::o}, {K::gate, K::up}, {K::down}};
 }
@@ -30,12 +33,16 @@ struct Loop {
   PhaseTimer& timer;
   const std::function<void(const LinearDesc&)>& done;
   DType dtype;  // the checkpoint's weight dtype (inference computes in it)
+  const RunOptions& run;
+  RtnMethod rtn{};  // MoE experts with too few calibration tokens (Hessian methods)
 
   // Quantizes and writes one planned linear whose (transformed) weight is `w`; when `keep` is
-  // set, leaves in `w` the weight later stages compute with.
-  void linear(const LinearDesc& d, Mat& w, const Vec& bias, const InputStats* stats, const nlohmann::json& extra, bool keep) {
+  // set, leaves in `w` the weight later stages compute with. `by`: the method (default: the run's).
+  void linear(const LinearDesc& d, Mat& w, const Vec& bias, const InputStats* stats, const nlohmann::json& extra, bool keep,
+              const Method* by = nullptr) {
     const LinearPlan& plan = session.plan_for(d);
-    QuantizedLinear r = timer.time("quantize", [&] { return method.quantize({d, w, plan.spec, stats}); });
+    const Method& m = by ? *by : method;
+    QuantizedLinear r = timer.time("quantize", [&] { return m.quantize({d, w, plan.spec, stats}); });
     if (extra.is_object()) {
       for (auto it = extra.begin(); it != extra.end(); ++it) r.extra[it.key()] = it.value();
     }
@@ -58,7 +65,7 @@ struct Loop {
     const bool whole_layer = traits.transforms_layer || !traits.true_sequential;
     std::map<CapturePoint, InputStats> stats;
     LayerTransform transform;
-    for (const auto& group : sub_groups(!whole_layer)) {
+    for (const auto& group : sub_groups(!whole_layer, layer.moe)) {
       std::vector<CapturePoint> points;
       for (LinearKind k : group) {
         const CapturePoint p = capture_point(k);
@@ -89,6 +96,7 @@ struct Loop {
                e == transform.extra.end() ? nlohmann::json() : e->second, true);
       }
     }
+    if (layer.moe) moe_mlp(layer, lw, runner);
     for (const auto& [name, v] : transform.changed) session.put_float(name, v.data(), {static_cast<std::int64_t>(v.size())});
     // True sequential: the cached stages already saw the quantized weights; otherwise every
     // input was captured with the float layer and the quantized layer runs afresh.
@@ -98,6 +106,67 @@ struct Loop {
     });
     timer.time("checkpoint", [&] { session.checkpoint(layer.index, runner.hidden()); });
     log::debug("layer {} done", layer.index);
+  }
+
+  // A sparse layer's experts, after its attention: each expert's statistics from the tokens
+  // routed to it (run.moe_calibration "all": from every token), gate/up then down in
+  // true-sequential order; an expert under run.moe_min_tokens routed tokens is quantized without
+  // statistics. Each expert's linears report its token count (`moe_tokens`).
+  void moe_mlp(const LayerDesc& layer, LayerWeights& lw, LayerRunner& runner) {
+    const auto& xs = timer.time("forward", [&]() -> const std::vector<Mat>& { return runner.stage(CapturePoint::mlp_in, lw); });
+    std::vector<Routing> routes(xs.size());
+    timer.time("forward", [&] {
+      for (std::size_t i = 0; i < xs.size(); ++i) routes[i] = route_tokens(model.config(), lw, xs[i]);
+    });
+    const bool all = run.moe_calibration == "all";
+    const Method& fallback = traits.statistic == Statistic::hessian ? static_cast<const Method&>(rtn) : method;
+    std::vector<std::int64_t> counts;
+    int n_fallback = 0;
+    for (int e = 0; e < layer.n_experts + (layer.has_shared_expert() ? 1 : 0); ++e) {
+      const int id = e < layer.n_experts ? e : -1;  // -1: the shared expert, which sees every token
+      std::int64_t routed = id < 0 ? runner.n_tokens() : 0;
+      if (id >= 0) {
+        for (const auto& r : routes) routed += static_cast<std::int64_t>(r.rows[static_cast<std::size_t>(id)].size());
+        counts.push_back(routed);
+      }
+      bool planned = false;
+      for (LinearKind k : {LinearKind::gate, LinearKind::up, LinearKind::down}) planned = planned || session.plan_for(layer.expert(id, k)).quantize;
+      if (!planned) continue;
+      const bool full = id < 0 || all;
+      const bool few = !full && routed < run.moe_min_tokens;
+      n_fallback += few ? 1 : 0;
+      std::vector<Mat> routed_xs;
+      if (!full && !few) {
+        for (std::size_t i = 0; i < xs.size(); ++i) {
+          if (!routes[i].rows[static_cast<std::size_t>(id)].empty()) routed_xs.push_back(gather_rows(xs[i], routes[i].rows[static_cast<std::size_t>(id)]));
+        }
+      }
+      const std::vector<Mat>& in = full ? xs : routed_xs;
+      const nlohmann::json extra = {{"moe_tokens", routed}, {"moe_statistics", few ? "none" : full ? "all tokens" : "routed tokens"}};
+      ExpertWeights& ew = id < 0 ? lw.shared : lw.experts[static_cast<std::size_t>(id)];
+      const auto quantize = [&](LinearKind k, const std::vector<Mat>& inputs) {
+        const LinearDesc& d = layer.expert(id, k);
+        if (!session.plan_for(d).quantize) return;
+        if (few) return linear(d, ew.linear(k), Vec(), nullptr, extra, true, &fallback);
+        const InputStats st = timer.time("statistics", [&] { return measure_inputs(traits.statistic, inputs); });
+        linear(d, ew.linear(k), Vec(), &st, extra, true);
+      };
+      quantize(LinearKind::gate, in);
+      quantize(LinearKind::up, in);
+      std::vector<Mat> acts;
+      if (!few) {
+        timer.time("forward", [&] {
+          for (const Mat& x : in) acts.push_back(expert_activation(ew, x));
+        });
+      }
+      quantize(LinearKind::down, acts);
+    }
+    if (!counts.empty()) {
+      std::vector<std::int64_t> sorted = counts;
+      std::sort(sorted.begin(), sorted.end());
+      log::info("layer {}: calibration tokens per expert min {} median {} max {}{}", layer.index, sorted.front(), sorted[sorted.size() / 2],
+                sorted.back(), n_fallback ? fmt::format("; {} expert(s) under --moe-min-tokens {} quantized without statistics", n_fallback, run.moe_min_tokens) : "");
+    }
   }
 
   void head(const LayerRunner& runner) {
@@ -114,12 +183,20 @@ struct Loop {
 
 }  // namespace
 
+void check_moe_support(const Model& model, const MethodTraits& traits) {
+  if (model.config().is_moe() && traits.transforms_layer) {
+    fail<UsageError>("{}: {} does not support sparse (MoE) layers yet ({}); use gptq, rtn or kmeans", model.dir().string(), traits.name,
+                     model.config().model_type);
+  }
+}
+
 void observe_float_model(const Model& model, const std::vector<std::vector<std::int32_t>>& samples, bool head,
                          const FloatVisitor& visit) {
   LayerRunner runner(model, samples);
   for (const auto& layer : model.layout().layers) {
     const LayerWeights lw = load_layer(model, layer.index);
     for (CapturePoint p : {CapturePoint::attn_in, CapturePoint::o_in, CapturePoint::mlp_in, CapturePoint::down_in}) {
+      if (p == CapturePoint::down_in && layer.moe) break;  // the experts' inputs depend on the routing
       visit(&layer, &lw, p, runner.stage(p, lw));
     }
     runner.finish(lw);
@@ -142,7 +219,8 @@ int resume_layers(OutputSession& session, LayerRunner& runner, const std::vector
 void run_layer_loop(const Model& model, OutputSession& session, const Method& method,
                     const std::vector<std::vector<std::int32_t>>& samples,
                     const std::function<void(const LinearDesc&)>& done, PhaseTimer& timer) {
-  Loop loop{model, session, method, method.traits(), timer, done, model.store().get(model.layout().embed).dtype};
+  Loop loop{model, session, method, method.traits(), timer, done, model.store().get(model.layout().embed).dtype, session.options()};
+  check_moe_support(model, loop.traits);
   if (!loop.traits.calibrated) {
     for (const auto& p : session.plan().linears) {
       if (!p.quantize) continue;
@@ -163,9 +241,20 @@ void run_layer_loop(const Model& model, OutputSession& session, const Method& me
 QuantizeReport quantize_model(const Model& model, const Plan& plan, const Method& method, RunOptions run,
                               const std::vector<std::vector<std::int32_t>>& samples, const StepProgress& progress) {
   const MethodTraits& t = method.traits();
+  check_moe_support(model, t);
+  if (model.config().is_moe() && t.calibrated) {
+    if (run.moe_calibration != "routed" && run.moe_calibration != "all") {
+      fail<UsageError>("--moe-calibration must be routed or all, got '{}'", run.moe_calibration);
+    }
+    if (run.moe_min_tokens < 0) fail<UsageError>("--moe-min-tokens must be 0 or more, got {}", run.moe_min_tokens);
+  }
   run.method = t.name;
   run.method_config = method.config();
   run.fingerprint_extra = method.fingerprint();
+  if (model.config().is_moe() && t.calibrated) {
+    run.fingerprint_extra["moe_calibration"] = run.moe_calibration;
+    run.fingerprint_extra["moe_min_tokens"] = run.moe_min_tokens;
+  }
   OutputSession session(model, plan, run);
   PhaseTimer timer;
   const std::int64_t total = session.n_to_quantize();

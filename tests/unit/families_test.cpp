@@ -108,6 +108,32 @@ std::vector<Family> families() {
     s.extra_config["sliding_window"] = 6;  // every layer (MistralModel)
     out.push_back({"mistral", s});
   }
+  // MoE: 4 experts, top 2 (mixtral: renormalized, w1/w3/w2, a 6-token window); qwen2_moe with
+  // its sigmoid-gated shared expert and un-normalized top-k; qwen3_moe with q/k norms and
+  // renormalized top-k.
+  {
+    TinyModelSpec s = base;
+    s.model_type = "mixtral";
+    s.tied = false;
+    s.extra_config["sliding_window"] = 6;
+    out.push_back({"mixtral", s});
+  }
+  {
+    TinyModelSpec s = base;
+    s.model_type = "qwen2_moe";
+    s.tied = false;
+    s.top_k = 2;
+    out.push_back({"qwen2_moe", s});
+  }
+  {
+    TinyModelSpec s = base;
+    s.model_type = "qwen3_moe";
+    s.head_dim = 16;
+    s.tied = false;
+    s.experts = 5;
+    s.top_k = 3;
+    out.push_back({"qwen3_moe", s});
+  }
   return out;
 }
 

@@ -74,6 +74,11 @@ void run_inspect(const InspectOptions& o) {
                  {"mlp_activation", c.gelu_tanh ? "gelu_pytorch_tanh" : "silu"}, {"embed_scale", c.embed_scale},
                  {"attn_scale", c.attn_scale}, {"attn_softcap", c.attn_softcap}, {"final_softcap", c.final_softcap},
                  {"sliding_window", c.sliding_window}, {"sliding_layers", n_sliding}, {"rope_local_theta", c.rope_local_theta}};
+  if (c.is_moe()) {
+    j["moe"] = {{"experts", c.moe.n_experts}, {"experts_per_token", c.moe.top_k}, {"norm_topk_prob", c.moe.norm_topk_prob},
+                {"expert_intermediate_size", c.moe.expert_ffn}, {"shared_expert_intermediate_size", c.moe.shared_ffn},
+                {"sparse_layers", std::count(c.moe.layer_moe.begin(), c.moe.layer_moe.end(), true)}};
+  }
   j["n_params"] = model.n_params();
   std::map<std::string, std::int64_t> dtype_counts;
   std::uint64_t total_bytes = 0;
@@ -106,6 +111,12 @@ void run_inspect(const InspectOptions& o) {
                c.qk_norm ? "yes" : "no", c.sandwich_norms ? "4 per layer, (1 + w)" : "2 per layer",
                c.gelu_tanh ? "gelu_tanh" : "silu", c.attn_scale, c.attn_softcap, c.final_softcap, c.sliding_window,
                n_sliding, c.n_layers, c.rope_local_theta > 0 ? fmt::format(" (local rope theta {})", c.rope_local_theta) : "");
+  }
+  if (c.is_moe()) {
+    fmt::print("experts     {} per sparse layer, {} per token{}, ffn {}{}; {} of {} layers sparse\n", c.moe.n_experts, c.moe.top_k,
+               c.moe.norm_topk_prob ? " (renormalized)" : "", c.moe.expert_ffn,
+               c.moe.shared_ffn ? fmt::format(", shared expert ffn {}", c.moe.shared_ffn) : "",
+               std::count(c.moe.layer_moe.begin(), c.moe.layer_moe.end(), true), c.n_layers);
   }
   fmt::print("context     {}   tied embeddings: {}   torch_dtype: {}\n", c.max_position_embeddings,
              c.tie_word_embeddings ? "yes" : "no", c.torch_dtype.empty() ? "-" : c.torch_dtype);

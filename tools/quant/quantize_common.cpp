@@ -85,6 +85,14 @@ void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_s
   cmd->add_option("--seqlen", o.seqlen, "tokens per calibration window (capped by the model context)")->capture_default_str();
   cmd->add_option("--seed", o.seed, "seed for picking the windows")->capture_default_str();
   cmd->add_flag("--no-memory-check", o.no_memory_check, "start even when the calibration's estimated memory exceeds what is available");
+  cmd->add_option("--moe-calibration", o.moe_calibration,
+                  "MoE models: each expert's statistics from the calibration tokens routed to it (routed) or from every token (all)")
+      ->check(CLI::IsMember({"routed", "all"}))
+      ->capture_default_str();
+  cmd->add_option("--moe-min-tokens", o.moe_min_tokens,
+                  "MoE models, --moe-calibration routed: an expert routed fewer tokens is quantized without statistics (RTN)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 }
 
 std::vector<std::vector<std::int32_t>> load_calib(const Model& model, const CalibCliOptions& o) {
@@ -317,6 +325,8 @@ RunOptions make_run_options(const QuantizeCliOptions& o, const std::string& meth
   if (calib) {
     r.output.inputs.emplace_back(calib->text);
     r.output.inputs.emplace_back(calib->tokens);
+    r.moe_calibration = calib->moe_calibration;
+    r.moe_min_tokens = calib->moe_min_tokens;
   }
   r.skip_unsupported = o.skip_unsupported;
   r.resume = !o.no_resume;

@@ -53,6 +53,8 @@ struct CalibCliOptions {
   std::uint64_t seed = 0;
   bool bos_first = false;  // see CalibOptions::bos_first
   bool no_memory_check = false;
+  std::string moe_calibration = "routed";  // RunOptions::moe_calibration
+  std::int64_t moe_min_tokens = 16;
 };
 void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_seqlen);
 // Loads the calibration windows. Without --calib/--calib-tokens, falls back (with a warning) to

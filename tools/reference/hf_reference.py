@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Independent reference forward pass for quant's model families, written from transformers'
 modeling code (modeling_llama.py, modeling_qwen3.py, modeling_gemma2.py, modeling_gemma3.py,
-modeling_phi3.py)
+modeling_phi3.py, modeling_mixtral.py, modeling_qwen2_moe.py, modeling_qwen3_moe.py)
 in plain torch, without transformers and without any quant code.
 
 It reads the tiny checkpoints the C++ test suite writes (config.json, model.safetensors,
@@ -118,6 +118,45 @@ def linear(x, W, name):
     return y
 
 
+def is_sparse(cfg, i):
+    """Qwen2MoeDecoderLayer/Qwen3MoeDecoderLayer: sparse unless in mlp_only_layers, and when
+    (i + 1) % decoder_sparse_step == 0; MixtralDecoderLayer: always."""
+    mt = cfg["model_type"]
+    if mt == "mixtral":
+        return True
+    if mt not in ("qwen2_moe", "qwen3_moe"):
+        return False
+    return i not in (cfg.get("mlp_only_layers") or []) and (i + 1) % cfg.get("decoder_sparse_step", 1) == 0
+
+
+def sparse_moe_block(cfg, W, p, x):
+    """MixtralSparseMoeBlock / Qwen2MoeSparseMoeBlock / Qwen3MoeSparseMoeBlock.forward."""
+    mixtral = cfg["model_type"] == "mixtral"
+    block = p + ("block_sparse_moe." if mixtral else "mlp.")
+    g, u, d = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+    n = cfg["num_local_experts"] if mixtral else cfg["num_experts"]
+    k = cfg["num_experts_per_tok"]
+    logits = x @ W[block + "gate.weight"].T
+    weights = torch.softmax(logits, dim=1, dtype=torch.float)
+    weights, chosen = torch.topk(weights, k, dim=-1)
+    if mixtral or cfg.get("norm_topk_prob", False):
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    out = torch.zeros_like(x)
+    mask = torch.nn.functional.one_hot(chosen, num_classes=n).permute(2, 1, 0)
+    silu = torch.nn.functional.silu
+    for e in range(n):
+        idx, rows = torch.where(mask[e])
+        cur = x[rows]
+        xe = f"{block}experts.{e}."
+        y = linear(silu(linear(cur, W, xe + g)) * linear(cur, W, xe + u), W, xe + d) * weights[rows, idx, None]
+        out.index_add_(0, rows, y)
+    if block + "shared_expert_gate.weight" in W:  # Qwen2MoeSparseMoeBlock's shared expert
+        se = block + "shared_expert."
+        y = linear(silu(linear(x, W, se + "gate_proj")) * linear(x, W, se + "up_proj"), W, se + "down_proj")
+        out = out + torch.sigmoid(x @ W[block + "shared_expert_gate.weight"].T) * y
+    return out
+
+
 def forward(cfg, W, tokens):
     mt = cfg["model_type"]
     gemma = mt in ("gemma2", "gemma3_text")
@@ -127,7 +166,7 @@ def forward(cfg, W, tokens):
     eps = cfg.get("rms_norm_eps", 1e-6)
     T = len(tokens)
     L = cfg["num_hidden_layers"]
-    qk_norm = mt in ("qwen3", "gemma3_text")
+    qk_norm = mt in ("qwen3", "gemma3_text", "qwen3_moe")
     scaling = cfg["query_pre_attn_scalar"] ** -0.5 if gemma else hd ** -0.5
     softcap = cfg.get("attn_logit_softcapping") if gemma else None
     window = cfg.get("sliding_window") if gemma else None
@@ -142,10 +181,13 @@ def forward(cfg, W, tokens):
         # Phi3Model: create_sliding_window_causal_mask on every layer when sliding_window is set
         window = cfg["sliding_window"]
         sliding = [True] * L
+    if mt == "mixtral" and cfg.get("sliding_window"):  # MixtralConfig default None
+        window = cfg["sliding_window"]
+        sliding = [True] * L
     if mt == "mistral" and cfg.get("sliding_window", 4096):
         window = cfg.get("sliding_window", 4096)  # MistralConfig default; every layer
         sliding = [True] * L
-    if mt == "qwen2" and cfg.get("use_sliding_window"):
+    if mt in ("qwen2", "qwen2_moe") and cfg.get("use_sliding_window"):
         window = cfg.get("sliding_window", 4096)  # Qwen2: layers from max_window_layers on
         sliding = [i >= cfg.get("max_window_layers", 28) for i in range(L)]
     if "layer_types" in cfg:
@@ -200,7 +242,9 @@ def forward(cfg, W, tokens):
         res = h
         norm = p + ("pre_feedforward_layernorm.weight" if gemma else "post_attention_layernorm.weight")
         x = rms_norm(h, W[norm], eps, gemma)
-        if mt == "phi3":  # Phi3MLP: gate, up = gate_up_proj(x).chunk(2); down(up * silu(gate))
+        if is_sparse(cfg, i):
+            m = sparse_moe_block(cfg, W, p, x)
+        elif mt == "phi3":  # Phi3MLP: gate, up = gate_up_proj(x).chunk(2); down(up * silu(gate))
             gate, up = (x @ W[p + "mlp.gate_up_proj.weight"].T).chunk(2, dim=-1)
             m = linear(up * torch.nn.functional.silu(gate), W, p + "mlp.down_proj")
         else:

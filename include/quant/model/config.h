@@ -4,6 +4,7 @@
 // docs/architectures.md gives each family's rules and the transformers code they come from.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -35,6 +36,20 @@ struct RopeScaling {
   // type "freq_factors": a divisor per frequency, as llama.cpp applies a GGUF's
   // rope_freqs.weight (how convert_hf_to_gguf.py stores Llama 3.1's scaling).
   std::vector<double> freq_factors;
+};
+
+// Mixture-of-experts details (docs/architectures.md "MoE families"): a sparse layer replaces the
+// MLP by a router over n_experts SwiGLU experts of expert_ffn rows, each token going to the
+// top_k experts of the router's softmax, plus (qwen2_moe) a shared expert gated by a sigmoid.
+struct MoeConfig {
+  std::int64_t n_experts = 0;      // 0: a dense model
+  std::int64_t top_k = 0;          // num_experts_per_tok
+  bool norm_topk_prob = true;      // the top-k probabilities renormalized to sum 1 (Mixtral: always)
+  std::int64_t expert_ffn = 0;     // each expert's intermediate size
+  std::int64_t shared_ffn = 0;     // the shared expert's (qwen2_moe), 0: none
+  std::vector<bool> layer_moe;     // per layer: a sparse block (else the dense MLP of intermediate_size)
+  std::string block;               // "block_sparse_moe." (mixtral) or "mlp."
+  std::array<std::string, 3> expert_names;  // the experts' gate, up, down linears: w1, w3, w2 or *_proj
 };
 
 struct ModelConfig {
@@ -72,6 +87,11 @@ struct ModelConfig {
     return sliding_window > 0 && layer >= 0 && layer < static_cast<std::int64_t>(layer_sliding.size()) &&
            layer_sliding[static_cast<std::size_t>(layer)];
   }
+  MoeConfig moe;
+  bool is_moe() const { return moe.n_experts > 0; }
+  bool is_moe_layer(std::int64_t layer) const {
+    return is_moe() && layer >= 0 && layer < static_cast<std::int64_t>(moe.layer_moe.size()) && moe.layer_moe[static_cast<std::size_t>(layer)];
+  }
   std::string torch_dtype;  // as written, e.g. "float16"
   std::int64_t bos_token_id = -1;
   std::int64_t eos_token_id = -1;
@@ -84,6 +104,6 @@ struct ModelConfig {
 };
 
 // The model_type values this toolkit understands.
-inline constexpr const char* kSupportedModelTypes = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3";
+inline constexpr const char* kSupportedModelTypes = "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, mixtral, qwen2_moe, qwen3_moe";
 
 }  // namespace quant

@@ -16,6 +16,12 @@
 
 namespace quant {
 
+// One SwiGLU expert of a sparse (MoE) layer: down(silu(gate x) ⊙ up x).
+struct ExpertWeights {
+  Mat gate, up, down;  // [ffn, hidden], [ffn, hidden], [hidden, ffn]
+  Mat& linear(LinearKind k) { return k == LinearKind::gate ? gate : k == LinearKind::up ? up : down; }
+};
+
 // Float weights of one decoder layer.
 struct LayerWeights {
   std::array<Mat, 7> w;  // [out, in], indexed by LinearKind
@@ -27,8 +33,19 @@ struct LayerWeights {
   Vec q_norm, k_norm;        // [head_dim], when the family has them
   Vec post_attn_norm, post_mlp_norm;  // Gemma's norms on the block outputs
   int index = 0;             // the decoder layer (selects sliding-window attention and its RoPE)
+  // Sparse (MoE) layers: the router [n_experts, hidden], the experts, and (qwen2_moe) the shared
+  // expert with its sigmoid gate [1, hidden]; the MLP slots of `w` stay empty.
+  Mat router;
+  std::vector<ExpertWeights> experts;
+  ExpertWeights shared;
+  Mat shared_gate;
+  bool moe() const { return router.size() > 0; }
   Mat& linear(LinearKind k) { return w[static_cast<int>(k)]; }
   const Mat& linear(LinearKind k) const { return w[static_cast<int>(k)]; }
+  // The weight and bias of any linear of the layer, experts' included (their bias is empty).
+  Mat& weight(const LinearDesc& d);
+  const Mat& weight(const LinearDesc& d) const { return const_cast<LayerWeights*>(this)->weight(d); }
+  const Vec& bias(const LinearDesc& d) const;
   std::size_t bytes() const;
 };
 
@@ -82,6 +99,23 @@ void decoder_layer_forward(const ModelConfig& config, const LayerWeights& layer,
 Mat attention_block(const ModelConfig& config, const LayerWeights& layer, const RopeTable& rope, const Mat& x);
 Mat mlp_activation(const ModelConfig& config, const LayerWeights& layer, const Mat& x);
 void add_block_output(const ModelConfig& config, const Mat& x, const LayerWeights& layer, LinearKind kind, Mat& h);
+
+// The routing of a sparse layer for the normed input x [T, hidden]: per expert, the rows of x
+// it receives and their weights (in row order), as transformers' sparse MoE blocks compute it —
+// softmax of the router logits in float32, the top_k experts, renormalized when
+// norm_topk_prob.
+struct Routing {
+  std::vector<std::vector<Eigen::Index>> rows;  // [expert] → token rows
+  std::vector<std::vector<float>> weights;      // [expert] → routing weight of each row
+};
+Routing route_tokens(const ModelConfig& config, const LayerWeights& layer, const Mat& x);
+// Rows `rows` of x.
+Mat gather_rows(const Mat& x, const std::vector<Eigen::Index>& rows);
+// An expert's SwiGLU activation (its down_proj's input) for x.
+Mat expert_activation(const ExpertWeights& e, const Mat& x);
+// The sparse block's output for the normed input x: Σ routed experts' outputs × weights, plus
+// the shared expert's × sigmoid(shared gate) (qwen2_moe).
+Mat moe_block(const ModelConfig& config, const LayerWeights& layer, const Mat& x);
 
 // Runs a layer over several sequences; parallel across sequences (no hooks here).
 void decoder_layer_forward_batch(const ModelConfig& config, const LayerWeights& layer,

@@ -34,6 +34,10 @@ struct LinearDesc {
   std::string storage;
   std::int64_t row_offset = 0;
   std::int64_t storage_rows = 0;
+  // MoE layers: the routed expert this linear belongs to (-1: none), or the shared expert.
+  int expert = -1;
+  bool shared_expert = false;
+  bool in_expert() const { return expert >= 0 || shared_expert; }
   bool fused() const { return !storage.empty(); }
   const std::string& tensor_prefix() const { return fused() ? storage : prefix; }
   std::string weight_name() const { return tensor_prefix() + ".weight"; }
@@ -54,7 +58,14 @@ struct LinearDesc {
 
 struct LayerDesc {
   int index = 0;
-  std::array<LinearDesc, 7> linears;  // in kAllLinearKinds order
+  // q, k, v, o, then the MLP: gate, up, down of a dense layer (kAllLinearKinds order), or of a
+  // sparse (MoE) layer each routed expert's gate, up, down in expert order, then the shared
+  // expert's.
+  std::vector<LinearDesc> linears;
+  bool moe = false;
+  int n_experts = 0;
+  std::string router;       // the sparse block's router (gate) weight [n_experts, hidden]
+  std::string shared_gate;  // qwen2_moe: shared_expert_gate.weight [1, hidden]; empty otherwise
   std::string attn_norm;              // input_layernorm.weight
   std::string mlp_norm;               // post_attention_layernorm.weight (Gemma: pre_feedforward_layernorm)
   // Present only in the families that have them (empty otherwise):
@@ -63,7 +74,14 @@ struct LayerDesc {
   std::string post_mlp_norm;          // Gemma: post_feedforward_layernorm.weight, on the MLP output
   // Every norm tensor of the layer with its length, in order.
   std::vector<std::pair<std::string, std::int64_t>> norms(std::int64_t hidden, std::int64_t head_dim) const;
-  const LinearDesc& linear(LinearKind k) const { return linears[static_cast<int>(k)]; }
+  // An attention linear, or an MLP linear of a dense layer (a sparse layer's: expert()).
+  const LinearDesc& linear(LinearKind k) const;
+  // Expert e's gate, up or down (e = -1: the shared expert).
+  const LinearDesc& expert(int e, LinearKind k) const;
+  bool has_shared_expert() const { return !shared_gate.empty(); }
+  // Every float tensor of the sparse block that is not a linear (router, shared-expert gate)
+  // with its shape; empty for a dense layer.
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> moe_tensors(std::int64_t hidden) const;
 };
 
 struct ModelLayout {

@@ -39,6 +39,12 @@ struct RunOptions {
   // Recorded as `job_id` in quant_summary.json (quant run's jobs: their outputs are recognised
   // as complete when a retried shard meets them again). Empty: not recorded.
   std::string job_id;
+  // Sparse (MoE) layers (docs/methods.md "Mixture of experts"): each expert's statistics come
+  // from the calibration tokens the router sends it ("routed") or from every token ("all",
+  // statistics only: the forward pass still routes); an expert with fewer than moe_min_tokens
+  // routed tokens is quantized without statistics (RTN; k-means unweighted).
+  std::string moe_calibration = "routed";
+  std::int64_t moe_min_tokens = 16;
   nlohmann::json fingerprint_extra;  // method options not in method_config (part of the resume fingerprint)
   nlohmann::json method_config = nlohmann::json::object();  // merged into quantization_config
 };
@@ -82,6 +88,7 @@ class OutputSession {
   ~OutputSession();
 
   const Plan& plan() const { return plan_; }
+  const RunOptions& options() const { return options_; }
   const LinearPlan& plan_for(const LinearDesc& linear) const { return plan_.at(linear); }
   std::int64_t n_to_quantize() const { return plan_.n_to_quantize(); }
 
