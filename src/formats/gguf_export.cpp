@@ -170,7 +170,10 @@ std::string gguf_linear_name(const LinearDesc& l) {
   if (t.ends_with(".qkv_proj")) return fmt::format("blk.{}.attn_qkv.weight", l.layer);
   if (t.ends_with(".gate_up_proj")) return fmt::format("blk.{}.ffn_up.weight", l.layer);
   static const char* kNames[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-  return fmt::format("blk.{}.{}.weight", l.layer, kNames[static_cast<int>(l.kind)]);
+  // MoE (llama-arch.cpp LLM_TENSOR_FFN_*_EXPS, *_SHEXP): a layer's routed experts stacked into
+  // one 3-D tensor, the shared expert under its own names.
+  const char* suffix = l.expert >= 0 ? "_exps" : l.shared_expert ? "_shexp" : "";
+  return fmt::format("blk.{}.{}{}.weight", l.layer, kNames[static_cast<int>(l.kind)], suffix);
 }
 
 namespace {
@@ -235,7 +238,31 @@ namespace {
 std::string gguf_arch(const ModelConfig& c) {
   if (c.model_type == "qwen2" || c.model_type == "qwen3" || c.model_type == "gemma2" || c.model_type == "phi3") return c.model_type;
   if (c.model_type == "gemma3_text") return "gemma3";
-  return "llama";
+  if (c.model_type == "qwen2_moe") return "qwen2moe";
+  if (c.model_type == "qwen3_moe") return "qwen3moe";
+  return "llama";  // llama, mistral, and mixtral (llama with experts)
+}
+
+// llama.cpp's MoE graphs (src/models/llama.cpp, qwen2moe.cpp, qwen3moe.cpp at d32676d): every
+// layer sparse; build_moe_ffn's norm_w fixed per architecture (llama/mixtral and qwen3moe
+// renormalize the top-k weights, qwen2moe does not); qwen2moe's attention output is
+// {n_embd, n_embd}.
+void check_moe(const Model& model) {
+  const ModelConfig& c = model.config();
+  const std::string dir = model.dir().string(), arch = gguf_arch(c);
+  if (std::find(c.moe.layer_moe.begin(), c.moe.layer_moe.end(), false) != c.moe.layer_moe.end()) {
+    fail<UsageError>("{}: some layers are dense (mlp_only_layers / decoder_sparse_step), but llama.cpp's {} makes every layer sparse",
+                     dir, arch);
+  }
+  const bool llama_norm = arch != "qwen2moe";
+  if (c.moe.norm_topk_prob != llama_norm) {
+    fail<UsageError>("{}: norm_topk_prob is {}, but llama.cpp's {} {} the top-k routing weights; the GGUF would compute a different model",
+                     dir, c.moe.norm_topk_prob, arch, llama_norm ? "always renormalizes" : "never renormalizes");
+  }
+  if (arch == "qwen2moe" && c.head_dim * c.n_heads != c.hidden_size) {
+    fail<UsageError>("{}: heads × head_dim = {} ≠ hidden_size {}: llama.cpp's qwen2moe needs them equal", dir, c.head_dim * c.n_heads, c.hidden_size);
+  }
+  if (arch == "qwen2moe" && c.moe.shared_ffn == 0) fail<UsageError>("{}: llama.cpp's qwen2moe needs the shared expert", dir);
 }
 
 // Gemma 3's sliding layers as llama.cpp sets them from a period p (llama_hparams::set_swa_pattern:
@@ -360,9 +387,7 @@ void check_gemma2(const Model& model) {
 void check_exportable(const Model& model) {
   const ModelConfig& c = model.config();
   const std::string dir = model.dir().string();
-  if (c.is_moe()) {
-    fail<UsageError>("{}: GGUF export of {} (mixture of experts: llama.cpp's stacked ffn_*_exps tensors) is not supported yet", dir, c.model_type);
-  }
+  if (c.is_moe()) check_moe(model);
   if (c.model_type == "gemma2") check_gemma2(model);
   if (c.model_type == "gemma3_text") check_gemma3(model);
   if (c.model_type == "phi3") check_phi3(model);
@@ -373,7 +398,7 @@ void check_exportable(const Model& model) {
   }
   // llama.cpp's llama/qwen2/qwen3 graphs attend over the whole context (no n_swa for them).
   const std::string arch = gguf_arch(c);
-  if ((arch == "llama" || arch == "qwen2" || arch == "qwen3") && c.sliding_window > 0 &&
+  if ((arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "qwen2moe" || arch == "qwen3moe") && c.sliding_window > 0 &&
       std::any_of(c.layer_sliding.begin(), c.layer_sliding.end(), [](bool b) { return b; })) {
     log::warn("{}: llama.cpp's {} runs without the {}-token sliding window: it agrees with transformers only for contexts up to "
               "that length", dir, arch, c.sliding_window);
@@ -381,7 +406,7 @@ void check_exportable(const Model& model) {
   for (const auto& layer : model.layout().layers) {
     for (const auto& l : layer.linears) {
       const bool qkv = l.kind == LinearKind::q || l.kind == LinearKind::k || l.kind == LinearKind::v;
-      if (l.bias && !(c.model_type == "qwen2" && qkv)) fail("{}: '{}' has a bias, which llama.cpp's {} architecture does not load", model.dir().string(), l.prefix, gguf_arch(c));
+      if (l.bias && !((c.model_type == "qwen2" || c.model_type == "qwen2_moe") && qkv)) fail("{}: '{}' has a bias, which llama.cpp's {} architecture does not load", model.dir().string(), l.prefix, gguf_arch(c));
       if (model.storage(l) == LinearStorage::packed) {
         log::warn("{}: '{}' is stored quantized; it is dequantized and re-quantized for GGUF", model.dir().string(), l.prefix);
       }
@@ -412,6 +437,12 @@ void set_metadata(const Model& model, const ExportOptions& o, Writer& w) {
   w.set(arch + ".attention.head_count_kv", Value::u32(static_cast<std::uint32_t>(c.n_kv_heads)));
   w.set(arch + ".attention.layer_norm_rms_epsilon", Value::f32(static_cast<float>(c.rms_norm_eps)));
   w.set(arch + ".vocab_size", Value::u32(static_cast<std::uint32_t>(c.vocab_size)));
+  if (c.is_moe()) {  // convert_hf_to_gguf.py: add_expert_count / _used_count / _feed_forward_length
+    w.set(arch + ".expert_count", Value::u32(static_cast<std::uint32_t>(c.moe.n_experts)));
+    w.set(arch + ".expert_used_count", Value::u32(static_cast<std::uint32_t>(c.moe.top_k)));
+    if (arch != "llama") w.set(arch + ".expert_feed_forward_length", Value::u32(static_cast<std::uint32_t>(c.moe.expert_ffn)));
+    if (c.moe.shared_ffn > 0) w.set(arch + ".expert_shared_feed_forward_length", Value::u32(static_cast<std::uint32_t>(c.moe.shared_ffn)));
+  }
   if (c.head_dim * c.n_heads != c.hidden_size || c.model_type == "gemma2" || c.model_type == "gemma3_text") {
     w.set(arch + ".attention.key_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
     w.set(arch + ".attention.value_length", Value::u32(static_cast<std::uint32_t>(c.head_dim)));
@@ -508,6 +539,7 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     std::int64_t row = 0;
     std::string hf_name;        // the source tensor
     std::int64_t rope_heads = 0;  // q/k: rows permuted over this many heads
+    std::vector<std::string> hf_parts;  // stacked experts: the source tensor of each equal block of rows
   };
   std::vector<Item> items;
   ExportReport rep;
@@ -583,10 +615,40 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
   add("token_embd.weight", {c.vocab_size, H}, choose("token_embd.weight", embed_place, H), [&model, &L] {
     return load_matrix(model, L.embed);
   }, L.embed);
+  // A sparse layer (llama-arch.cpp LLM_TENSOR_FFN_GATE_INP, FFN_*_EXPS, FFN_*_SHEXP): the router in
+  // float32 (llama-quantize never quantizes ffn_gate_inp), each routed linear's experts stacked
+  // into {n_expert, rows, cols}, qwen2moe's shared expert and its gate ([1, H] stored as {H}).
+  auto add_moe_tensors = [&](const LayerDesc& layer) {
+    const std::string b = fmt::format("blk.{}.", layer.index);
+    add(b + "ffn_gate_inp.weight", {layer.n_experts, H}, GgmlType::F32, [&model, name = layer.router] { return load_matrix(model, name); });
+    for (LinearKind k : {LinearKind::gate, LinearKind::down, LinearKind::up}) {
+      const LinearDesc& first = layer.expert(0, k);
+      const std::string name = gguf_linear_name(first);
+      std::vector<std::string> parts;
+      for (int e = 0; e < layer.n_experts; ++e) parts.push_back(layer.expert(e, k).weight_name());
+      add(name, {layer.n_experts, first.out, first.in},
+          choose(name, place(k == LinearKind::down ? Role::ffn_down : Role::other, layer.index), first.in),
+          [&model, &layer, k] {
+            const LinearDesc& f = layer.expert(0, k);
+            Mat all(static_cast<Eigen::Index>(layer.n_experts) * f.out, f.in);
+            for (int e = 0; e < layer.n_experts; ++e) all.middleRows(e * f.out, f.out) = load_linear(model, layer.expert(e, k));
+            return all;
+          });
+      items.back().hf_parts = std::move(parts);
+    }
+    if (!layer.has_shared_expert()) return;
+    add(b + "ffn_gate_inp_shexp.weight", {H}, GgmlType::F32, [&model, name = layer.shared_gate] { return load_matrix(model, name); });
+    for (LinearKind k : {LinearKind::gate, LinearKind::down, LinearKind::up}) {
+      const LinearDesc& l = layer.expert(-1, k);
+      add(gguf_linear_name(l), {l.out, l.in}, choose(gguf_linear_name(l), place(k == LinearKind::down ? Role::ffn_down : Role::other, layer.index), l.in),
+          mat(l, 0), l.weight_name());
+    }
+  };
   for (const auto& layer : L.layers) {
     const std::string b = fmt::format("blk.{}.", layer.index);
     add(b + "attn_norm.weight", {H}, GgmlType::F32, norm(layer.attn_norm));
     for (LinearKind k : kAllLinearKinds) {
+      if (layer.moe && k >= LinearKind::gate) break;  // the sparse block follows
       const LinearDesc& part = layer.linear(k);
       if (part.fused() && part.row_offset != 0) continue;  // written with its storage's first part
       const LinearDesc& l = part.fused() ? fused_descs.emplace_back(part.storage_desc()) : part;
@@ -614,12 +676,13 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
       }
       if (k == LinearKind::down && !layer.post_mlp_norm.empty()) add(b + "post_ffw_norm.weight", {H}, GgmlType::F32, norm(layer.post_mlp_norm));
     }
+    if (layer.moe) add_moe_tensors(layer);
   }
   add("output_norm.weight", {H}, GgmlType::F32, norm(L.final_norm));
   if (!L.tied) add("output.weight", {L.lm_head.out, L.lm_head.in}, choose("output.weight", place(Role::output, 0), H), mat(L.lm_head, 0),
                     L.lm_head.weight_name());
-  // llama.cpp's phi3 requires output.weight (load_tensors, flag 0): a tied head is written out.
-  else if (c.model_type == "phi3") add("output.weight", {c.vocab_size, H}, choose("output.weight", place(Role::output, 0), H), [&model, &L] {
+  // llama.cpp's phi3 and qwen2moe require output.weight (load_tensors, flag 0): a tied head is written out.
+  else if (c.model_type == "phi3" || c.model_type == "qwen2_moe") add("output.weight", {c.vocab_size, H}, choose("output.weight", place(Role::output, 0), H), [&model, &L] {
     return load_matrix(model, L.embed);
   });
 
@@ -645,14 +708,24 @@ ExportReport export_gguf(const Model& model, const fs::path& out, const ExportOp
     if (imp && static_cast<std::int64_t>(it->second.size()) != items[i].row) fail<Error>("importance of '{}' has the wrong size", t.name);
     log::debug("{} {} {}", t.name, type_info(t.type).name, imp ? "(weighted)" : "");
     std::vector<std::uint8_t> q = quantize_matrix(t.type, x.data(), t.numel() / items[i].row, items[i].row, imp);
-    if (o.dequantized && !items[i].hf_name.empty()) {
+    if (o.dequantized && (!items[i].hf_name.empty() || !items[i].hf_parts.empty())) {
       std::vector<float> y(static_cast<std::size_t>(t.numel()));
       const std::uint64_t rb = data_bytes(t.type, items[i].row);
-      for (std::int64_t r = 0; r < t.numel() / items[i].row; ++r) {
+      const std::int64_t rows = t.numel() / items[i].row;
+      for (std::int64_t r = 0; r < rows; ++r) {
         dequantize_row(t.type, q.data() + static_cast<std::uint64_t>(r) * rb, items[i].row, y.data() + r * items[i].row);
       }
       if (items[i].rope_heads > 0) y = unpermute_rope_rows(y, items[i].rope_heads, items[i].row);
-      o.dequantized(items[i].hf_name, y, {t.numel() / items[i].row, items[i].row});
+      if (items[i].hf_parts.empty()) {
+        o.dequantized(items[i].hf_name, y, {rows, items[i].row});
+      } else {  // stacked experts: each expert's block of rows to its own tensor
+        const auto n = static_cast<std::int64_t>(items[i].hf_parts.size());
+        const std::int64_t per = rows / n;
+        for (std::int64_t e = 0; e < n; ++e) {
+          const auto from = y.begin() + e * per * items[i].row;
+          o.dequantized(items[i].hf_parts[static_cast<std::size_t>(e)], std::vector<float>(from, from + per * items[i].row), {per, items[i].row});
+        }
+      }
     }
     return q;
   });

@@ -10,6 +10,8 @@
 #include "cli_helpers.h"
 #include "fixtures.h"
 #include "quant/core/error.h"
+#include "quant/formats/ggml_quants.h"
+#include "quant/io/gguf.h"
 #include "quant/io/io.h"
 #include "quant/io/safetensors.h"
 #include "quant/model/forward.h"
@@ -268,16 +270,11 @@ TEST(MoeCliRules, FallbackRefusalsAndResume) {
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("4- or 8-bit experts"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir / "b3"));
-  // Not yet: AWQ's scale search over experts, GGUF's stacked expert tensors.
+  // Not yet: AWQ's scale search over experts.
   r = run_quant("awq " + model + " -b 4 -g 32" + cal + " -o " + (dir / "awq").string());
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("sparse (MoE)"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir / "awq"));
-  testing::write_tiny_tokenizer(dir / "m", 96);
-  r = run_quant("gguf " + model + " -t q8_0 -o " + (dir / "m.gguf").string());
-  EXPECT_NE(r.rc, 0);
-  EXPECT_NE(r.err.find("mixture of experts"), std::string::npos) << r.err;
-  EXPECT_FALSE(fs::exists(dir / "m.gguf"));
 
   // Killed after layer 0, resumed: the same bytes as an uninterrupted run.
   const std::string args = "gptq " + model + " -b 4 -g 32" + cal + " -o ";
@@ -290,6 +287,52 @@ TEST(MoeCliRules, FallbackRefusalsAndResume) {
   ASSERT_EQ(run_quant(args + (dir / "res").string()).rc, 0);
   const auto a = TensorStore::open(dir / "full"), b = TensorStore::open(dir / "res");
   for (const auto& name : a.names()) EXPECT_TRUE(raw(a, name) == raw(b, name)) << name;
+}
+
+// llama.cpp's MoE tensors: the router in F32, each routed linear's experts stacked
+// {n_expert, rows, cols} (ggml ne reversed), qwen2moe's shared expert; checked in llama.cpp itself
+// by tests/llamacpp/check_arch.sh (variants mixtral, qwen2moe, qwen3moe).
+TEST(MoeGguf, StackedExpertsMetadataAndRefusals) {
+  TempDir dir;
+  for (const std::string type : {"mixtral", "qwen2_moe"}) {
+    testing::write_tiny_model(dir / type, moe_spec(type));
+    testing::write_tiny_tokenizer(dir / type, 96);
+    const fs::path out = dir / (type + ".gguf");
+    const auto r = run_quant("gguf " + (dir / type).string() + " -t f32 -o " + out.string());
+    ASSERT_EQ(r.rc, 0) << r.err;
+    const gguf::File g = gguf::File::open(out);
+    const std::string arch = type == "mixtral" ? "llama" : "qwen2moe";
+    ASSERT_NE(g.find("general.architecture"), nullptr);
+    EXPECT_EQ(g.find("general.architecture")->s, arch);
+    ASSERT_NE(g.find(arch + ".expert_count"), nullptr);
+    EXPECT_EQ(g.find(arch + ".expert_count")->u, 4u);
+    EXPECT_EQ(g.find(arch + ".expert_used_count")->u, 2u);
+    EXPECT_EQ(g.tensor("blk.1.ffn_gate_inp.weight").ne, (std::vector<std::int64_t>{64, 4}));
+    EXPECT_EQ(g.tensor("blk.1.ffn_gate_exps.weight").ne, (std::vector<std::int64_t>{64, 64, 4}));
+    EXPECT_EQ(g.tensor("blk.1.ffn_down_exps.weight").ne, (std::vector<std::int64_t>{64, 64, 4}));
+    EXPECT_THROW(g.tensor("blk.1.ffn_gate.weight"), InputError);
+    // Expert 3's down_proj is the fourth block of rows of ffn_down_exps, bit for bit.
+    const TensorStore src = TensorStore::open(dir / type);
+    const auto want = src.read_f32(std::string("model.layers.1.") + (type == "mixtral" ? "block_sparse_moe.experts.3.w2" : "mlp.experts.3.down_proj") + ".weight");
+    const auto got = gguf::dequantize_tensor(g, "blk.1.ffn_down_exps.weight");
+    ASSERT_EQ(got.size(), 4 * want.size());
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin() + 3 * static_cast<std::ptrdiff_t>(want.size())));
+    if (type == "qwen2_moe") {
+      EXPECT_EQ(g.find(arch + ".expert_feed_forward_length")->u, 64u);
+      EXPECT_EQ(g.find(arch + ".expert_shared_feed_forward_length")->u, 64u);
+      EXPECT_EQ(g.tensor("blk.0.ffn_gate_inp_shexp.weight").ne, (std::vector<std::int64_t>{64}));
+      EXPECT_EQ(g.tensor("blk.0.ffn_up_shexp.weight").ne, (std::vector<std::int64_t>{64, 64}));
+    }
+  }
+  // qwen3moe in llama.cpp always renormalizes the top-k weights: norm_topk_prob false is refused.
+  auto spec = moe_spec("qwen3_moe");
+  spec.extra_config["norm_topk_prob"] = false;
+  testing::write_tiny_model(dir / "q3", spec);
+  testing::write_tiny_tokenizer(dir / "q3", 96);
+  const auto r = run_quant("gguf " + (dir / "q3").string() + " -t q8_0 -o " + (dir / "q3.gguf").string());
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("always renormalizes"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "q3.gguf"));
 }
 
 }  // namespace

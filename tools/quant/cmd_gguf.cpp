@@ -70,7 +70,7 @@ void register_gguf(CLI::App& app) {
   cmd->add_flag("--leave-output-tensor", o->leave_output, "keep output.weight in the checkpoint's dtype (f32, f16 or bf16)");
   cmd->add_flag("--dry-run", o->dry_run, "print every tensor's type and the file size; write nothing");
   cmd->add_flag("--json", o->json, "print the summary as JSON on stdout");
-  add_calib_options(cmd, *c, 512);
+  add_calib_options(cmd, *c, 512, false);
   c->bos_first = true;
   cmd->get_option("--calib")->description("calibration text: weight the scale searches by mean x^2 of each input column (imatrix)");
   cmd->callback([o, c] {

@@ -77,7 +77,7 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
   cmd->add_flag("--dry-run", o.dry_run, "print the plan (tensors, bits, estimated size) and stop");
 }
 
-void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_seqlen) {
+void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_seqlen, bool moe_options) {
   o.seqlen = default_seqlen;
   cmd->add_option("--calib", o.text, "calibration text (tokenized with the model's tokenizer)");
   cmd->add_option("--calib-tokens", o.tokens, "pre-tokenized calibration ids instead of --calib");
@@ -85,6 +85,7 @@ void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_s
   cmd->add_option("--seqlen", o.seqlen, "tokens per calibration window (capped by the model context)")->capture_default_str();
   cmd->add_option("--seed", o.seed, "seed for picking the windows")->capture_default_str();
   cmd->add_flag("--no-memory-check", o.no_memory_check, "start even when the calibration's estimated memory exceeds what is available");
+  if (!moe_options) return;
   cmd->add_option("--moe-calibration", o.moe_calibration,
                   "MoE models: each expert's statistics from the calibration tokens routed to it (routed) or from every token (all)")
       ->check(CLI::IsMember({"routed", "all"}))

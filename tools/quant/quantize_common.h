@@ -56,7 +56,8 @@ struct CalibCliOptions {
   std::string moe_calibration = "routed";  // RunOptions::moe_calibration
   std::int64_t moe_min_tokens = 16;
 };
-void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_seqlen);
+// moe_options: also --moe-calibration / --moe-min-tokens (the layer-sequential quantizers).
+void add_calib_options(CLI::App* cmd, CalibCliOptions& o, std::int64_t default_seqlen, bool moe_options = true);
 // Loads the calibration windows. Without --calib/--calib-tokens, falls back (with a warning) to
 // the Apache-2.0 licence text every Debian system ships.
 std::vector<std::vector<std::int32_t>> load_calib(const Model& model, const CalibCliOptions& o);

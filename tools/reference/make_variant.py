@@ -4,7 +4,8 @@ from the same trained weights, so that family's code paths run on a model whose 
 something: llama3 / linear / yarn RoPE scaling, qwen2 (random q/k/v biases), qwen3 (random q/k
 norms), gemma2 (26 layers, Gemma norms, soft-caps, sliding window), gemma3 (8 layers, period-4
 sliding window, q/k norms), fused / fusedlong (Phi-3's qkv_proj and gate_up_proj; fusedlong adds
-longrope and partial rotary). Used by tests/llamacpp/check_arch.sh and bench/families.sh.
+longrope and partial rotary), mixtral / qwen2moe / qwen3moe (4 experts per layer built from the
+dense MLP, random routers). Used by tests/llamacpp/check_arch.sh and bench/families.sh.
 
 Usage: make_variant.py DIR VARIANT   (DIR is a copy of the model; stdlib only)
 """
@@ -150,4 +151,53 @@ elif edit in ("qwen3", "gemma3"):
         cfg.pop("hidden_act", None)
     else:
         cfg.update({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "head_dim": hd, "rope_theta": 10000.0})
+elif edit in ("mixtral", "qwen2moe", "qwen3moe"):
+    # MoE from the same weights: 4 experts per layer, each the layer's MLP with its down_proj
+    # scaled by 0.7, 0.9, 1.1 or 1.3 (so the routing matters), a random router (top 2);
+    # qwen2moe adds the MLP at half scale as its shared expert with a random sigmoid gate,
+    # qwen3moe random q/k norms. Every layer sparse, as llama.cpp needs.
+    hdr, data = read_tensors(d)
+    def get(name):
+        a, b = hdr[name]["data_offsets"]; return hdr[name]["dtype"], hdr[name]["shape"], data[a:b]
+    def scaled(t, f):
+        dt, sh, blob = t; vals = struct.unpack(f"<{len(blob) // 2}e", blob)
+        return dt, sh, struct.pack(f"<{len(vals)}e", *[v * f for v in vals])
+    rng = random.Random(3)
+    def rand(shape, sd, mean=0.0):
+        n = 1
+        for x in shape: n *= x
+        return ("F16", shape, struct.pack(f"<{n}e", *[mean + rng.gauss(0, sd) for _ in range(n)]))
+    L = cfg["num_hidden_layers"]; H = cfg["hidden_size"]; F = cfg["intermediate_size"]; hd = H // cfg["num_attention_heads"]; E = 4
+    mixtral = edit == "mixtral"
+    block = "block_sparse_moe." if mixtral else "mlp."
+    names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+    out = {}
+    for name in hdr:
+        if name == "__metadata__" or ".mlp." in name: continue
+        out[name] = get(name)
+    for l in range(L):
+        p = f"model.layers.{l}."
+        g, u, dn = (get(p + f"mlp.{t}.weight") for t in ("gate_proj", "up_proj", "down_proj"))
+        out[p + block + "gate.weight"] = rand([E, H], 0.5)
+        for e in range(E):
+            x = f"{p}{block}experts.{e}."
+            out[x + names[0] + ".weight"] = g; out[x + names[1] + ".weight"] = u
+            out[x + names[2] + ".weight"] = scaled(dn, 0.7 + 0.2 * e)
+        if edit == "qwen2moe":
+            out[p + "mlp.shared_expert.gate_proj.weight"] = g; out[p + "mlp.shared_expert.up_proj.weight"] = u
+            out[p + "mlp.shared_expert.down_proj.weight"] = scaled(dn, 0.5)
+            out[p + "mlp.shared_expert_gate.weight"] = rand([1, H], 0.1)
+        if edit == "qwen3moe":
+            out[p + "self_attn.q_norm.weight"] = rand([hd], 0.2, 1.0); out[p + "self_attn.k_norm.weight"] = rand([hd], 0.2, 1.0)
+    write_tensors(d, out)
+    if mixtral:
+        cfg.update({"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": E, "num_experts_per_tok": 2,
+                    "rope_theta": cfg.get("rope_theta", 10000.0), "sliding_window": None})
+    else:
+        cfg.update({"model_type": "qwen2_moe" if edit == "qwen2moe" else "qwen3_moe",
+                    "architectures": ["Qwen2MoeForCausalLM" if edit == "qwen2moe" else "Qwen3MoeForCausalLM"],
+                    "num_experts": E, "num_experts_per_tok": 2, "moe_intermediate_size": F, "head_dim": hd,
+                    "norm_topk_prob": edit == "qwen3moe", "rope_theta": cfg.get("rope_theta", 10000.0)})
+        if edit == "qwen2moe":
+            cfg.update({"shared_expert_intermediate_size": F, "qkv_bias": False})
 json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
