@@ -10,6 +10,7 @@
 #include "quant/core/error.h"
 #include "quant/core/log.h"
 #include "quant/methods/gptq.h"
+#include "quant/model/calibration.h"
 #include "quant/model/weights.h"
 
 namespace quant {
@@ -179,10 +180,12 @@ struct Mapping {
   Inspect inspect;
 };
 
-std::vector<Mapping> llama_mappings(const ModelConfig& c) {
+// A sparse layer's MLP mappings are the experts' (search_moe).
+std::vector<Mapping> llama_mappings(const ModelConfig& c, bool moe) {
   using K = LinearKind;
   std::vector<Mapping> m = {{AwqMapping::attn, "attn", CapturePoint::attn_in, {K::q, K::k, K::v}, std::nullopt, Inspect::attention}};
   if (c.n_kv_heads == c.n_heads) m.push_back({AwqMapping::v_o, "v_o", CapturePoint::o_in, {K::o}, K::v, Inspect::linear});
+  if (moe) return m;
   m.push_back({AwqMapping::mlp, "mlp", CapturePoint::mlp_in, {K::gate, K::up}, std::nullopt, Inspect::mlp});
   m.push_back({AwqMapping::up_down, "up_down", CapturePoint::down_in, {K::down}, K::up, Inspect::linear});
   return m;
@@ -248,6 +251,113 @@ class BlockLoss {
   std::vector<Mat> fp_;
 };
 
+// A sparse layer's scales (docs/methods.md "Mixture of experts"): the MLP norm's s over every
+// expert's gate/up (llm-compressor's Mixtral/Qwen-MoE mappings; the router's and the shared
+// gate's columns take s too, exactly, as they stay in float), searched on the sparse block's
+// output; and each expert's up → down on the activations of its routed tokens.
+struct MoeScales {
+  std::optional<Vec> mlp;
+  std::vector<std::pair<int, Vec>> up_down;  // expert (-1: shared), s
+};
+
+MoeScales search_moe(const LayerContext& ctx, const LayerWeights& lw, const AwqOptions& o, LayerTransform& out) {
+  using K = LinearKind;
+  const LayerDesc& d = ctx.layer;
+  const ModelConfig& c = ctx.config;
+  auto at = [&](const LinearDesc& l) { return static_cast<std::size_t>(&l - d.linears.data()); };
+  auto planned = [&](int e, K k) { return static_cast<bool>(ctx.planned_all.at(at(d.expert(e, k)))); };
+  auto spec = [&](int e, K k) { return ctx.specs_all.at(at(d.expert(e, k))); };
+  auto weights = [&](const LayerWeights& L, int e) -> const ExpertWeights& { return e < 0 ? L.shared : L.experts[static_cast<std::size_t>(e)]; };
+  std::vector<int> ids;
+  for (int e = 0; e < d.n_experts; ++e) ids.push_back(e);
+  if (d.has_shared_expert()) ids.push_back(-1);
+  const std::vector<Mat>& xs = ctx.inputs.at(CapturePoint::mlp_in);
+  auto report = [&](int e, K k, const char* name, const AwqSearchResult& r) {
+    out.extra_by_prefix[d.expert(e, k).prefix] = {{"awq_mapping", name}, {"awq_ratio", r.ratio}, {"awq_loss", r.loss}, {"rtn_loss", r.identity_loss}};
+  };
+  MoeScales found;
+  const bool all_in = std::all_of(ids.begin(), ids.end(), [&](int e) { return planned(e, K::gate) && planned(e, K::up); });
+  if (all_in) {
+    std::vector<const Mat*> ws;
+    for (int e : ids) {
+      ws.push_back(&weights(lw, e).gate);
+      ws.push_back(&weights(lw, e).up);
+    }
+    const auto n = static_cast<std::ptrdiff_t>(xs.size());
+    std::vector<Mat> fp(xs.size());
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::ptrdiff_t i = 0; i < n; ++i) fp[static_cast<std::size_t>(i)] = moe_block(c, lw, xs[static_cast<std::size_t>(i)]);
+    LayerWeights cand = lw;
+    const AwqSearchResult r = awq_search(mean_abs(xs), weight_mean(ws, spec(ids[0], K::gate).group_size), o, [&](const Vec& s) {
+      for (int e : ids) {
+        ExpertWeights& ce = e < 0 ? cand.shared : cand.experts[static_cast<std::size_t>(e)];
+        ce.gate = awq_fake_quant(weights(lw, e).gate, s, spec(e, K::gate));
+        ce.up = awq_fake_quant(weights(lw, e).up, s, spec(e, K::up));
+      }
+      std::vector<double> errs(xs.size());
+#pragma omp parallel for schedule(dynamic, 1)
+      for (std::ptrdiff_t i = 0; i < n; ++i) {
+        const auto j = static_cast<std::size_t>(i);
+        errs[j] = (moe_block(c, cand, xs[j]) - fp[j]).cast<double>().squaredNorm();
+      }
+      double total = 0, count = 0;
+      for (std::size_t j = 0; j < xs.size(); ++j) {
+        total += errs[j];
+        count += static_cast<double>(xs[j].rows() * xs[j].cols());
+      }
+      return total / count;
+    });
+    found.mlp = r.scales;
+    for (int e : ids) {
+      report(e, K::gate, "mlp", r);
+      report(e, K::up, "mlp", r);
+    }
+  }
+  std::vector<Routing> routes;
+  for (const Mat& x : xs) routes.push_back(route_tokens(c, lw, x));
+  for (int e : ids) {
+    if (!planned(e, K::up) || !planned(e, K::down)) continue;
+    std::vector<Mat> acts;
+    std::int64_t tokens = 0;
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+      if (e >= 0 && routes[i].rows[static_cast<std::size_t>(e)].empty()) continue;
+      acts.push_back(expert_activation(weights(lw, e), e < 0 ? xs[i] : gather_rows(xs[i], routes[i].rows[static_cast<std::size_t>(e)])));
+      tokens += acts.back().rows();
+    }
+    if (e >= 0 && tokens < std::max<std::int64_t>(1, ctx.moe_min_tokens)) continue;  // too few tokens to weigh its channels
+    const Mat& w = weights(lw, e).down;
+    const AwqSearchResult r = tokens < w.cols() ? awq_search_linear_tokens(w, acts, mean_abs(acts), spec(e, K::down), o)
+                                                : awq_search_linear(w, hessian(acts), mean_abs(acts), spec(e, K::down), o);
+    found.up_down.emplace_back(e, r.scales);
+    report(e, K::down, "up_down", r);
+  }
+  return found;
+}
+
+void fold_moe(const ModelConfig& c, LayerWeights& lw, const MoeScales& f) {
+  if (f.mlp) {
+    const Vec& s = *f.mlp;
+    const Vec inv = s.cwiseInverse();
+    lw.mlp_norm = ((lw.mlp_norm.array() + c.norm_offset) * inv.array() - c.norm_offset).matrix();
+    for (ExpertWeights* e : [&] {
+           std::vector<ExpertWeights*> v;
+           for (auto& x : lw.experts) v.push_back(&x);
+           if (lw.shared.gate.size()) v.push_back(&lw.shared);
+           return v;
+         }()) {
+      e->gate = e->gate * s.asDiagonal();
+      e->up = e->up * s.asDiagonal();
+    }
+    lw.router = lw.router * s.asDiagonal();
+    if (lw.shared_gate.size()) lw.shared_gate = lw.shared_gate * s.asDiagonal();
+  }
+  for (const auto& [e, s] : f.up_down) {
+    ExpertWeights& x = e < 0 ? lw.shared : lw.experts[static_cast<std::size_t>(e)];
+    x.up = s.cwiseInverse().asDiagonal() * x.up;
+    x.down = x.down * s.asDiagonal();
+  }
+}
+
 // H of inputs divided per channel by s: D⁻¹ H D⁻¹.
 Mat rescale_hessian(const Mat& H, const Vec& s) {
   const Vec inv = s.cwiseInverse();
@@ -283,7 +393,7 @@ LayerTransform AwqMethod::transform_layer(const LayerContext& ctx, LayerWeights&
   for (LinearKind k : kAllLinearKinds) specs[k] = ctx.specs[static_cast<int>(k)];
   LayerTransform out;
   std::vector<std::pair<const Mapping*, AwqSearchResult>> found;
-  const auto mappings = llama_mappings(ctx.config);
+  const auto mappings = llama_mappings(ctx.config, ctx.layer.moe);
   for (const auto& m : mappings) {
     const bool ok = std::all_of(m.scaled.begin(), m.scaled.end(), planned) && (!m.prev_linear || planned(*m.prev_linear));
     if (!ok) {
@@ -311,11 +421,23 @@ LayerTransform AwqMethod::transform_layer(const LayerContext& ctx, LayerWeights&
     }
     found.emplace_back(&m, std::move(res));
   }
+  const MoeScales moe = ctx.layer.moe ? search_moe(ctx, lw, o, out) : MoeScales{};
   for (const auto& [m, res] : found) {
     fold_awq_scales(lw, m->id, res.scales, ctx.config.norm_offset);
     InputStats& st = stats.at(m->input);
     st.hessian = rescale_hessian(st.hessian, res.scales);
     st.derived.reset();
+  }
+  fold_moe(ctx.config, lw, moe);
+  if (moe.mlp) {
+    out.input_scales[CapturePoint::mlp_in] = *moe.mlp;
+    out.changed.emplace_back(ctx.layer.mlp_norm, lw.mlp_norm);
+    out.changed_matrices.emplace_back(ctx.layer.router, lw.router);
+    if (lw.shared_gate.size()) out.changed_matrices.emplace_back(ctx.layer.shared_gate, lw.shared_gate);
+    if (auto st = stats.find(CapturePoint::mlp_in); st != stats.end() && st->second.hessian.size()) {
+      st->second.hessian = rescale_hessian(st->second.hessian, *moe.mlp);
+      st->second.derived.reset();
+    }
   }
   // Norms carry 1/s (biases of scaled previous linears go out with their weights).
   for (const auto& [m, res] : found) {

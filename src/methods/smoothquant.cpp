@@ -79,6 +79,7 @@ SmoothedMethod::SmoothedMethod(std::unique_ptr<Method> inner, double alpha, bool
   if (traits_.float_output || traits_.codebooks) fail<UsageError>("--smooth needs a method that writes integer or fp8 weights, not {}", traits_.name);
   traits_.calibrated = true;
   traits_.transforms_layer = true;
+  traits_.moe_layers = false;
 }
 
 nlohmann::json SmoothedMethod::config() const {

@@ -72,6 +72,7 @@ struct Loop {
         const bool wanted = traits.transforms_layer || session.plan_for(layer.linear(k)).quantize;
         if (wanted && std::find(points.begin(), points.end(), p) == points.end()) points.push_back(p);
       }
+      if (layer.moe && traits.transforms_layer) points.push_back(CapturePoint::mlp_in);  // the experts' float inputs
       // Inputs with the layer's current weights: earlier sub-groups are already quantized.
       std::map<CapturePoint, std::vector<Mat>> inputs;
       for (CapturePoint p : points) {
@@ -82,10 +83,16 @@ struct Loop {
       if (traits.transforms_layer) {
         LayerContext ctx{model.config(), layer, runner.rope(), {}, {}, inputs};
         for (LinearKind k : kAllLinearKinds) {
+          if (layer.moe && k >= LinearKind::gate) break;
           const LinearPlan& p = session.plan_for(layer.linear(k));
           ctx.planned[static_cast<int>(k)] = p.quantize;
           ctx.specs[static_cast<int>(k)] = p.spec;
         }
+        for (const LinearDesc& d : layer.linears) {
+          ctx.planned_all.push_back(session.plan_for(d).quantize);
+          ctx.specs_all.push_back(session.plan_for(d).spec);
+        }
+        ctx.moe_min_tokens = run.moe_calibration == "all" ? 0 : run.moe_min_tokens;
         transform = timer.time("transform", [&] { return method.transform_layer(ctx, lw, stats); });
       }
       for (LinearKind k : group) {
@@ -96,8 +103,12 @@ struct Loop {
                e == transform.extra.end() ? nlohmann::json() : e->second, true);
       }
     }
-    if (layer.moe) moe_mlp(layer, lw, runner);
+    if (layer.moe) {
+      const auto scaled = transform.input_scales.find(CapturePoint::mlp_in);
+      moe_mlp(layer, lw, runner, scaled == transform.input_scales.end() ? nullptr : &scaled->second, transform.extra_by_prefix);
+    }
     for (const auto& [name, v] : transform.changed) session.put_float(name, v.data(), {static_cast<std::int64_t>(v.size())});
+    for (const auto& [name, m] : transform.changed_matrices) session.put_float(name, m.data(), {m.rows(), m.cols()});
     // True sequential: the cached stages already saw the quantized weights; otherwise every
     // input was captured with the float layer and the quantized layer runs afresh.
     timer.time("forward", [&] {
@@ -112,8 +123,16 @@ struct Loop {
   // routed to it (run.moe_calibration "all": from every token), gate/up then down in
   // true-sequential order; an expert under run.moe_min_tokens routed tokens is quantized without
   // statistics. Each expert's linears report its token count (`moe_tokens`).
-  void moe_mlp(const LayerDesc& layer, LayerWeights& lw, LayerRunner& runner) {
-    const auto& xs = timer.time("forward", [&]() -> const std::vector<Mat>& { return runner.stage(CapturePoint::mlp_in, lw); });
+  // `input_scale`: a layer transform divided the MLP's inputs by it (AWQ's folded norm) after
+  // they were captured; `transform_extra`: its per-expert report entries.
+  void moe_mlp(const LayerDesc& layer, LayerWeights& lw, LayerRunner& runner, const Vec* input_scale,
+               const std::map<std::string, nlohmann::json>& transform_extra) {
+    const auto& captured = timer.time("forward", [&]() -> const std::vector<Mat>& { return runner.stage(CapturePoint::mlp_in, lw); });
+    std::vector<Mat> rescaled;
+    if (input_scale) {
+      for (const Mat& x : captured) rescaled.push_back(x * input_scale->cwiseInverse().asDiagonal());
+    }
+    const std::vector<Mat>& xs = input_scale ? rescaled : captured;
     std::vector<Routing> routes(xs.size());
     timer.time("forward", [&] {
       for (std::size_t i = 0; i < xs.size(); ++i) routes[i] = route_tokens(model.config(), lw, xs[i]);
@@ -142,11 +161,13 @@ struct Loop {
         }
       }
       const std::vector<Mat>& in = full ? xs : routed_xs;
-      const nlohmann::json extra = {{"moe_tokens", routed}, {"moe_statistics", few ? "none" : full ? "all tokens" : "routed tokens"}};
+      const nlohmann::json moe_extra = {{"moe_tokens", routed}, {"moe_statistics", few ? "none" : full ? "all tokens" : "routed tokens"}};
       ExpertWeights& ew = id < 0 ? lw.shared : lw.experts[static_cast<std::size_t>(id)];
       const auto quantize = [&](LinearKind k, const std::vector<Mat>& inputs) {
         const LinearDesc& d = layer.expert(id, k);
         if (!session.plan_for(d).quantize) return;
+        nlohmann::json extra = moe_extra;
+        if (const auto t = transform_extra.find(d.prefix); t != transform_extra.end()) extra.update(t->second);
         if (few) return linear(d, ew.linear(k), Vec(), nullptr, extra, true, &fallback);
         const InputStats st = timer.time("statistics", [&] { return measure_inputs(traits.statistic, inputs); });
         linear(d, ew.linear(k), Vec(), &st, extra, true);
@@ -184,9 +205,9 @@ struct Loop {
 }  // namespace
 
 void check_moe_support(const Model& model, const MethodTraits& traits) {
-  if (model.config().is_moe() && traits.transforms_layer) {
-    fail<UsageError>("{}: {} does not support sparse (MoE) layers yet ({}); use gptq, rtn or kmeans", model.dir().string(), traits.name,
-                     model.config().model_type);
+  if (model.config().is_moe() && traits.transforms_layer && !traits.moe_layers) {
+    fail<UsageError>("{}: {}'s layer transform (SmoothQuant, --smooth) does not support sparse (MoE) layers yet ({}); quantize without it",
+                     model.dir().string(), traits.name, model.config().model_type);
   }
 }
 

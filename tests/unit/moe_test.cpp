@@ -191,15 +191,22 @@ struct MoeCli : ::testing::TestWithParam<std::string> {
   }
 };
 
-TEST_P(MoeCli, GptqAndKmeansBeatRtnAndOutputsPassCheck) {
+TEST_P(MoeCli, QuantizersBeatRtnAndOutputsPassCheck) {
   const double rtn = kl(quantize("rtn", "rtn", "-b 4 -g 32"));
   const double gptq = kl(quantize("gptq", "gptq", "-b 4 -g 32 " + cal()));
+  const double awq = kl(quantize("awq", "awq", "-b 4 -g 32 " + cal()));
   const double rtn3 = kl(quantize("rtn", "rtn3", "-b 3 -g -1 --format dense"));
   const double km3 = kl(quantize("kmeans", "km3", "-b 3 --format dense " + cal()));
-  std::cerr << GetParam() << ": KL rtn " << rtn << " gptq " << gptq << " | 3-bit rtn " << rtn3 << " kmeans " << km3 << "\n";
+  std::cerr << GetParam() << ": KL rtn " << rtn << " gptq " << gptq << " awq " << awq << " | 3-bit rtn " << rtn3 << " kmeans " << km3 << "\n";
   EXPECT_GT(rtn, 0.0);
   EXPECT_LT(gptq, rtn);
+  EXPECT_LT(awq, rtn);
   EXPECT_LT(km3, rtn3);
+  // AWQ folded its MLP scale into the norm and, exactly, into the router's columns.
+  const json s = read_json_file(dir / "awq" / "quant_summary.json");
+  bool mapped = false;
+  for (const auto& t : s["tensors"]) mapped = mapped || (t.contains("extra") && t["extra"].value("awq_mapping", "") == "up_down");
+  EXPECT_TRUE(mapped) << "no expert got an up_down scale";
   // The router (and qwen2_moe's shared-expert gate) are copied in full precision.
   const auto st = TensorStore::open(dir / "gptq");
   const std::string block = GetParam() == "mixtral" ? "block_sparse_moe." : "mlp.";
@@ -270,23 +277,32 @@ TEST(MoeCliRules, FallbackRefusalsAndResume) {
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("4- or 8-bit experts"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir / "b3"));
-  // Not yet: AWQ's scale search over experts.
-  r = run_quant("awq " + model + " -b 4 -g 32" + cal + " -o " + (dir / "awq").string());
+  // Not yet: SmoothQuant's layer transform over experts.
+  r = run_quant("rtn " + model + " --scheme W8A8 --smooth 0.5" + cal + " -o " + (dir / "sq").string());
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("sparse (MoE)"), std::string::npos) << r.err;
-  EXPECT_FALSE(fs::exists(dir / "awq"));
+  EXPECT_FALSE(fs::exists(dir / "sq"));
 
-  // Killed after layer 0, resumed: the same bytes as an uninterrupted run.
-  const std::string args = "gptq " + model + " -b 4 -g 32" + cal + " -o ";
-  ASSERT_EQ(run_quant(args + (dir / "full").string()).rc, 0);
-  setenv("QUANT_FAULT_KILL_AFTER_LAYER", "0", 1);
-  const auto killed = run_quant(args + (dir / "res").string());
-  unsetenv("QUANT_FAULT_KILL_AFTER_LAYER");
-  EXPECT_NE(killed.rc, 0);
-  ASSERT_TRUE(fs::exists(dir / "res.resume" / "state.json"));
-  ASSERT_EQ(run_quant(args + (dir / "res").string()).rc, 0);
-  const auto a = TensorStore::open(dir / "full"), b = TensorStore::open(dir / "res");
-  for (const auto& name : a.names()) EXPECT_TRUE(raw(a, name) == raw(b, name)) << name;
+  // Killed after layer 0, resumed: the same bytes as an uninterrupted run (AWQ also rewrites the
+  // norms and the router).
+  for (const std::string method : {"gptq", "awq"}) {
+    const std::string args = method + " " + model + " -b 4 -g 32" + cal + " -o ";
+    const fs::path full = dir / (method + "-full"), res = dir / (method + "-res");
+    ASSERT_EQ(run_quant(args + full.string()).rc, 0);
+    setenv("QUANT_FAULT_KILL_AFTER_LAYER", "0", 1);
+    const auto killed = run_quant(args + res.string());
+    unsetenv("QUANT_FAULT_KILL_AFTER_LAYER");
+    EXPECT_NE(killed.rc, 0);
+    ASSERT_TRUE(fs::exists(fs::path(res.string() + ".resume") / "state.json"));
+    ASSERT_EQ(run_quant(args + res.string()).rc, 0);
+    const auto a = TensorStore::open(full), b = TensorStore::open(res);
+    for (const auto& name : a.names()) EXPECT_TRUE(raw(a, name) == raw(b, name)) << method << " " << name;
+    if (method == "awq") {
+      const auto src = TensorStore::open(dir / "m");
+      const std::string router = "model.layers.1.block_sparse_moe.gate.weight";
+      EXPECT_FALSE(raw(a, router) == raw(src, router)) << "AWQ's MLP scale is folded into the router's columns";
+    }
+  }
 }
 
 // llama.cpp's MoE tensors: the router in F32, each routed linear's experts stacked

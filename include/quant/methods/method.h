@@ -47,6 +47,7 @@ struct MethodTraits {
   bool act_order = false;               // columns quantized out of order (needs a g_idx format)
   bool float_output = false;            // writes transformed float weights, quantizes nothing
   bool fp8_weights = false;             // handles QuantSpec::fp8 (float8 weights)
+  bool moe_layers = true;               // a transforms_layer method that handles sparse (MoE) layers
   // The next stages see each quantized linear as its dequantized weight rounded to the source
   // checkpoint's dtype (what inference computes with); false: the float32 dequantized weight.
   bool round_to_source_dtype = true;
@@ -76,14 +77,25 @@ struct LayerContext {
   const RopeTable& rope;
   std::array<bool, 7> planned{};     // by LinearKind: quantized by this run
   std::array<QuantSpec, 7> specs{};  // by LinearKind: the planned spec
-  // Inputs of every capture point computed with the float layer ([tokens, in] per sample).
+  // Inputs of every capture point computed with the float layer ([tokens, in] per sample); a
+  // sparse layer's mlp_in too.
   const std::map<CapturePoint, std::vector<Mat>>& inputs;
+  // Sparse (MoE) layers: planned and spec of every linear of layer.linears (experts included),
+  // and the fewest routed calibration tokens an expert needs for its own statistics.
+  std::vector<bool> planned_all{};
+  std::vector<QuantSpec> specs_all{};
+  std::int64_t moe_min_tokens = 0;
 };
 
 struct LayerTransform {
   std::map<LinearKind, nlohmann::json> extra;  // merged into each linear's report
+  std::map<std::string, nlohmann::json> extra_by_prefix;  // the same for experts' linears, by prefix
+  // Per capture point whose inputs the transform divided by s column-wise (the folded norm
+  // before it): the inputs already captured become x / s.
+  std::map<CapturePoint, Vec> input_scales;
   // Layer tensors (norm weights) the transform changed, to be written in place of the source's.
   std::vector<std::pair<std::string, Vec>> changed;
+  std::vector<std::pair<std::string, Mat>> changed_matrices;  // the same for 2-D tensors (an MoE router)
 };
 
 class Method {

@@ -35,8 +35,8 @@ using FloatVisitor = std::function<void(const LayerDesc* layer, const LayerWeigh
 void observe_float_model(const Model& model, const std::vector<std::vector<std::int32_t>>& samples, bool head,
                          const FloatVisitor& visit);
 
-// Refuses a sparse (MoE) model for a method that transforms whole layers (AWQ, SmoothQuant):
-// their scale search has no expert-aware form here yet (UsageError, before any work).
+// Refuses a sparse (MoE) model for a layer-transforming method without an expert-aware form
+// (SmoothQuant; AWQ has one): UsageError, before any output.
 void check_moe_support(const Model& model, const MethodTraits& traits);
 
 // Starts journaling for `samples` and, if an interrupted run's journal matches, replays it and
