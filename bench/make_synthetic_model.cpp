@@ -1,7 +1,9 @@
 // Writes a random Llama-family checkpoint of a given shape (F16, fixed seed) for benchmarks:
-//   quant_make_synthetic OUT_DIR [--preset llama-1.1b|llama-7b|tiny] [--layers N] [--seed S]
+//   quant_make_synthetic OUT_DIR [--preset llama-1.1b|llama-7b|mixtral-8x7b|tiny] [--layers N] [--seed S]
 // llama-1.1b: hidden 2048, ffn 5632, 22 layers, 32 heads, 4 KV heads, vocab 32000, ctx 2048
 // llama-7b: hidden 4096, ffn 11008, 32 layers, 32 heads, 32 KV heads, vocab 32000, ctx 4096
+// mixtral-8x7b: hidden 4096, 8 experts of ffn 14336 (top 2), 32 layers, 32 heads, 8 KV heads,
+// vocab 32000 (Mixtral-8x7B's shapes; 1.4 B parameters per layer, use --layers)
 // (TinyLlama-1.1B's shapes). Weights ~ N(0, 0.02²), norms 1. A sentencepiece BPE tokenizer.model
 // of the model's vocabulary size comes with it (<unk>, <s>, </s>, 256 byte-fallback pieces, then
 // generated letter pieces), so the model can be evaluated on text and exported to GGUF; random
@@ -20,11 +22,12 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: quant_make_synthetic OUT_DIR [--preset llama-1.1b|llama-7b|tiny] [--layers N] [--seed S]\n"
+    "usage: quant_make_synthetic OUT_DIR [--preset llama-1.1b|llama-7b|mixtral-8x7b|tiny] [--layers N] [--seed S]\n"
     "Writes a random Llama checkpoint (F16 weights ~ N(0, 0.02^2), sentencepiece tokenizer.model, calib.ids)\n"
     "into OUT_DIR, which must not exist or be empty.\n"
     "  --preset llama-1.1b  hidden 2048, ffn 5632, 22 layers, 32 heads, 4 KV heads, vocab 32000 (default)\n"
     "  --preset llama-7b    hidden 4096, ffn 11008, 32 layers, 32 heads, 32 KV heads, vocab 32000 (13.5 GB)\n"
+    "  --preset mixtral-8x7b  hidden 4096, 8 experts of ffn 14336 (top 2), 32 layers, 32 heads, 8 KV heads (2.8 GB per layer)\n"
     "  --preset tiny        hidden 256, ffn 688, 4 layers, 8 heads, 4 KV heads, vocab 1024\n";
 
 // <unk>, <s>, </s>, the 256 byte pieces, then U+2581 and letter pieces up to `n`.
@@ -110,15 +113,21 @@ int main(int argc, char** argv) {
   std::int64_t H = 2048, F = 5632, L = 22, heads = 32, kv = 4, V = 32000, ctx = 2048;
   if (preset == "tiny") { H = 256; F = 688; L = 4; heads = 8; kv = 4; V = 1024; ctx = 512; }
   else if (preset == "llama-7b") { H = 4096; F = 11008; L = 32; heads = 32; kv = 32; V = 32000; ctx = 4096; }
-  else if (preset != "llama-1.1b") { std::fprintf(stderr, "unknown preset %s\n", preset.c_str()); return 2; }
+  std::int64_t experts = 0;
+  if (preset == "mixtral-8x7b") { H = 4096; F = 14336; L = 32; heads = 32; kv = 8; V = 32000; ctx = 4096; experts = 8; }
+  else if (preset != "llama-1.1b" && preset != "tiny" && preset != "llama-7b") { std::fprintf(stderr, "unknown preset %s\n", preset.c_str()); return 2; }
   if (layers > 0) L = layers;
   const std::int64_t hd = H / heads;
   fs::create_directories(out);
-  nlohmann::json config = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", H},
+  nlohmann::json config = {{"architectures", {experts ? "MixtralForCausalLM" : "LlamaForCausalLM"}}, {"model_type", experts ? "mixtral" : "llama"}, {"hidden_size", H},
                            {"intermediate_size", F}, {"num_hidden_layers", L}, {"num_attention_heads", heads},
                            {"num_key_value_heads", kv}, {"vocab_size", V}, {"max_position_embeddings", ctx},
                            {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false},
                            {"hidden_act", "silu"}, {"bos_token_id", 1}, {"eos_token_id", 2}, {"torch_dtype", "float16"}};
+  if (experts) {
+    config["num_local_experts"] = experts;
+    config["num_experts_per_tok"] = 2;
+  }
   write_file_atomic(out / "config.json", config.dump(2));
   write_file_atomic(out / "tokenizer.model", sentencepiece_bpe_proto(synthetic_vocab(V), (out / "tokenizer.model").string()));
   write_file_atomic(out / "tokenizer_config.json", nlohmann::json({{"add_bos_token", true}, {"add_eos_token", false}}).dump(2));
@@ -144,9 +153,19 @@ int main(int argc, char** argv) {
     add(p + "self_attn.v_proj.weight", {kv * hd, H});
     add(p + "self_attn.o_proj.weight", {H, heads * hd});
     add(p + "post_attention_layernorm.weight", {H}, true);
-    add(p + "mlp.gate_proj.weight", {F, H});
-    add(p + "mlp.up_proj.weight", {F, H});
-    add(p + "mlp.down_proj.weight", {H, F});
+    if (experts) {  // MixtralSparseMoeBlock: router, experts' w1 (gate), w3 (up), w2 (down)
+      add(p + "block_sparse_moe.gate.weight", {experts, H});
+      for (std::int64_t e = 0; e < experts; ++e) {
+        const std::string x = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
+        add(x + "w1.weight", {F, H});
+        add(x + "w3.weight", {F, H});
+        add(x + "w2.weight", {H, F});
+      }
+    } else {
+      add(p + "mlp.gate_proj.weight", {F, H});
+      add(p + "mlp.up_proj.weight", {F, H});
+      add(p + "mlp.down_proj.weight", {H, F});
+    }
     std::fprintf(stderr, "\rlayer %lld/%lld", static_cast<long long>(l + 1), static_cast<long long>(L));
   }
   add("model.norm.weight", {H}, true);

@@ -168,7 +168,7 @@ std::string awq_check_plan(const std::vector<PlannedLinear>& linears) {
 
 Codec awq_codec() {
   return {Format::awq, "awq", "awq", {".qweight", ".qzeros", ".scales"}, {4}, true, false,
-          awq_unsupported, awq_refuses, awq_write, awq_read, awq_config, awq_check_plan, awq_expected};
+          awq_unsupported, awq_refuses, awq_write, awq_read, awq_config, awq_check_plan, awq_expected, {4}};
 }
 
 }  // namespace quant::formats

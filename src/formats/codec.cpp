@@ -160,14 +160,13 @@ std::string plan_refusal(const Codec& codec, const std::vector<PlannedLinear>& l
       }
     }
   }
-  if (codec.format == Format::gptq || codec.format == Format::awq) {
-    // vLLM runs a layer's routed experts as one FusedMoE: GPTQ through gptq_marlin's MoE method
-    // or moe_wna16 (is_moe_wna16_compatible: bits 4 or 8), AWQ through awq_marlin's (4-bit).
+  if (!codec.expert_bits.empty()) {  // the loaders' MoE kernels (Codec::expert_bits)
+    const auto& ok = codec.expert_bits;
     for (const PlannedLinear& p : linears) {
-      if (p.quantize && p.desc->expert >= 0 && p.spec.bits != 4 && p.spec.bits != 8) {
-        return fmt::format("'{}' is {}: vLLM's MoE kernels (gptq_marlin MoE, moe_wna16) take 4- or 8-bit experts only; "
-                           "use --bits 4 or 8 for the experts (e.g. --rule 'experts\\.=bits:4'), or --format dense",
-                           p.desc->prefix, describe(p));
+      if (p.quantize && p.desc->expert >= 0 && std::find(ok.begin(), ok.end(), p.spec.bits) == ok.end()) {
+        return fmt::format("'{}' is {}: vLLM's MoE kernels for the {} format take {}-bit experts only; use those bits for the "
+                           "experts (e.g. --rule 'experts\\.=bits:{}'), or --format dense",
+                           p.desc->prefix, describe(p), codec.name, fmt::join(ok, "- or "), ok.front());
       }
     }
   }

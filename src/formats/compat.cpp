@@ -104,14 +104,13 @@ std::string fused_disagree(const Model& m, const Codec& c) {
   return {};
 }
 
-// vLLM runs a layer's routed experts as one FusedMoE module: GPTQ through gptq_marlin's MoE
-// method (uint4b8/uint8b128) or moe_wna16 (is_moe_wna16_compatible: bits 4 or 8, no desc_act).
+// vLLM runs a layer's routed experts as one FusedMoE module (Codec::expert_bits).
 constexpr const char* kVllmMoe = "vllm quantization/gptq_marlin.py GPTQMarlinMoEMethod, quantization/moe_wna16.py is_moe_wna16_compatible";
 std::string moe_bits_disagree(const Model& m, const Codec& c) {
   for (const LinearDesc* l : m.linears()) {
     if (l->expert < 0) continue;
     const auto e = c.expected(m.config().quantization_config, *l, m.dir() / "config.json");
-    if (e && e->bits != 4 && e->bits != 8) return fmt::format("'{}' is {}-bit", l->prefix, e->bits);
+    if (e && std::find(c.expert_bits.begin(), c.expert_bits.end(), e->bits) == c.expert_bits.end()) return fmt::format("'{}' is {}-bit", l->prefix, e->bits);
   }
   return {};
 }

@@ -144,7 +144,10 @@ nlohmann::json gptq_config(const ConfigInput& in) {
 
 Codec gptq_codec() {
   return {Format::gptq, "gptq", "gptq", {".qweight", ".qzeros", ".scales", ".g_idx"}, {2, 3, 4, 8}, true, true,
-          gptq_unsupported, gptq_refuses, gptq_write, gptq_read, gptq_config, nullptr, gptq_expected};
+          gptq_unsupported, gptq_refuses, gptq_write, gptq_read, gptq_config, nullptr, gptq_expected,
+          // vLLM runs a layer's experts as one FusedMoE: gptq_marlin's MoE method (uint4b8/uint8b128)
+          // or moe_wna16 (quantization/moe_wna16.py is_moe_wna16_compatible: bits 4 or 8).
+          {4, 8}};
 }
 
 std::string refuses_affine(const MethodOutput& o, const char* format) {

@@ -170,6 +170,16 @@ void LayerRunner::finish(const LayerWeights& layer) {
   ++layer_;
 }
 
+void LayerRunner::finish_with(const LayerWeights& layer, const std::vector<Mat>& mlp_out) {
+  stage(CapturePoint::mlp_in, layer);
+  if (mlp_out.size() != hidden_.size()) fail<Error>("LayerRunner: {} MLP outputs for {} samples", mlp_out.size(), hidden_.size());
+  for (std::size_t s = 0; s < hidden_.size(); ++s) hidden_[s] = h_mid_[s] + mlp_out[s];
+  act_.clear();
+  h_mid_.clear();
+  stage_ = -1;
+  ++layer_;
+}
+
 void LayerRunner::advance(const LayerWeights& layer) {
   act_.clear();
   h_mid_.clear();

@@ -40,7 +40,7 @@ const Vec& LayerWeights::bias(const LinearDesc& d) const {
   return d.in_expert() ? kNone : b[static_cast<int>(d.kind)];
 }
 
-LayerWeights load_layer(const Model& model, int layer) {
+LayerWeights load_layer(const Model& model, int layer, bool experts) {
   const LayerDesc& d = model.layout().layers.at(static_cast<std::size_t>(layer));
   LayerWeights lw;
   std::map<std::string, Mat> stored;  // Phi-3: each fused tensor read once, its parts sliced from it
@@ -51,7 +51,7 @@ LayerWeights load_layer(const Model& model, int layer) {
   }
   for (const auto& l : d.linears) {
     if (l.in_expert()) {
-      lw.weight(l) = load_linear(model, l);
+      if (experts) lw.weight(l) = load_linear(model, l);
       continue;
     }
     if (l.fused()) {

@@ -158,7 +158,7 @@ std::vector<Rule> Allocation::rules() const {
 }
 
 Allocation allocate_bits(const Model& model, const Policy& policy, double target_bpw, std::vector<int> candidates,
-                         const std::vector<std::vector<std::int32_t>>& samples, Sensitivity kind) {
+                         const std::vector<std::vector<std::int32_t>>& samples, Sensitivity kind, const std::vector<int>& expert_bits) {
   std::sort(candidates.begin(), candidates.end());
   candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
   if (candidates.empty()) fail<UsageError>("--target-bpw needs candidate bit widths");
@@ -213,6 +213,22 @@ Allocation allocate_bits(const Model& model, const Policy& policy, double target
   }
   if (a.linears.empty()) fail<UsageError>("--target-bpw: no linear is quantized under the rules");
   a.linears = merge_fused(std::move(a.linears), model);
+  if (!expert_bits.empty()) {  // a layer's routed experts (one FusedMoE group): only the bit widths its loaders take
+    for (BitChoice& c : a.linears) {
+      if (!c.linear.ends_with(".experts")) continue;
+      BitChoice kept = c;
+      kept.bits.clear(), kept.loss.clear(), kept.bpw.clear();
+      for (std::size_t j = 0; j < c.bits.size(); ++j) {
+        if (std::find(expert_bits.begin(), expert_bits.end(), c.bits[j]) == expert_bits.end()) continue;
+        kept.bits.push_back(c.bits[j]), kept.loss.push_back(c.loss[j]), kept.bpw.push_back(c.bpw[j]);
+      }
+      if (kept.bits.empty()) {
+        fail<UsageError>("--target-bpw: the experts of '{}' can only be {} bits for this format's loaders, and --candidate-bits has none of them",
+                         c.linear, fmt::join(expert_bits, " or "));
+      }
+      c = std::move(kept);
+    }
+  }
   double params = 0, bits = 0;
   for (const auto& c : a.linears) {
     params += static_cast<double>(c.n_params);

@@ -61,7 +61,9 @@ struct Loop {
   }
 
   void decoder_layer(const LayerDesc& layer, LayerRunner& runner) {
-    LayerWeights lw = timer.time("load weights", [&] { return load_layer(model, layer.index); });
+    // A sparse layer's experts stream one at a time unless a layer transform needs them all (AWQ).
+    const bool stream = layer.moe && !traits.transforms_layer;
+    LayerWeights lw = timer.time("load weights", [&] { return load_layer(model, layer.index, !stream); });
     const bool whole_layer = traits.transforms_layer || !traits.true_sequential;
     std::map<CapturePoint, InputStats> stats;
     LayerTransform transform;
@@ -103,16 +105,18 @@ struct Loop {
                e == transform.extra.end() ? nlohmann::json() : e->second, true);
       }
     }
+    std::vector<Mat> moe_out;
     if (layer.moe) {
       const auto scaled = transform.input_scales.find(CapturePoint::mlp_in);
-      moe_mlp(layer, lw, runner, scaled == transform.input_scales.end() ? nullptr : &scaled->second, transform.extra_by_prefix);
+      moe_out = moe_mlp(layer, lw, runner, scaled == transform.input_scales.end() ? nullptr : &scaled->second, transform.extra_by_prefix, stream);
     }
     for (const auto& [name, v] : transform.changed) session.put_float(name, v.data(), {static_cast<std::int64_t>(v.size())});
     for (const auto& [name, m] : transform.changed_matrices) session.put_float(name, m.data(), {m.rows(), m.cols()});
     // True sequential: the cached stages already saw the quantized weights; otherwise every
     // input was captured with the float layer and the quantized layer runs afresh.
     timer.time("forward", [&] {
-      if (whole_layer) runner.advance(lw);
+      if (stream) runner.finish_with(lw, moe_out);
+      else if (whole_layer) runner.advance(lw);
       else runner.finish(lw);
     });
     timer.time("checkpoint", [&] { session.checkpoint(layer.index, runner.hidden()); });
@@ -125,8 +129,10 @@ struct Loop {
   // statistics. Each expert's linears report its token count (`moe_tokens`).
   // `input_scale`: a layer transform divided the MLP's inputs by it (AWQ's folded norm) after
   // they were captured; `transform_extra`: its per-expert report entries.
-  void moe_mlp(const LayerDesc& layer, LayerWeights& lw, LayerRunner& runner, const Vec* input_scale,
-               const std::map<std::string, nlohmann::json>& transform_extra) {
+  // `stream`: each expert's weights are loaded here and dropped once its share of the layer's
+  // output (returned, one matrix per sample) is added, so one expert is resident at a time.
+  std::vector<Mat> moe_mlp(const LayerDesc& layer, LayerWeights& lw, LayerRunner& runner, const Vec* input_scale,
+                           const std::map<std::string, nlohmann::json>& transform_extra, bool stream) {
     const auto& captured = timer.time("forward", [&]() -> const std::vector<Mat>& { return runner.stage(CapturePoint::mlp_in, lw); });
     std::vector<Mat> rescaled;
     if (input_scale) {
@@ -137,10 +143,12 @@ struct Loop {
     timer.time("forward", [&] {
       for (std::size_t i = 0; i < xs.size(); ++i) routes[i] = route_tokens(model.config(), lw, xs[i]);
     });
-    const bool all = run.moe_calibration == "all";
-    const Method& fallback = traits.statistic == Statistic::hessian ? static_cast<const Method&>(rtn) : method;
     std::vector<std::int64_t> counts;
     int n_fallback = 0;
+    std::vector<Mat> out;
+    if (stream) {
+      for (const Mat& x : xs) out.push_back(Mat::Zero(x.rows(), x.cols()));
+    }
     for (int e = 0; e < layer.n_experts + (layer.has_shared_expert() ? 1 : 0); ++e) {
       const int id = e < layer.n_experts ? e : -1;  // -1: the shared expert, which sees every token
       std::int64_t routed = id < 0 ? runner.n_tokens() : 0;
@@ -148,39 +156,19 @@ struct Loop {
         for (const auto& r : routes) routed += static_cast<std::int64_t>(r.rows[static_cast<std::size_t>(id)].size());
         counts.push_back(routed);
       }
-      bool planned = false;
-      for (LinearKind k : {LinearKind::gate, LinearKind::up, LinearKind::down}) planned = planned || session.plan_for(layer.expert(id, k)).quantize;
-      if (!planned) continue;
-      const bool full = id < 0 || all;
-      const bool few = !full && routed < run.moe_min_tokens;
-      n_fallback += few ? 1 : 0;
-      std::vector<Mat> routed_xs;
-      if (!full && !few) {
-        for (std::size_t i = 0; i < xs.size(); ++i) {
-          if (!routes[i].rows[static_cast<std::size_t>(id)].empty()) routed_xs.push_back(gather_rows(xs[i], routes[i].rows[static_cast<std::size_t>(id)]));
-        }
-      }
-      const std::vector<Mat>& in = full ? xs : routed_xs;
-      const nlohmann::json moe_extra = {{"moe_tokens", routed}, {"moe_statistics", few ? "none" : full ? "all tokens" : "routed tokens"}};
       ExpertWeights& ew = id < 0 ? lw.shared : lw.experts[static_cast<std::size_t>(id)];
-      const auto quantize = [&](LinearKind k, const std::vector<Mat>& inputs) {
-        const LinearDesc& d = layer.expert(id, k);
-        if (!session.plan_for(d).quantize) return;
-        nlohmann::json extra = moe_extra;
-        if (const auto t = transform_extra.find(d.prefix); t != transform_extra.end()) extra.update(t->second);
-        if (few) return linear(d, ew.linear(k), Vec(), nullptr, extra, true, &fallback);
-        const InputStats st = timer.time("statistics", [&] { return measure_inputs(traits.statistic, inputs); });
-        linear(d, ew.linear(k), Vec(), &st, extra, true);
-      };
-      quantize(LinearKind::gate, in);
-      quantize(LinearKind::up, in);
-      std::vector<Mat> acts;
-      if (!few) {
-        timer.time("forward", [&] {
-          for (const Mat& x : in) acts.push_back(expert_activation(ew, x));
+      if (stream) {
+        timer.time("load weights", [&] {
+          for (LinearKind k : {LinearKind::gate, LinearKind::up, LinearKind::down}) ew.linear(k) = load_linear(model, layer.expert(id, k));
         });
       }
-      quantize(LinearKind::down, acts);
+      bool planned = false;
+      for (LinearKind k : {LinearKind::gate, LinearKind::up, LinearKind::down}) planned = planned || session.plan_for(layer.expert(id, k)).quantize;
+      if (planned) quantize_expert(layer, ew, id, routed, xs, routes, transform_extra, n_fallback);
+      if (stream) {
+        timer.time("forward", [&] { add_expert_output(lw, ew, id, xs, routes, out); });
+        ew = ExpertWeights{};
+      }
     }
     if (!counts.empty()) {
       std::vector<std::int64_t> sorted = counts;
@@ -188,6 +176,65 @@ struct Loop {
       log::info("layer {}: calibration tokens per expert min {} median {} max {}{}", layer.index, sorted.front(), sorted[sorted.size() / 2],
                 sorted.back(), n_fallback ? fmt::format("; {} expert(s) under --moe-min-tokens {} quantized without statistics", n_fallback, run.moe_min_tokens) : "");
     }
+    return out;
+  }
+
+  // Adds expert `id`'s weighted output on its routed rows to `out` (the shared expert: every row,
+  // times sigmoid of its gate), as moe_block does.
+  static void add_expert_output(const LayerWeights& lw, const ExpertWeights& ew, int id, const std::vector<Mat>& xs,
+                                const std::vector<Routing>& routes, std::vector<Mat>& out) {
+    Mat y, g;
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+      if (id < 0) {
+        linear_forward(xs[i], lw.shared_gate, Vec(), g);
+        linear_forward(expert_activation(ew, xs[i]), ew.down, Vec(), y);
+        for (Eigen::Index t = 0; t < y.rows(); ++t) out[i].row(t) += y.row(t) * (1.0f / (1.0f + std::exp(-g(t, 0))));
+        continue;
+      }
+      const auto& rows = routes[i].rows[static_cast<std::size_t>(id)];
+      if (rows.empty()) continue;
+      linear_forward(expert_activation(ew, gather_rows(xs[i], rows)), ew.down, Vec(), y);
+      const auto& w = routes[i].weights[static_cast<std::size_t>(id)];
+      for (std::size_t r = 0; r < rows.size(); ++r) out[i].row(rows[r]) += y.row(static_cast<Eigen::Index>(r)) * w[r];
+    }
+  }
+
+  // Quantizes expert `id`'s planned linears: gate/up from the statistics of its inputs, then
+  // down from its activation recomputed with the quantized gate/up.
+  void quantize_expert(const LayerDesc& layer, ExpertWeights& ew, int id, std::int64_t routed, const std::vector<Mat>& xs,
+                       const std::vector<Routing>& routes, const std::map<std::string, nlohmann::json>& transform_extra,
+                       int& n_fallback) {
+    const bool all = run.moe_calibration == "all";
+    const Method& fallback = traits.statistic == Statistic::hessian ? static_cast<const Method&>(rtn) : method;
+    const bool full = id < 0 || all;
+    const bool few = !full && routed < run.moe_min_tokens;
+    n_fallback += few ? 1 : 0;
+    std::vector<Mat> routed_xs;
+    if (!full && !few) {
+      for (std::size_t i = 0; i < xs.size(); ++i) {
+        if (!routes[i].rows[static_cast<std::size_t>(id)].empty()) routed_xs.push_back(gather_rows(xs[i], routes[i].rows[static_cast<std::size_t>(id)]));
+      }
+    }
+    const std::vector<Mat>& in = full ? xs : routed_xs;
+    const nlohmann::json moe_extra = {{"moe_tokens", routed}, {"moe_statistics", few ? "none" : full ? "all tokens" : "routed tokens"}};
+    const auto quantize = [&](LinearKind k, const std::vector<Mat>& inputs) {
+      const LinearDesc& d = layer.expert(id, k);
+      if (!session.plan_for(d).quantize) return;
+      nlohmann::json extra = moe_extra;
+      if (const auto t = transform_extra.find(d.prefix); t != transform_extra.end()) extra.update(t->second);
+      if (few) return linear(d, ew.linear(k), Vec(), nullptr, extra, true, &fallback);
+      const InputStats st = timer.time("statistics", [&] { return measure_inputs(traits.statistic, inputs); });
+      linear(d, ew.linear(k), Vec(), &st, extra, true);
+    };
+    quantize(LinearKind::gate, in);
+    quantize(LinearKind::up, in);
+    std::vector<Mat> acts;
+    if (!few) {
+      timer.time("forward", [&] {
+        for (const Mat& x : in) acts.push_back(expert_activation(ew, x));
+      });
+    }
+    quantize(LinearKind::down, acts);
   }
 
   void head(const LayerRunner& runner) {

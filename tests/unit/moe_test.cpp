@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "cli_helpers.h"
@@ -302,6 +304,33 @@ TEST(MoeCliRules, FallbackRefusalsAndResume) {
       const std::string router = "model.layers.1.block_sparse_moe.gate.weight";
       EXPECT_FALSE(raw(a, router) == raw(src, router)) << "AWQ's MLP scale is folded into the router's columns";
     }
+  }
+}
+
+// --target-bpw moves a layer's experts as one group and only among the widths vLLM's MoE kernels
+// take (4 or 8 for GPTQ), so the allocation stays loadable.
+TEST(MoeCliRules, TargetBpwKeepsExpertsInOneLoadableGroup) {
+  TempDir dir;
+  testing::write_tiny_model(dir / "m", moe_spec("qwen2_moe"));
+  std::string ids;
+  for (int i = 0; i < 2000; ++i) ids += std::to_string((i * 31 + i / 7) % 96) + " ";
+  write_file_atomic(dir / "ids.txt", ids);
+  const auto r = run_quant("gptq " + (dir / "m").string() + " --target-bpw 4.4 -g 32 --calib-tokens " + (dir / "ids.txt").string() +
+                           " --nsamples 8 --seqlen 32 -o " + (dir / "out").string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(run_quant("check " + (dir / "out").string() + " --for vllm").rc, 0);
+  const json s = read_json_file(dir / "out" / "quant_summary.json");
+  std::map<std::string, std::set<int>> bits;  // per layer's experts
+  for (const auto& t : s["tensors"]) {
+    const std::string name = t["name"];
+    const auto at = name.find(".experts.");
+    if (at == std::string::npos || !t.value("quantized", false)) continue;
+    bits[name.substr(0, at)].insert(t["bits"].get<int>());
+  }
+  ASSERT_EQ(bits.size(), 2u);
+  for (const auto& [layer, b] : bits) {
+    EXPECT_EQ(b.size(), 1u) << layer << ": the experts of one layer got different bits";
+    EXPECT_TRUE(b.count(4) || b.count(8)) << layer;
   }
 }
 

@@ -242,7 +242,8 @@ Policy make_policy(const QuantizeCliOptions& o, const QuantSpec& defaults, const
     kind = !samples.empty() && params < 2e8 ? "kl" : "hessian";
     log::info("--target-bpw: sensitivity {}", kind);
   }
-  std::vector<Rule> all = allocate_bits(model, p, o.target_bpw, o.candidate_bits, samples, parse_sensitivity(kind)).rules();
+  const std::vector<int>& expert_bits = formats::codec(formats::parse_format(o.format)).expert_bits;
+  std::vector<Rule> all = allocate_bits(model, p, o.target_bpw, o.candidate_bits, samples, parse_sensitivity(kind), expert_bits).rules();
   all.insert(all.end(), rules.begin(), rules.end());
   return Policy::standard(defaults, o.quantize_lm_head, std::move(all));
 }

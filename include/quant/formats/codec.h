@@ -88,6 +88,8 @@ struct Codec {
   // has the wrong type. Null for dense.
   std::optional<QuantSpec> (*expected)(const nlohmann::json& quantization_config, const LinearDesc& linear,
                                        const fs::path& config_path) = nullptr;
+  // The bit widths a layer's routed experts may have (the loaders' MoE kernels); empty: any of `bits`.
+  std::vector<int> expert_bits = {};
 };
 
 // Checks every linear's storage against the quantization_config as loaders read it: a linear

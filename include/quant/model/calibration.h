@@ -55,6 +55,9 @@ class LayerRunner {
   // Completes the layer from the cached stages (the rest runs with `layer`) and moves the
   // hidden states to the layer's outputs.
   void finish(const LayerWeights& layer);
+  // A sparse layer whose experts were streamed: completes it with the MLP outputs `mlp_out`
+  // (one [tokens, hidden] per sample, added to the hidden states after attention).
+  void finish_with(const LayerWeights& layer, const std::vector<Mat>& mlp_out);
   // Recomputes the whole layer with `layer` (discarding cached stages) and moves on.
   void advance(const LayerWeights& layer);
 

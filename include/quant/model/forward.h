@@ -49,7 +49,9 @@ struct LayerWeights {
   std::size_t bytes() const;
 };
 
-LayerWeights load_layer(const Model& model, int layer);
+// `experts` false: a sparse layer's routed and shared experts stay unloaded (empty matrices, the
+// router and shared gate loaded), for a caller that streams them one at a time.
+LayerWeights load_layer(const Model& model, int layer, bool experts = true);
 
 // Embedding, final norm and output head.
 struct HeadWeights {

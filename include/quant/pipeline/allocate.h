@@ -47,8 +47,10 @@ Sensitivity parse_sensitivity(const std::string& name);
 // Allocates bits among the linears (fused siblings — q/k/v, gate/up — as one unit, since the
 // loaders that fuse them need one config per fused layer) `policy` quantizes (each keeps its policy group size and
 // symmetry). `samples` may be empty (then H = I). Throws UsageError when the budget is below
-// every linear at the fewest candidate bits.
+// every linear at the fewest candidate bits. `expert_bits`, when not empty: the only widths a
+// layer's routed experts (one group, as vLLM's FusedMoE) may get (GPTQ/AWQ formats: 4 or 8).
 Allocation allocate_bits(const Model& model, const Policy& policy, double target_bpw, std::vector<int> candidates,
-                         const std::vector<std::vector<std::int32_t>>& samples, Sensitivity kind = Sensitivity::hessian);
+                         const std::vector<std::vector<std::int32_t>>& samples, Sensitivity kind = Sensitivity::hessian,
+                         const std::vector<int>& expert_bits = {});
 
 }  // namespace quant
