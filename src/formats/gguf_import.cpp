@@ -24,7 +24,7 @@ using gguf::File;
 using gguf::Value;
 using gguf::ValueType;
 
-const std::set<std::string> kArchs = {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"};
+const std::set<std::string> kArchs = {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "qwen2moe", "qwen3moe"};
 
 class Meta {
  public:
@@ -80,18 +80,42 @@ std::int64_t token_id(const File& f, const char* key) {
 json hf_config(const File& f, const std::string& arch) {
   const Meta m(f, arch);
   const std::string where = f.path().string();
-  if (m.integer("expert_count", 0) > 0) {
-    fail("{}: a mixture-of-experts GGUF ({}.expert_count = {}) cannot be read as a checkpoint yet", where, arch, m.integer("expert_count", 0));
-  }
+  const std::int64_t experts = m.integer("expert_count", 0);
+  static const std::map<std::string, std::pair<const char*, const char*>> kTypes = {
+      {"llama", {"llama", "LlamaForCausalLM"}},          {"qwen2", {"qwen2", "Qwen2ForCausalLM"}},
+      {"qwen3", {"qwen3", "Qwen3ForCausalLM"}},          {"gemma2", {"gemma2", "Gemma2ForCausalLM"}},
+      {"gemma3", {"gemma3_text", "Gemma3ForCausalLM"}},  {"phi3", {"phi3", "Phi3ForCausalLM"}},
+      {"qwen2moe", {"qwen2_moe", "Qwen2MoeForCausalLM"}}, {"qwen3moe", {"qwen3_moe", "Qwen3MoeForCausalLM"}}};
+  auto type = kTypes.at(arch);
+  if (arch == "llama" && experts > 0) type = {"mixtral", "MixtralForCausalLM"};  // llama with experts: Mixtral
   json j;
-  j["model_type"] = arch == "gemma3" ? "gemma3_text" : arch;
-  j["architectures"] = json::array({arch == "llama" ? "LlamaForCausalLM" : arch == "qwen2" ? "Qwen2ForCausalLM"
-                                    : arch == "qwen3" ? "Qwen3ForCausalLM" : arch == "gemma2" ? "Gemma2ForCausalLM"
-                                    : arch == "gemma3" ? "Gemma3ForCausalLM" : "Phi3ForCausalLM"});
+  j["model_type"] = type.first;
+  j["architectures"] = json::array({type.second});
+  if ((arch == "qwen2moe" || arch == "qwen3moe") && experts <= 0) fail("{}: {}.expert_count is missing", where, arch);
+  if (experts > 0 && arch != "llama" && arch != "qwen2moe" && arch != "qwen3moe") {
+    fail("{}: {}.expert_count = {}: experts are supported for llama (Mixtral), qwen2moe and qwen3moe", where, arch, experts);
+  }
   const std::int64_t hidden = m.integer("embedding_length"), heads = m.integer("attention.head_count");
   if (heads <= 0) fail("{}: {}.attention.head_count must be positive", where, arch);
   j["hidden_size"] = hidden;
   j["intermediate_size"] = m.integer("feed_forward_length");
+  if (experts > 0) {
+    // As llama.cpp reads them (src/models/{llama,qwen2moe,qwen3moe}.cpp): n_ff_exp defaults to
+    // n_ff / n_expert_used, n_ff_shexp to n_ff; qwen3moe renormalizes the top-k weights, qwen2moe
+    // does not, llama (Mixtral) always does.
+    const std::int64_t used = m.integer("expert_used_count");
+    if (used <= 0 || used > experts) fail("{}: {}.expert_used_count = {} with {} experts", where, arch, used, experts);
+    j[arch == "llama" ? "num_local_experts" : "num_experts"] = experts;
+    j["num_experts_per_tok"] = used;
+    if (arch != "llama") {
+      j["moe_intermediate_size"] = m.integer("expert_feed_forward_length", j["intermediate_size"].get<std::int64_t>() / used);
+      j["norm_topk_prob"] = arch == "qwen3moe";
+    }
+    if (arch == "qwen2moe") {
+      j["shared_expert_intermediate_size"] = m.integer("expert_shared_feed_forward_length", j["intermediate_size"]);
+      j["qkv_bias"] = std::any_of(f.tensors.begin(), f.tensors.end(), [](const gguf::TensorInfo& t) { return t.name == "blk.0.attn_q.bias"; });
+    }
+  }
   j["num_hidden_layers"] = m.integer("block_count");
   j["num_attention_heads"] = heads;
   j["num_key_value_heads"] = m.integer("attention.head_count_kv", heads);
@@ -178,6 +202,8 @@ struct Source {
   std::string gguf;
   std::int64_t rope_heads = 0;  // llama's q/k: un-permute rows over this many heads
   float offset = 0;             // subtracted (Gemma norms are stored as 1 + w)
+  int block = -1;               // stacked experts (ffn_*_exps): the expert's slice along the last ggml dim
+  std::vector<std::int64_t> shape = {};  // the HF shape when it differs from the GGUF's (shared-expert gate: [1, hidden])
 };
 
 std::map<std::string, Source> tensor_sources(const ModelConfig& c, const ModelLayout& L, const std::string& arch) {
@@ -194,7 +220,19 @@ std::map<std::string, Source> tensor_sources(const ModelConfig& c, const ModelLa
     if (!layer.k_norm.empty()) s[layer.k_norm] = {b + "attn_k_norm.weight", 0, off};
     if (!layer.post_attn_norm.empty()) s[layer.post_attn_norm] = {b + "post_attention_norm.weight", 0, off};
     if (!layer.post_mlp_norm.empty()) s[layer.post_mlp_norm] = {b + "post_ffw_norm.weight", 0, off};
+    if (layer.moe) {  // gguf_export's names: router, stacked experts, shared expert
+      s[layer.router] = {b + "ffn_gate_inp.weight"};
+      for (int e = -1; e < layer.n_experts; ++e) {
+        if (e < 0 && !layer.has_shared_expert()) continue;
+        for (LinearKind k : {LinearKind::gate, LinearKind::up, LinearKind::down}) {
+          const LinearDesc& l = layer.expert(e, k);
+          s[l.weight_name()] = {gguf::gguf_linear_name(l), 0, 0, e};
+        }
+      }
+      if (layer.has_shared_expert()) s[layer.shared_gate] = {b + "ffn_gate_inp_shexp.weight", 0, 0, -1, {1, c.hidden_size}};
+    }
     for (LinearKind k : kAllLinearKinds) {
+      if (layer.moe && k >= LinearKind::gate) break;
       const LinearDesc& l = layer.linear(k);
       const std::int64_t heads = arch != "llama" ? 0 : k == LinearKind::q ? c.n_heads : k == LinearKind::k ? c.n_kv_heads : 0;
       s[l.weight_name()] = {gguf::gguf_linear_name(l.storage_desc()), heads};
@@ -215,7 +253,7 @@ Model open_gguf_model(const fs::path& path) {
   if (!a || a->type != ValueType::STRING) fail("{}: no general.architecture", where);
   const std::string arch = a->s;
   if (!kArchs.contains(arch)) {
-    fail("{}: GGUF architecture '{}' is not supported for evaluation (supported: llama, qwen2, qwen3, gemma2, gemma3, phi3)", where, arch);
+    fail("{}: GGUF architecture '{}' is not supported for evaluation (supported: llama, qwen2, qwen3, gemma2, gemma3, phi3, qwen2moe, qwen3moe)", where, arch);
   }
   const json config_json = hf_config(*file, arch);
   ModelConfig config = ModelConfig::from_json(config_json, where);
@@ -259,14 +297,23 @@ Model open_gguf_model(const fs::path& path) {
     if (!gguf::type_info(static_cast<std::uint32_t>(t->type))) fail("{}: tensor '{}' has a block type quant cannot read", where, src.gguf);
     used.insert(src.gguf);
     std::vector<std::int64_t> shape(t->ne.rbegin(), t->ne.rend());  // ggml order reversed: HF [rows, cols]
-    tensors.push_back({hf, shape, [file, name = src.gguf, src, cols = t->ne[0], where](float* dst) {
+    if (src.block >= 0) {  // one expert of {n_expert, rows, cols}
+      if (shape.size() != 3 || src.block >= shape[0]) fail("{}: tensor '{}' is not a stack of {} experts", where, src.gguf, src.block + 1);
+      shape.erase(shape.begin());
+    }
+    if (!src.shape.empty()) shape = src.shape;
+    std::int64_t numel = 1;
+    for (auto d : shape) numel *= d;
+    tensors.push_back({hf, shape, [file, name = src.gguf, src, cols = t->ne[0], numel, where](float* dst) {
                          std::vector<float> y = gguf::dequantize_tensor(*file, name);
                          if (src.rope_heads > 0) y = gguf::unpermute_rope_rows(y, src.rope_heads, cols);
-                         for (float& x : y) {
-                           x -= src.offset;
+                         const std::size_t from = src.block >= 0 ? static_cast<std::size_t>(src.block * numel) : 0;
+                         if (from + static_cast<std::size_t>(numel) > y.size()) fail("{}: tensor '{}' is smaller than its shape", where, name);
+                         for (std::size_t i = 0; i < static_cast<std::size_t>(numel); ++i) {
+                           const float x = y[from + i] - src.offset;
                            if (!std::isfinite(x)) fail("{}: tensor '{}' holds a non-finite value", where, name);
+                           dst[i] = x;
                          }
-                         std::copy(y.begin(), y.end(), dst);
                        }});
   }
   for (const char* extra : {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}) used.insert(extra);

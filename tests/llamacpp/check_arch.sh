@@ -7,8 +7,7 @@
 # families mixtral / qwen2moe / qwen3moe (4 experts built from the dense MLP, random routers) —
 # `llama-perplexity` on quant's F32 GGUF must agree with
 # `quant eval --protocol llamacpp` on the HF checkpoint within 0.1 %, and so must `quant eval`
-# of the GGUF file itself (GGUF input: config, tokenizer and weights read back from the file;
-# not for the MoE variants, whose stacked expert tensors quant does not read back yet: "-").
+# of the GGUF file itself (GGUF input: config, tokenizer and weights read back from the file).
 # Usage: tests/llamacpp/check_arch.sh [LLAMA_BUILD_DIR [QUANT_BUILD_DIR [MODEL TEXT]]]
 # LLAMA_BUILD_DIR (default $QUANT_LLAMA_CPP_BUILD) is a llama.cpp CMake build with
 # bin/llama-perplexity, built outside the repo. ctest runs this as LlamaCpp.ArchitecturesAgree.
@@ -38,10 +37,7 @@ for v in ${QUANT_ARCH_VARIANTS:-base llama3 linear yarn qwen2 qwen3 gemma2 gemma
   variant "$v" "$v"
   "$Q" -q gguf "$tmp/$v" -t f32 -o "$tmp/$v.gguf" > /dev/null
   q=$("$Q" -q -t $T eval "$tmp/$v" --text "$tmp/text.txt" --ctx $CTX --protocol llamacpp --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
-  case $v in
-    mixtral|qwen2moe|qwen3moe) g=-1 ;;
-    *) g=$("$Q" -q -t $T eval "$tmp/$v.gguf" --text "$tmp/text.txt" --ctx $CTX --protocol llamacpp --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])') ;;
-  esac
+  g=$("$Q" -q -t $T eval "$tmp/$v.gguf" --text "$tmp/text.txt" --ctx $CTX --protocol llamacpp --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
   if ! "$LL/bin/llama-perplexity" -m "$tmp/$v.gguf" -f "$tmp/text.txt" -c $CTX -b $CTX -t $T > "$tmp/$v.out" 2> "$tmp/$v.err"; then
     echo "$v: llama-perplexity failed:"; tail -5 "$tmp/$v.err"; status=1; continue
   fi
@@ -49,9 +45,8 @@ for v in ${QUANT_ARCH_VARIANTS:-base llama3 linear yarn qwen2 qwen3 gemma2 gemma
   python3 - "$v" "$q" "$l" "$g" <<'PY' || status=1
 import sys
 v, q, l, g = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-d, dg = abs(q - l) / l, (abs(g - l) / l if g >= 0 else 0.0)
-gs, dgs = (f"{g:12.4f}", f"{100*dg:8.4f}%") if g >= 0 else (f"{'-':>12}", f"{'-':>9}")
-print(f"{v:<8} {q:12.4f} {gs} {l:16.4f} {100*d:8.4f}% {dgs}")
+d, dg = abs(q - l) / l, abs(g - l) / l
+print(f"{v:<8} {q:12.4f} {g:12.4f} {l:16.4f} {100*d:8.4f}% {100*dg:8.4f}%")
 sys.exit(0 if d <= 0.001 and dg <= 0.001 else 1)
 PY
 done

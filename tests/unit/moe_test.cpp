@@ -362,6 +362,16 @@ TEST(MoeGguf, StackedExpertsMetadataAndRefusals) {
     const auto got = gguf::dequantize_tensor(g, "blk.1.ffn_down_exps.weight");
     ASSERT_EQ(got.size(), 4 * want.size());
     EXPECT_TRUE(std::equal(want.begin(), want.end(), got.begin() + 3 * static_cast<std::ptrdiff_t>(want.size())));
+    // Read back (GGUF input: each expert's slice of the stacked tensors): the same perplexity.
+    std::string ids;
+    for (int i = 0; i < 300; ++i) ids += std::to_string((i * 37 + i / 3) % 95) + " ";
+    write_file_atomic(dir / "ids.txt", ids);
+    auto ppl = [&](const fs::path& m) {
+      const auto e = run_quant("eval " + m.string() + " --tokens " + (dir / "ids.txt").string() + " --ctx 64 --json");
+      EXPECT_EQ(e.rc, 0) << e.err;
+      return e.rc == 0 ? json::parse(e.out)["ppl"].get<double>() : -1.0;
+    };
+    EXPECT_NEAR(ppl(out) / ppl(dir / type), 1.0, 1e-5) << type;
     if (type == "qwen2_moe") {
       EXPECT_EQ(g.find(arch + ".expert_feed_forward_length")->u, 64u);
       EXPECT_EQ(g.find(arch + ".expert_shared_feed_forward_length")->u, 64u);
