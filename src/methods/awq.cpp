@@ -204,12 +204,30 @@ Mat block_output(const ModelConfig& c, const LayerWeights& L, const RopeTable& r
   return y;
 }
 
+// A copy of the layer without a sparse layer's experts, router and shared expert (what
+// block_output reads: the attention, or a dense layer's MLP), so a Mixtral-sized layer is not
+// copied whole for the attention search.
+LayerWeights dense_part(const LayerWeights& L) {
+  LayerWeights d;
+  d.w = L.w;
+  d.b = L.b;
+  d.act = L.act;
+  d.attn_norm = L.attn_norm;
+  d.mlp_norm = L.mlp_norm;
+  d.q_norm = L.q_norm;
+  d.k_norm = L.k_norm;
+  d.post_attn_norm = L.post_attn_norm;
+  d.post_mlp_norm = L.post_mlp_norm;
+  d.index = L.index;
+  return d;
+}
+
 // The block-output loss of an attention or MLP mapping, against the float block's outputs.
 class BlockLoss {
  public:
   BlockLoss(const ModelConfig& c, const RopeTable& rope, const LayerWeights& L, const Mapping& m,
             const std::vector<Mat>& xs, const std::map<LinearKind, QuantSpec>& specs)
-      : c_(c), rope_(rope), L_(L), m_(m), xs_(xs), specs_(specs), cand_(L) {
+      : c_(c), rope_(rope), L_(L), m_(m), xs_(xs), specs_(specs), cand_(dense_part(L)) {
     fp_.resize(xs.size());
     run_block(L_, fp_, nullptr);
   }
@@ -287,7 +305,13 @@ MoeScales search_moe(const LayerContext& ctx, const LayerWeights& lw, const AwqO
     std::vector<Mat> fp(xs.size());
 #pragma omp parallel for schedule(dynamic, 1)
     for (std::ptrdiff_t i = 0; i < n; ++i) fp[static_cast<std::size_t>(i)] = moe_block(c, lw, xs[static_cast<std::size_t>(i)]);
-    LayerWeights cand = lw;
+    // The candidate layer: the float layer's router and downs, each candidate's gate/up.
+    LayerWeights cand;
+    cand.router = lw.router;
+    cand.shared_gate = lw.shared_gate;
+    cand.experts.resize(lw.experts.size());
+    for (std::size_t e = 0; e < lw.experts.size(); ++e) cand.experts[e].down = lw.experts[e].down;
+    cand.shared.down = lw.shared.down;
     const AwqSearchResult r = awq_search(mean_abs(xs), weight_mean(ws, spec(ids[0], K::gate).group_size), o, [&](const Vec& s) {
       for (int e : ids) {
         ExpertWeights& ce = e < 0 ? cand.shared : cand.experts[static_cast<std::size_t>(e)];
