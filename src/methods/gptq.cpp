@@ -2,13 +2,13 @@
 
 #include <omp.h>
 
-#include <Eigen/Cholesky>
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <numeric>
 
 #include "quant/core/error.h"
+#include "quant/core/linalg.h"
 #include "quant/core/log.h"
 
 namespace quant {
@@ -16,6 +16,19 @@ namespace quant {
 namespace {
 // Output rows per parallel work item: rows are independent in GPTQ given U.
 constexpr std::int64_t kRowBlock = 64;
+
+// out(i, j) = a(n−1−i, n−1−j): both orders reversed (J a J), row by contiguous row.
+template <typename Out>
+void reverse_both(const MatD& a, Out& out) {
+  const Eigen::Index n = a.rows();
+  out.resize(n, n);
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
+  for (Eigen::Index i = 0; i < n; ++i) {
+    const double* src = a.row(n - 1 - i).data();
+    auto* dst = out.row(i).data();
+    for (Eigen::Index j = 0; j < n; ++j) dst[j] = static_cast<typename Out::Scalar>(src[n - 1 - j]);
+  }
+}
 }  // namespace
 
 GptqHessian prepare_hessian(const Mat& H, const GptqOptions& o, const std::string& what) {
@@ -35,6 +48,7 @@ GptqHessian prepare_hessian(const Mat& H, const GptqOptions& o, const std::strin
   if (o.act_order) {
     std::stable_sort(g.perm.begin(), g.perm.end(), [&](std::int64_t a, std::int64_t b) { return h(a, a) > h(b, b); });
     MatD p(n, n);
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (Eigen::Index r = 0; r < n; ++r)
       for (Eigen::Index c = 0; c < n; ++c) p(r, c) = h(g.perm[r], g.perm[c]);
     h.swap(p);
@@ -46,13 +60,11 @@ GptqHessian prepare_hessian(const Mat& H, const GptqOptions& o, const std::strin
     // (one factorisation and one triangular inverse instead of chol, chol_inverse, chol).
     // Two n×n double buffers besides h, factorised and solved in place (peak memory on wide
     // layers: an 11008-wide H is ~1 GB in double).
-    MatD r(n, n);
-    for (Eigen::Index i = 0; i < n; ++i)
-      for (Eigen::Index j = 0; j < n; ++j) r(i, j) = h(n - 1 - i, n - 1 - j);
+    MatD r;
+    reverse_both(h, r);
     r.diagonal().array() += damp;
     const double max_diag = r.diagonal().maxCoeff();
-    Eigen::LLT<Eigen::Ref<MatD>> llt(r);
-    bool ok = llt.info() == Eigen::Success;
+    bool ok = cholesky_lower(r);
     if (ok) {
       // A pivot that is tiny relative to the diagonal means "numerically singular": the
       // factor would amplify rounding errors enormously, so treat it as a failure too.
@@ -61,12 +73,11 @@ GptqHessian prepare_hessian(const Mat& H, const GptqOptions& o, const std::strin
     }
     MatD linv;
     if (ok) {
-      linv = MatD::Identity(n, n);
-      r.triangularView<Eigen::Lower>().solveInPlace(linv);
+      linv = invert_lower(r);
       ok = linv.allFinite();
     }
     if (ok) {
-      g.U = linv.reverse().cast<float>();
+      reverse_both(linv, g.U);
       g.damp = damp;
       g.retries = attempt;
       return g;
