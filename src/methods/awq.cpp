@@ -92,6 +92,56 @@ void fold_awq_scales(LayerWeights& L, AwqMapping mapping, const Vec& s, float no
   }
 }
 
+namespace {
+std::int64_t count_rows(const std::vector<Mat>& xs) {
+  std::int64_t n = 0;
+  for (const Mat& x : xs) n += x.rows();
+  return n;
+}
+}  // namespace
+
+const std::vector<Mat>& search_windows(const std::vector<Mat>& xs, std::int64_t tokens, std::int64_t windows,
+                                       std::vector<Mat>& storage) {
+  const std::int64_t total = count_rows(xs), n = static_cast<std::int64_t>(xs.size());
+  if (tokens <= 0 || windows <= 0 || xs.empty()) return xs;
+  const std::int64_t pick = std::max(windows, (tokens * n + total - 1) / total);
+  if (pick >= n) return xs;
+  storage.clear();
+  for (std::int64_t j = 0; j < pick; ++j) storage.push_back(xs[static_cast<std::size_t>(j * n / pick)]);
+  return storage;
+}
+
+std::int64_t scored_tokens(std::int64_t total, std::int64_t budget) {
+  if (budget <= 0 || total <= budget) return total;
+  const std::int64_t stride = (total + budget - 1) / budget;
+  return (total + stride - 1) / stride;
+}
+
+const std::vector<Mat>& search_tokens(const std::vector<Mat>& xs, std::int64_t tokens, std::vector<Mat>& storage) {
+  const std::int64_t total = count_rows(xs);
+  if (tokens <= 0 || total <= tokens || xs.empty()) return xs;
+  // Every stride-th token of the whole set, stacked in chunks of up to kChunk rows (a few large
+  // products rather than many small ones).
+  constexpr std::int64_t kChunk = 512;
+  const std::int64_t stride = (total + tokens - 1) / tokens, cols = xs[0].cols();
+  std::int64_t left = (total + stride - 1) / stride, t = 0, filled = 0;
+  storage.clear();
+  Mat chunk(std::min(kChunk, left), cols);
+  for (const Mat& x : xs) {
+    for (Eigen::Index r = (stride - t % stride) % stride; r < x.rows(); r += stride) {
+      chunk.row(filled++) = x.row(r);
+      if (filled == chunk.rows()) {
+        storage.push_back(std::move(chunk));
+        left -= filled;
+        filled = 0;
+        chunk.resize(std::min(kChunk, left), cols);
+      }
+    }
+    t += x.rows();
+  }
+  return storage;
+}
+
 AwqSearchResult awq_search(const Vec& x_mean, const Vec& w_mean, const AwqOptions& o,
                            const std::function<double(const Vec&)>& loss) {
   AwqSearchResult r;
@@ -401,10 +451,20 @@ AwqMethod::AwqMethod(AwqOptions options) : options_(options) {
   traits_.round_to_source_dtype = false;
 }
 
+// The clipping search reads H's diagonal group blocks only; a linear mapping scored in the
+// Hessian form (no fewer scored tokens than input columns) reads its input's whole H.
+std::int64_t AwqMethod::hessian_block(CapturePoint p, std::int64_t in, std::int64_t tokens, std::int64_t group) const {
+  const bool linear_mapping = p == CapturePoint::o_in || p == CapturePoint::down_in;
+  if (linear_mapping && scored_tokens(tokens, options_.search_tokens) >= in) return 0;
+  if (!options_.clip) return 1;
+  return group;
+}
+
 nlohmann::json AwqMethod::fingerprint() const {
   const AwqOptions& o = options_;
   return {{"n_grid", o.n_grid}, {"duo_scaling", o.duo_scaling}, {"clip", o.clip}, {"clip_grid", o.clip_grid},
-          {"clip_max_shrink", o.clip_max_shrink}, {"export_compatible", o.export_compatible}};
+          {"clip_max_shrink", o.clip_max_shrink}, {"export_compatible", o.export_compatible},
+          {"search_tokens", o.search_tokens}, {"search_windows", o.search_windows}};
 }
 
 // Searches every mapping on the float layer, as AutoAWQ does, then folds the scales; the
@@ -424,16 +484,21 @@ LayerTransform AwqMethod::transform_layer(const LayerContext& ctx, LayerWeights&
       log::debug("layer {}: mapping {} skipped (a linear is not quantized)", ctx.layer.index, m.name);
       continue;
     }
-    const std::vector<Mat>& xs = ctx.inputs.at(m.input);
+    const std::vector<Mat>& all = ctx.inputs.at(m.input);
     std::vector<const Mat*> ws;
     for (LinearKind k : m.scaled) ws.push_back(&lw.linear(k));
-    const Vec x_mean = mean_abs(xs);
+    const Vec x_mean = mean_abs(all);
+    std::vector<Mat> subset;
+    // Attention needs whole windows (causal); an MLP or a linear is per token.
+    const std::vector<Mat>& xs = m.inspect == Inspect::attention ? search_windows(all, o.search_tokens, o.search_windows, subset)
+                                                                 : search_tokens(all, o.search_tokens, subset);
+    std::int64_t n_tokens = 0;
+    for (const Mat& x : xs) n_tokens += x.rows();
     AwqSearchResult res;
     if (m.inspect == Inspect::linear) {
-      // Same objective; the Hessian form costs out·in² per candidate, the token form out·in·n.
+      // Same objective; the Hessian form (every token) costs out·in² per candidate, the token
+      // form out·in·n: whichever is cheaper.
       const Mat& w = lw.linear(m.scaled[0]);
-      std::int64_t n_tokens = 0;
-      for (const Mat& x : xs) n_tokens += x.rows();
       res = n_tokens < w.cols() ? awq_search_linear_tokens(w, xs, x_mean, specs[m.scaled[0]], o)
                                 : awq_search_linear(w, stats.at(m.input).hessian, x_mean, specs[m.scaled[0]], o);
     } else {
@@ -441,7 +506,8 @@ LayerTransform AwqMethod::transform_layer(const LayerContext& ctx, LayerWeights&
       res = awq_search(x_mean, weight_mean(ws, specs[m.scaled[0]].group_size), o, [&](const Vec& s) { return block.loss(s); });
     }
     for (LinearKind k : m.scaled) {
-      out.extra[k] = {{"awq_mapping", m.name}, {"awq_ratio", res.ratio}, {"awq_loss", res.loss}, {"rtn_loss", res.identity_loss}};
+      out.extra[k] = {{"awq_mapping", m.name}, {"awq_ratio", res.ratio}, {"awq_loss", res.loss}, {"rtn_loss", res.identity_loss},
+                      {"awq_search_tokens", n_tokens}};
     }
     found.emplace_back(&m, std::move(res));
   }

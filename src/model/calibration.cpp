@@ -213,14 +213,23 @@ void mirror_lower(Mat& H) {
     for (Eigen::Index j = i + 1; j < n; ++j) H(i, j) = H(j, i);
 }
 
-Mat hessian(const std::vector<Mat>& xs) {
+Mat hessian(const std::vector<Mat>& xs, std::int64_t block) {
   if (xs.empty()) fail<Error>("hessian: no activations");
-  Mat H = Mat::Zero(xs[0].cols(), xs[0].cols());
+  const Eigen::Index cols = xs[0].cols();
+  Mat H = Mat::Zero(cols, cols);
   std::int64_t n = 0;
-  for (const Mat& x : xs) {
-    accumulate_gram(H, x);
-    n += x.rows();
+  for (const Mat& x : xs) n += x.rows();
+  if (block > 0 && block < cols) {
+    const Eigen::Index n_blocks = (cols + block - 1) / block;
+#pragma omp parallel for schedule(dynamic, 1) if (n_blocks > 1 && !omp_in_parallel())
+    for (Eigen::Index b = 0; b < n_blocks; ++b) {
+      const Eigen::Index c0 = b * block, cn = std::min<Eigen::Index>(block, cols - c0);
+      for (const Mat& x : xs) H.block(c0, c0, cn, cn).noalias() += x.middleCols(c0, cn).transpose() * x.middleCols(c0, cn);
+    }
+    H *= 2.0f / static_cast<float>(n);
+    return H;
   }
+  for (const Mat& x : xs) accumulate_gram(H, x);
   mirror_lower(H);
   H *= 2.0f / static_cast<float>(n);
   return H;

@@ -60,6 +60,25 @@ struct Loop {
     done(d);
   }
 
+  static std::int64_t tokens_of(const std::vector<Mat>& xs) {
+    std::int64_t n = 0;
+    for (const Mat& x : xs) n += x.rows();
+    return n;
+  }
+
+  // The group width every quantized linear reading capture point `p` uses (0: they differ).
+  std::int64_t common_group(const LayerDesc& layer, CapturePoint p, std::int64_t in) const {
+    std::int64_t g = -1;
+    for (const LinearDesc& d : layer.linears) {
+      if (d.kind >= LinearKind::gate && layer.moe) continue;  // experts: statistics of their own
+      if (capture_point(d.kind) != p || !session.plan_for(d).quantize) continue;
+      const std::int64_t e = session.plan_for(d).spec.effective_group(in);
+      if (g >= 0 && e != g) return 0;
+      g = e;
+    }
+    return std::max<std::int64_t>(g, 0);
+  }
+
   void decoder_layer(const LayerDesc& layer, LayerRunner& runner) {
     // A sparse layer's experts stream one at a time unless a layer transform needs them all (AWQ).
     const bool stream = layer.moe && !traits.transforms_layer;
@@ -79,7 +98,8 @@ struct Loop {
       std::map<CapturePoint, std::vector<Mat>> inputs;
       for (CapturePoint p : points) {
         const auto& xs = timer.time("forward", [&]() -> const std::vector<Mat>& { return runner.stage(p, lw); });
-        stats[p] = timer.time("statistics", [&] { return measure_inputs(traits.statistic, xs); });
+        const std::int64_t block = xs.empty() ? 0 : method.hessian_block(p, xs[0].cols(), tokens_of(xs), common_group(layer, p, xs[0].cols()));
+        stats[p] = timer.time("statistics", [&] { return measure_inputs(traits.statistic, xs, block); });
         if (traits.transforms_layer) inputs[p] = xs;
       }
       if (traits.transforms_layer) {

@@ -129,6 +129,88 @@ TEST(Awq, ClipNeverIncreasesTheGroupOutputError) {
   EXPECT_LT(std::abs(clipped(2, 7)), 1.5f);
 }
 
+// Windows whose rows are their global token index, so a subsample shows which tokens it took.
+std::vector<Mat> numbered_windows(int n, int rows) {
+  std::vector<Mat> xs;
+  for (int w = 0; w < n; ++w) {
+    Mat x(rows, 3);
+    for (int r = 0; r < rows; ++r) x.row(r).setConstant(static_cast<float>(w * rows + r));
+    xs.push_back(x);
+  }
+  return xs;
+}
+
+TEST(Awq, SearchTokensTakesEveryKthTokenInChunks) {
+  const auto xs = numbered_windows(10, 100);  // 1000 tokens
+  std::vector<Mat> storage;
+  // 250 tokens of 1000: every 4th, starting at token 0, across window borders.
+  const auto& sub = search_tokens(xs, 250, storage);
+  ASSERT_EQ(&sub, &storage);
+  std::vector<float> got;
+  for (const Mat& x : sub) {
+    EXPECT_LE(x.rows(), 512);
+    for (Eigen::Index r = 0; r < x.rows(); ++r) got.push_back(x(r, 0));
+  }
+  ASSERT_EQ(got.size(), 250u);
+  for (std::size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], 4.0f * static_cast<float>(i));
+  // 1000 tokens at stride 1 exceed one 512-row chunk; budgets of 0 or ≥ the set return it whole.
+  EXPECT_EQ(&search_tokens(xs, 0, storage), &xs);
+  EXPECT_EQ(&search_tokens(xs, 1000, storage), &xs);
+  const auto big = numbered_windows(20, 100);
+  const auto& two = search_tokens(big, 1000, storage);  // stride 2: 1000 rows in chunks of 512 + 488
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[0].rows(), 512);
+  EXPECT_EQ(two[1].rows(), 488);
+  EXPECT_EQ(two[1](487, 0), 1998.0f);
+}
+
+TEST(Awq, SearchWindowsAreEvenlySpacedWholeWindows) {
+  const auto xs = numbered_windows(32, 128);
+  std::vector<Mat> storage;
+  // At least 8 windows; 512 tokens would be only 4.
+  const auto& sub = search_windows(xs, 512, 8, storage);
+  ASSERT_EQ(sub.size(), 8u);
+  for (std::size_t j = 0; j < sub.size(); ++j) {
+    EXPECT_EQ(sub[j].rows(), 128);
+    EXPECT_EQ(sub[j](0, 0), static_cast<float>(4 * j * 128)) << "window " << 4 * j;
+  }
+  // The token budget wins when it needs more windows than the minimum.
+  EXPECT_EQ(search_windows(xs, 2048, 8, storage).size(), 16u);
+  EXPECT_EQ(&search_windows(xs, 0, 8, storage), &xs);
+  EXPECT_EQ(&search_windows(xs, 512, 32, storage), &xs);
+}
+
+TEST(Awq, BlockDiagonalHessianHasTheFullOnesBlocks) {
+  const std::vector<Mat> xs = {randn(40, 70, 1), randn(25, 70, 2)};
+  const Mat full = hessian(xs), blocks = hessian(xs, 32);  // blocks of 32, 32 and a ragged 6
+  for (Eigen::Index i = 0; i < 70; ++i) {
+    for (Eigen::Index j = 0; j < 70; ++j) {
+      if (i / 32 == j / 32) EXPECT_NEAR(blocks(i, j), full(i, j), 1e-5f * std::abs(full(i, i))) << i << "," << j;
+      else EXPECT_EQ(blocks(i, j), 0.0f) << i << "," << j;
+    }
+  }
+  EXPECT_TRUE(hessian(xs, 70) == full);  // a block as wide as H: the whole H
+}
+
+TEST(Awq, HessianBlockIsWhatTheSearchAndClipRead) {
+  AwqOptions o;  // search_tokens 512
+  const AwqMethod awq(o);
+  // Clipping reads only the group blocks.
+  EXPECT_EQ(awq.hessian_block(CapturePoint::attn_in, 2048, 16384, 128), 128);
+  EXPECT_EQ(awq.hessian_block(CapturePoint::attn_in, 2048, 16384, 0), 0);  // groups differ: whole H
+  // up → down scored on 512 tokens of 5632 columns: the token form, so blocks suffice ...
+  EXPECT_EQ(awq.hessian_block(CapturePoint::down_in, 5632, 16384, 128), 128);
+  // ... but with as many scored tokens as columns the Hessian form reads the whole H.
+  EXPECT_EQ(awq.hessian_block(CapturePoint::down_in, 172, 8192, 32), 0);
+  EXPECT_EQ(awq.hessian_block(CapturePoint::o_in, 256, 300, 32), 0);
+  o.clip = false;
+  EXPECT_EQ(AwqMethod(o).hessian_block(CapturePoint::mlp_in, 2048, 16384, 128), 1);  // nothing read
+  EXPECT_EQ(scored_tokens(16384, 512), 512);
+  EXPECT_EQ(scored_tokens(1000, 300), 250);  // every 4th
+  EXPECT_EQ(scored_tokens(200, 512), 200);
+  EXPECT_EQ(scored_tokens(200, 0), 200);
+}
+
 TEST(AwqCli, OneGridPointWithoutClipEqualsRtn) {
   testing::TempDir dir;
   testing::TinyModelSpec spec;
@@ -160,6 +242,32 @@ TEST(AwqCli, OneGridPointWithoutClipEqualsRtn) {
   EXPECT_EQ(cfg["quantization_config"]["quant_method"], "awq");
   EXPECT_EQ(cfg["quantization_config"]["version"], "gemm");
   EXPECT_EQ(testing::run_quant("eval " + (dir / "d").string() + " --tokens " + (dir / "c.txt").string() + " --ctx 64").rc, 0);
+  // The candidates' scoring set: 64 of the 256 calibration tokens, reported per linear; a
+  // budget as large as the set scores on all of it, as --search-tokens 0 does.
+  const auto summary = [&](const std::string& out) {
+    return nlohmann::json::parse(read_text_file(dir / out / "quant_summary.json"));
+  };
+  const auto tokens_of = [](const nlohmann::json& sm, const std::string& suffix) {
+    for (const auto& t : sm["tensors"]) {
+      const std::string name = t["name"];
+      if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        return t["extra"]["awq_search_tokens"].get<std::int64_t>();
+      }
+    }
+    return std::int64_t{-1};
+  };
+  const std::string calib = " --calib-tokens " + (dir / "c.txt").string() + " --nsamples 4 --seqlen 64 --group-size 32 --format dense";
+  ASSERT_EQ(testing::run_quant("awq " + m + calib + " --search-tokens 64 --search-windows 1 -o " + (dir / "s").string()).rc, 0);
+  EXPECT_EQ(tokens_of(summary("s"), "layers.0.mlp.up_proj"), 64);
+  EXPECT_EQ(tokens_of(summary("s"), "layers.0.self_attn.q_proj"), 64);  // one whole window
+  ASSERT_EQ(testing::run_quant("awq " + m + calib + " --search-tokens 0 -o " + (dir / "all").string()).rc, 0);
+  ASSERT_EQ(testing::run_quant("awq " + m + calib + " --search-tokens 256 --search-windows 4 -o " + (dir / "same").string()).rc, 0);
+  EXPECT_EQ(tokens_of(summary("all"), "layers.0.mlp.up_proj"), 256);
+  const auto x = TensorStore::open(dir / "all"), y = TensorStore::open(dir / "same");
+  for (const auto& n : x.names()) {
+    const auto bx = x.bytes(n), by = y.bytes(n);
+    EXPECT_TRUE(bx.size() == by.size() && std::equal(bx.begin(), bx.end(), by.begin())) << n;
+  }
 }
 
 }  // namespace

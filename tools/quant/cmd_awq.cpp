@@ -21,6 +21,12 @@ void register_awq(CLI::App& app) {
   cmd->add_option("--n-grid", a->n_grid, "scale ratios searched per mapping")->capture_default_str();
   cmd->add_flag("--no-duo-scaling", *no_duo, "scales from activations only (x_mean^r) instead of x_mean^r / w_mean^(1-r)");
   cmd->add_flag("--no-clip", *no_clip, "skip the clipping search");
+  cmd->add_option("--search-tokens", a->search_tokens,
+                  "score the MLP/linear scale candidates on about this many calibration tokens (every k-th; 0: all)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--search-windows", a->search_windows,
+                  "score the attention scale candidates on at least this many whole calibration windows (0: all)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_flag("--export-compatible", a->export_compatible,
                 "apply the scales and clipping but keep float weights (a dense checkpoint for another quantizer, as AutoAWQ's export_compatible)");
   CLI::Option* format_opt = cmd->get_option("--format");

@@ -21,7 +21,22 @@ struct AwqOptions {
   // AutoAWQ's export_compatible: apply the scales and clipping but keep the weights in float
   // (a dense checkpoint for another quantizer, e.g. GGUF's k-quants). Needs the dense format.
   bool export_compatible = false;
+  // The scale candidates are scored on a fixed subsample of the calibration set (0: all of it):
+  // an MLP or linear mapping on every k-th token, about `search_tokens` of them; the attention
+  // mapping on evenly spaced whole windows, at least `search_windows` of them and at least
+  // `search_tokens` tokens. Mean |x| and the clipping statistics always use every token.
+  std::int64_t search_tokens = 512;
+  std::int64_t search_windows = 8;
 };
+
+// The candidates' scoring sets (AwqOptions): `xs` itself when it is no larger, else a subsample
+// in `storage`. search_windows: evenly spaced whole windows; search_tokens: every k-th token of
+// the whole set, stacked in chunks of at most 512 rows.
+const std::vector<Mat>& search_windows(const std::vector<Mat>& xs, std::int64_t tokens, std::int64_t windows,
+                                       std::vector<Mat>& storage);
+const std::vector<Mat>& search_tokens(const std::vector<Mat>& xs, std::int64_t tokens, std::vector<Mat>& storage);
+// How many tokens search_tokens keeps of `total` with budget `budget`.
+std::int64_t scored_tokens(std::int64_t total, std::int64_t budget);
 
 // Per-channel mean |x| over all rows of all matrices.
 Vec mean_abs(const std::vector<Mat>& xs);
@@ -84,6 +99,7 @@ class AwqMethod : public Method {
   LayerTransform transform_layer(const LayerContext& context, LayerWeights& layer,
                                  std::map<CapturePoint, InputStats>& stats) const override;
   QuantizedLinear quantize(const LinearInput& input) const override;
+  std::int64_t hessian_block(CapturePoint p, std::int64_t in, std::int64_t tokens, std::int64_t group) const override;
 
  private:
   AwqOptions options_;

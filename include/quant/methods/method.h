@@ -111,9 +111,16 @@ class Method {
   virtual LayerTransform transform_layer(const LayerContext& context, LayerWeights& layer,
                                          std::map<CapturePoint, InputStats>& stats) const;
   virtual QuantizedLinear quantize(const LinearInput& input) const = 0;
+  // Statistic::hessian: the width of the diagonal blocks of H that are all the method reads of
+  // capture point `p`'s statistic (`in` columns, `tokens` calibration tokens), given that every
+  // linear quantized from it uses groups of width `group` (0: they differ or there is none);
+  // 0 (the default): the whole H. The layer loop then accumulates only those blocks.
+  virtual std::int64_t hessian_block(CapturePoint, std::int64_t /*in*/, std::int64_t /*tokens*/, std::int64_t /*group*/) const {
+    return 0;
+  }
 };
 
-// Computes `statistic` of the inputs xs ([tokens, in] per sample).
-InputStats measure_inputs(Statistic statistic, const std::vector<Mat>& xs);
+// Computes `statistic` of the inputs xs ([tokens, in] per sample); hessian_block as above.
+InputStats measure_inputs(Statistic statistic, const std::vector<Mat>& xs, std::int64_t hessian_block = 0);
 
 }  // namespace quant

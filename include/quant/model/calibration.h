@@ -95,6 +95,8 @@ void accumulate_gram(Mat& H, const Mat& x);
 void mirror_lower(Mat& H);
 
 // The Hessian 2/n Σ x xᵀ over all rows of all the matrices (in order: deterministic).
-Mat hessian(const std::vector<Mat>& xs);
+// block > 0 (and below the width): only the diagonal blocks of that width are accumulated, the
+// rest of H is zero (for a method that reads nothing else: AWQ's per-group clipping).
+Mat hessian(const std::vector<Mat>& xs, std::int64_t block = 0);
 
 }  // namespace quant
