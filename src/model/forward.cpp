@@ -16,7 +16,7 @@ namespace quant {
 namespace {
 // Output rows per parallel work item of linear_forward. Fixed, so that the floating-point
 // work of every block is the same whatever the thread count.
-constexpr Eigen::Index kRowBlock = 64;
+constexpr Eigen::Index kLinearRowBlock = 64;
 }  // namespace
 
 std::size_t LayerWeights::bytes() const {
@@ -195,11 +195,11 @@ RopeTable build_rope(const ModelConfig& c, std::int64_t n_positions) {
 void linear_forward(const Mat& x, const Mat& w, const Vec& b, Mat& y) {
   const Eigen::Index out = w.rows();
   y.resize(x.rows(), out);
-  const Eigen::Index n_blocks = (out + kRowBlock - 1) / kRowBlock;
+  const Eigen::Index n_blocks = (out + kLinearRowBlock - 1) / kLinearRowBlock;
 #pragma omp parallel for schedule(dynamic, 1) if (n_blocks > 1 && !omp_in_parallel())
   for (Eigen::Index blk = 0; blk < n_blocks; ++blk) {
-    const Eigen::Index r0 = blk * kRowBlock;
-    const Eigen::Index n = std::min(kRowBlock, out - r0);
+    const Eigen::Index r0 = blk * kLinearRowBlock;
+    const Eigen::Index n = std::min(kLinearRowBlock, out - r0);
     y.middleCols(r0, n).noalias() = x * w.middleRows(r0, n).transpose();
   }
   if (b.size()) y.rowwise() += b.transpose();

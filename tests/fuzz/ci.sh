@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build-fuzz}
 bash scripts/install-deps.sh --fuzz
+# File by file (QUANT_UNITY=OFF): the default build compiles the library in unity batches, this one
+# keeps each file compiling on its own includes.
 cmake -S . -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DQUANT_FUZZ=ON -DQUANT_BUILD_BENCH=OFF \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUANT_UNITY=OFF >/dev/null
 cmake --build "$build" -j"$(nproc)"
 (cd "$build" && ctest --output-on-failure -j"$(nproc)" --timeout 900)
 bash tests/fuzz/run.sh "$build" "${QUANT_FUZZ_SECONDS:-60}"
