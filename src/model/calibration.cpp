@@ -6,6 +6,7 @@
 #include <random>
 
 #include "quant/core/error.h"
+#include "quant/core/gemm.h"
 #include "quant/io/io.h"
 #include "quant/core/log.h"
 #include "quant/model/weights.h"
@@ -195,17 +196,23 @@ std::int64_t LayerRunner::n_tokens() const {
   return n;
 }
 
-void accumulate_gram(Mat& H, const Mat& x) {
-  constexpr Eigen::Index kBlock = 128;
-  const Eigen::Index n = x.cols();
-  const Eigen::Index n_blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(dynamic, 1) if (n_blocks > 1 && !omp_in_parallel())
-  for (Eigen::Index b = 0; b < n_blocks; ++b) {
-    const Eigen::Index c0 = b * kBlock, cn = std::min(kBlock, n - c0);
-    // Rows c0.. of the column block: the block's part on and below the diagonal.
-    H.block(c0, c0, n - c0, cn).noalias() += x.rightCols(n - c0).transpose() * x.middleCols(c0, cn);
+namespace {
+
+// H += a·aᵀ for a = [n × T] (input channels × tokens): rows i0 … i0+rb−1 of H against columns
+// 0 … i0+rb−1, i.e. the lower triangle and the diagonal blocks' upper part; every entry continues
+// its one chain over the tokens.
+void accumulate_gram_channels(Mat& H, const Mat& a) {
+  constexpr Eigen::Index kBlock = 256;
+  const Eigen::Index n = a.rows(), T = a.cols();
+  for (Eigen::Index i0 = 0; i0 < n; i0 += kBlock) {
+    const Eigen::Index rb = std::min(kBlock, n - i0);
+    gemm_xwt(a.data() + i0 * T, rb, T, a.data(), i0 + rb, H.data() + i0 * n, n, /*accumulate=*/true);
   }
 }
+
+}  // namespace
+
+void accumulate_gram(Mat& H, const Mat& x) { accumulate_gram_channels(H, x.transpose()); }
 
 void mirror_lower(Mat& H) {
   const Eigen::Index n = H.rows();
@@ -229,7 +236,18 @@ Mat hessian(const std::vector<Mat>& xs, std::int64_t block) {
     H *= 2.0f / static_cast<float>(n);
     return H;
   }
-  for (const Mat& x : xs) accumulate_gram(H, x);
+  // Windows gathered into chunks of about 512 tokens, so that H (up to n² floats) is swept once
+  // per chunk rather than once per window; the chains run over the tokens in order either way.
+  constexpr Eigen::Index kChunkTokens = 512;
+  Mat a;
+  for (std::size_t i = 0; i < xs.size();) {
+    std::size_t j = i;
+    Eigen::Index t = 0;
+    while (j < xs.size() && (t == 0 || t + xs[j].rows() <= kChunkTokens)) t += xs[j++].rows();
+    a.resize(cols, t);
+    for (Eigen::Index off = 0; i < j; off += xs[i].rows(), ++i) a.middleCols(off, xs[i].rows()) = xs[i].transpose();
+    accumulate_gram_channels(H, a);
+  }
   mirror_lower(H);
   H *= 2.0f / static_cast<float>(n);
   return H;

@@ -9,15 +9,10 @@
 #include <map>
 
 #include "quant/core/error.h"
+#include "quant/core/gemm.h"
 #include "quant/model/weights.h"
 
 namespace quant {
-
-namespace {
-// Output rows per parallel work item of linear_forward. Fixed, so that the floating-point
-// work of every block is the same whatever the thread count.
-constexpr Eigen::Index kLinearRowBlock = 64;
-}  // namespace
 
 std::size_t LayerWeights::bytes() const {
   std::size_t n = static_cast<std::size_t>(attn_norm.size() + mlp_norm.size() + q_norm.size() + k_norm.size() +
@@ -193,15 +188,7 @@ RopeTable build_rope(const ModelConfig& c, std::int64_t n_positions) {
 }
 
 void linear_forward(const Mat& x, const Mat& w, const Vec& b, Mat& y) {
-  const Eigen::Index out = w.rows();
-  y.resize(x.rows(), out);
-  const Eigen::Index n_blocks = (out + kLinearRowBlock - 1) / kLinearRowBlock;
-#pragma omp parallel for schedule(dynamic, 1) if (n_blocks > 1 && !omp_in_parallel())
-  for (Eigen::Index blk = 0; blk < n_blocks; ++blk) {
-    const Eigen::Index r0 = blk * kLinearRowBlock;
-    const Eigen::Index n = std::min(kLinearRowBlock, out - r0);
-    y.middleCols(r0, n).noalias() = x * w.middleRows(r0, n).transpose();
-  }
+  gemm_xwt(x, w, y);
   if (b.size()) y.rowwise() += b.transpose();
 }
 

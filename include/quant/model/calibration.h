@@ -88,9 +88,10 @@ std::vector<float> mean_square_inputs(const std::vector<Mat>& xs);
 // Σ x² per column over all rows of `xs` (double), and the number of rows.
 std::vector<double> sum_square_inputs(const std::vector<Mat>& xs, std::int64_t& rows);
 
-// H += xᵀx on and below the diagonal of each 128-column block (half the work of the full
-// product; entries above the block diagonals are not all updated): fixed blocks spread over
-// threads, bit-identical for any thread count. mirror_lower then copies the lower triangle up.
+// H += xᵀx on and below the diagonal of each 256-row block (half the work of the full product;
+// entries above the block diagonals are not all updated) by gemm_xwt, each entry continuing one
+// ordered fma chain over the tokens: bit-identical for any thread count and CPU kernel.
+// mirror_lower then copies the lower triangle up.
 void accumulate_gram(Mat& H, const Mat& x);
 void mirror_lower(Mat& H);
 

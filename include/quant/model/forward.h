@@ -82,8 +82,8 @@ struct RopeTable {
 };
 RopeTable build_rope(const ModelConfig& config, std::int64_t n_positions);
 
-// y = x Wᵀ (+ b). Parallel over fixed-size blocks of output rows, so results are bit-identical
-// for any thread count.
+// y = x Wᵀ (+ b) by gemm_xwt (quant/core/gemm.h): each output one ordered fma chain, so results
+// are bit-identical for any thread count and on every CPU kernel.
 void linear_forward(const Mat& x, const Mat& w, const Vec& b, Mat& y);
 
 // RMSNorm with the family's convention: weight·x̂ (Llama, Qwen) or (1 + weight)·x̂ (Gemma).

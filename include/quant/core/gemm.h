@@ -1,0 +1,31 @@
+// The float32 matrix product of the forward pass, y = x · wᵀ, with a kernel for the CPU it runs on
+// (AVX-512 when the CPU has it, AVX2 + FMA otherwise, plain C++ elsewhere), chosen at run time.
+// Every output is one fused multiply-add chain over k = 0 … K−1 in order, starting from zero, so
+// the result is bit-identical on every kernel, every machine and for any thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "quant/core/tensor.h"
+
+namespace quant {
+
+enum class GemmIsa { scalar, avx2, avx512 };
+
+// The best kernel this CPU runs.
+GemmIsa gemm_best_isa();
+const char* gemm_isa_name(GemmIsa isa);
+
+// y[t, j] = Σ_k x[t, k] · w[j, k]: x [T × K], w [N × K] and y [T × N] row-major; y's rows are `ldy`
+// apart. `accumulate`: y[t, j] += …, the chain starting from y's value (so accumulating token
+// blocks in order is one chain over all of them). Runs on OpenMP threads (on the calling thread
+// alone inside a parallel region).
+void gemm_xwt(const float* x, std::int64_t T, std::int64_t K, const float* w, std::int64_t N, float* y, std::int64_t ldy,
+              GemmIsa isa, bool accumulate = false);
+void gemm_xwt(const float* x, std::int64_t T, std::int64_t K, const float* w, std::int64_t N, float* y, std::int64_t ldy,
+              bool accumulate = false);
+
+// y = x · wᵀ (resized to x.rows() × w.rows()).
+void gemm_xwt(const Mat& x, const Mat& w, Mat& y);
+
+}  // namespace quant
