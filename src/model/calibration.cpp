@@ -236,9 +236,9 @@ Mat hessian(const std::vector<Mat>& xs, std::int64_t block) {
     H *= 2.0f / static_cast<float>(n);
     return H;
   }
-  // Windows gathered into chunks of about 512 tokens, so that H (up to n² floats) is swept once
+  // Windows gathered into chunks of up to 2048 tokens, so that H (up to n² floats) is swept once
   // per chunk rather than once per window; the chains run over the tokens in order either way.
-  constexpr Eigen::Index kChunkTokens = 512;
+  constexpr Eigen::Index kChunkTokens = 2048;
   Mat a;
   for (std::size_t i = 0; i < xs.size();) {
     std::size_t j = i;
