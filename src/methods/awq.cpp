@@ -98,6 +98,11 @@ std::int64_t count_rows(const std::vector<Mat>& xs) {
   for (const Mat& x : xs) n += x.rows();
   return n;
 }
+
+// A linear mapping is scored in its Hessian form (out·in² per candidate, every token) when that
+// is no dearer than the token form (out·in·n on the n scored tokens). The one rule for both the
+// search and the statistic the layer loop accumulates for it (hessian_block).
+bool linear_scored_by_hessian(std::int64_t scored, std::int64_t in) { return scored >= in; }
 }  // namespace
 
 const std::vector<Mat>& search_windows(const std::vector<Mat>& xs, std::int64_t tokens, std::int64_t windows,
@@ -124,7 +129,7 @@ const std::vector<Mat>& search_tokens(const std::vector<Mat>& xs, std::int64_t t
   // products rather than many small ones).
   constexpr std::int64_t kChunk = 512;
   const std::int64_t stride = (total + tokens - 1) / tokens, cols = xs[0].cols();
-  std::int64_t left = (total + stride - 1) / stride, t = 0, filled = 0;
+  std::int64_t left = scored_tokens(total, tokens), t = 0, filled = 0;
   storage.clear();
   Mat chunk(std::min(kChunk, left), cols);
   for (const Mat& x : xs) {
@@ -455,7 +460,7 @@ AwqMethod::AwqMethod(AwqOptions options) : options_(options) {
 // Hessian form (no fewer scored tokens than input columns) reads its input's whole H.
 std::int64_t AwqMethod::hessian_block(CapturePoint p, std::int64_t in, std::int64_t tokens, std::int64_t group) const {
   const bool linear_mapping = p == CapturePoint::o_in || p == CapturePoint::down_in;
-  if (linear_mapping && scored_tokens(tokens, options_.search_tokens) >= in) return 0;
+  if (linear_mapping && linear_scored_by_hessian(scored_tokens(tokens, options_.search_tokens), in)) return 0;
   if (!options_.clip) return 1;
   return group;
 }
@@ -492,15 +497,14 @@ LayerTransform AwqMethod::transform_layer(const LayerContext& ctx, LayerWeights&
     // Attention needs whole windows (causal); an MLP or a linear is per token.
     const std::vector<Mat>& xs = m.inspect == Inspect::attention ? search_windows(all, o.search_tokens, o.search_windows, subset)
                                                                  : search_tokens(all, o.search_tokens, subset);
-    std::int64_t n_tokens = 0;
-    for (const Mat& x : xs) n_tokens += x.rows();
+    const std::int64_t n_tokens = count_rows(xs);
     AwqSearchResult res;
     if (m.inspect == Inspect::linear) {
-      // Same objective; the Hessian form (every token) costs out·in² per candidate, the token
-      // form out·in·n: whichever is cheaper.
+      // Same objective, in whichever form is cheaper.
       const Mat& w = lw.linear(m.scaled[0]);
-      res = n_tokens < w.cols() ? awq_search_linear_tokens(w, xs, x_mean, specs[m.scaled[0]], o)
-                                : awq_search_linear(w, stats.at(m.input).hessian, x_mean, specs[m.scaled[0]], o);
+      res = linear_scored_by_hessian(n_tokens, w.cols())
+                ? awq_search_linear(w, stats.at(m.input).hessian, x_mean, specs[m.scaled[0]], o)
+                : awq_search_linear_tokens(w, xs, x_mean, specs[m.scaled[0]], o);
     } else {
       BlockLoss block(ctx.config, ctx.rope, lw, m, xs, specs);
       res = awq_search(x_mean, weight_mean(ws, specs[m.scaled[0]].group_size), o, [&](const Vec& s) { return block.loss(s); });

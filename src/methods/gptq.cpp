@@ -58,8 +58,8 @@ GptqHessian prepare_hessian(const Mat& H, const GptqOptions& o, const std::strin
     // U = J · chol(J A J)⁻¹ · J with A = H + λI and J the exchange matrix: then Uᵀ U = A⁻¹ and
     // U is upper triangular with a positive diagonal, i.e. the upper Cholesky factor of A⁻¹
     // (one factorisation and one triangular inverse instead of chol, chol_inverse, chol).
-    // Two n×n double buffers besides h, factorised and solved in place (peak memory on wide
-    // layers: an 11008-wide H is ~1 GB in double).
+    // Two n×n double buffers besides h: r (factorised in place) and its triangular inverse
+    // (peak memory on wide layers: an 11008-wide H is ~1 GB in double).
     MatD r;
     reverse_both(h, r);
     r.diagonal().array() += damp;

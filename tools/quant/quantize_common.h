@@ -107,6 +107,12 @@ void print_report(const QuantizeReport& r, bool json);
 // fresh page faults — half of RTN's time on a 1.1B model. Peak RSS is unchanged (the same
 // blocks are reused).
 void reuse_large_allocations();
+// For gptq, whose per-layer buffers differ in size from phase to phase (Hessians, their double
+// factors, captures): blocks under 32 MB (per-window activations, GEMM buffers) come from the heap
+// and stay there, larger ones are mapped and returned on free. 1.1B-shaped 2-layer run: as fast
+// as reuse_large_allocations (36.8 s vs 50 s with glibc's defaults) at the default's peak RSS
+// (2119 MB, vs 2415 MB when every freed block is kept).
+void reuse_window_allocations();
 
 // Parses "5GB", "500MB", "1024" into bytes.
 std::uint64_t parse_size(const std::string& s);
