@@ -106,7 +106,48 @@ __attribute__((target("avx2,fma"))) void kernel_avx2(const float* w, std::int64_
     }
   }
 }
+
+// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols, in 8 × 8 tiles transposed in registers.
+__attribute__((target("avx2"))) void transpose_avx2(const float* src, std::int64_t lds, std::int64_t rows, std::int64_t cols, float* dst,
+                                                    std::int64_t ldd) {
+  const std::int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+  for (std::int64_t r = 0; r < r8; r += 8) {
+    for (std::int64_t c = 0; c < c8; c += 8) {
+      const float* s = src + r * lds + c;
+      const __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + lds), a2 = _mm256_loadu_ps(s + 2 * lds),
+                   a3 = _mm256_loadu_ps(s + 3 * lds), a4 = _mm256_loadu_ps(s + 4 * lds), a5 = _mm256_loadu_ps(s + 5 * lds),
+                   a6 = _mm256_loadu_ps(s + 6 * lds), a7 = _mm256_loadu_ps(s + 7 * lds);
+      const __m256 b0 = _mm256_unpacklo_ps(a0, a1), b1 = _mm256_unpackhi_ps(a0, a1), b2 = _mm256_unpacklo_ps(a2, a3),
+                   b3 = _mm256_unpackhi_ps(a2, a3), b4 = _mm256_unpacklo_ps(a4, a5), b5 = _mm256_unpackhi_ps(a4, a5),
+                   b6 = _mm256_unpacklo_ps(a6, a7), b7 = _mm256_unpackhi_ps(a6, a7);
+      const __m256 d0 = _mm256_shuffle_ps(b0, b2, 0x44), d1 = _mm256_shuffle_ps(b0, b2, 0xEE), d2 = _mm256_shuffle_ps(b1, b3, 0x44),
+                   d3 = _mm256_shuffle_ps(b1, b3, 0xEE), d4 = _mm256_shuffle_ps(b4, b6, 0x44), d5 = _mm256_shuffle_ps(b4, b6, 0xEE),
+                   d6 = _mm256_shuffle_ps(b5, b7, 0x44), d7 = _mm256_shuffle_ps(b5, b7, 0xEE);
+      float* d = dst + c * ldd + r;
+      _mm256_storeu_ps(d, _mm256_permute2f128_ps(d0, d4, 0x20));
+      _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(d1, d5, 0x20));
+      _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(d2, d6, 0x20));
+      _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(d3, d7, 0x20));
+      _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(d0, d4, 0x31));
+      _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(d1, d5, 0x31));
+      _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(d2, d6, 0x31));
+      _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(d3, d7, 0x31));
+    }
+    for (std::int64_t c = c8; c < cols; ++c) {
+      for (std::int64_t i = r; i < r + 8; ++i) dst[c * ldd + i] = src[i * lds + c];
+    }
+  }
+  for (std::int64_t r = r8; r < rows; ++r) {
+    for (std::int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+}
 #endif
+
+void transpose_scalar(const float* src, std::int64_t lds, std::int64_t rows, std::int64_t cols, float* dst, std::int64_t ldd) {
+  for (std::int64_t c = 0; c < cols; ++c) {
+    for (std::int64_t r = 0; r < rows; ++r) dst[c * ldd + r] = src[r * lds + c];
+  }
+}
 
 using Kernel = void (*)(const float*, std::int64_t, const float*, std::int64_t, float*, std::int64_t, bool);
 
@@ -114,6 +155,7 @@ using Kernel = void (*)(const float*, std::int64_t, const float*, std::int64_t, 
 struct Kernels {
   Kernel by_rows[15] = {};
   int max_rows = 0;
+  void (*transpose)(const float*, std::int64_t, std::int64_t, std::int64_t, float*, std::int64_t) = transpose_scalar;
 };
 
 Kernels kernels_for(GemmIsa isa) {
@@ -125,14 +167,15 @@ Kernels kernels_for(GemmIsa isa) {
       k = {{nullptr, kernel_avx512<1>, kernel_avx512<2>, kernel_avx512<3>, kernel_avx512<4>, kernel_avx512<5>, kernel_avx512<6>,
             kernel_avx512<7>, kernel_avx512<8>, kernel_avx512<9>, kernel_avx512<10>, kernel_avx512<11>, kernel_avx512<12>,
             kernel_avx512<13>, kernel_avx512<14>},
-           14};
+           14,
+           transpose_avx2};
       break;
     case GemmIsa::avx2:
-      k = {{nullptr, kernel_avx2<1>, kernel_avx2<2>, kernel_avx2<3>, kernel_avx2<4>, kernel_avx2<5>, kernel_avx2<6>}, 6};
+      k = {{nullptr, kernel_avx2<1>, kernel_avx2<2>, kernel_avx2<3>, kernel_avx2<4>, kernel_avx2<5>, kernel_avx2<6>}, 6, transpose_avx2};
       break;
 #endif
     default:
-      k = {{nullptr, kernel_scalar<1>, kernel_scalar<2>, kernel_scalar<3>, kernel_scalar<4>}, 4};
+      k = {{nullptr, kernel_scalar<1>, kernel_scalar<2>, kernel_scalar<3>, kernel_scalar<4>}, 4, transpose_scalar};
       break;
   }
   return k;
@@ -188,12 +231,7 @@ void gemm_xwt(const float* x, std::int64_t T, std::int64_t K, const float* w, st
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t item = 0; item < items; ++item) {
       const std::int64_t j0 = item * row_block, rows = std::min(row_block, N - j0);
-      if (accumulate) {  // the chains start from y's values
-        for (std::int64_t r = 0; r < rows; ++r) {
-          float* c = ct.data() + r * tpad;
-          for (std::int64_t t = 0; t < T; ++t) c[t] = y[t * ldy + j0 + r];
-        }
-      }
+      if (accumulate) kern.transpose(y + j0, ldy, T, rows, ct.data(), tpad);  // the chains start from y's values
       for (std::int64_t p0 = 0; p0 < panels; p0 += kTc) {
         const std::int64_t p1 = std::min(panels, p0 + kTc);
         for (std::int64_t k0 = 0; k0 < K; k0 += kKc) {
@@ -208,10 +246,7 @@ void gemm_xwt(const float* x, std::int64_t T, std::int64_t K, const float* w, st
           }
         }
       }
-      for (std::int64_t t = 0; t < T; ++t) {
-        float* yt = y + t * ldy + j0;
-        for (std::int64_t r = 0; r < rows; ++r) yt[r] = ct[static_cast<std::size_t>(r * tpad + t)];
-      }
+      kern.transpose(ct.data(), tpad, rows, T, y + j0, ldy);
     }
   }
 }
