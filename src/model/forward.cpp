@@ -35,7 +35,8 @@ const Vec& LayerWeights::bias(const LinearDesc& d) const {
   return d.in_expert() ? kNone : b[static_cast<int>(d.kind)];
 }
 
-LayerWeights load_layer(const Model& model, int layer, bool experts) {
+namespace {
+LayerWeights load_layer_reusing(const Model& model, int layer, bool experts, LayerWeights* recycled) {
   const LayerDesc& d = model.layout().layers.at(static_cast<std::size_t>(layer));
   LayerWeights lw;
   std::map<std::string, Mat> stored;  // Phi-3: each fused tensor read once, its parts sliced from it
@@ -54,7 +55,8 @@ LayerWeights load_layer(const Model& model, int layer, bool experts) {
       if (it == stored.end()) it = stored.emplace(l.storage, load_linear(model, l.storage_desc())).first;
       lw.linear(l.kind) = it->second.middleRows(l.row_offset, l.out);
     } else {
-      lw.linear(l.kind) = load_linear(model, l);
+      if (recycled) lw.linear(l.kind).swap(recycled->linear(l.kind));
+      load_linear_into(model, l, lw.linear(l.kind));
     }
     if (l.bias) lw.b[static_cast<int>(l.kind)] = load_vector(model, l.bias_name());
     lw.act[static_cast<int>(l.kind)] = model.act_quant(l);
@@ -67,6 +69,13 @@ LayerWeights load_layer(const Model& model, int layer, bool experts) {
   if (!d.post_mlp_norm.empty()) lw.post_mlp_norm = load_vector(model, d.post_mlp_norm);
   lw.index = layer;
   return lw;
+}
+}  // namespace
+
+LayerWeights load_layer(const Model& model, int layer, bool experts) { return load_layer_reusing(model, layer, experts, nullptr); }
+
+LayerWeights load_layer(const Model& model, int layer, bool experts, LayerWeights&& recycled) {
+  return load_layer_reusing(model, layer, experts, &recycled);
 }
 
 HeadWeights load_head(const Model& model) {
@@ -420,7 +429,7 @@ const LayerWeights& LayerCache::get(int layer) {
     return *slot;
   }
   if (current_layer_ == layer) return *current_;
-  current_.reset();  // free it before the next one lands
+  spare_ = std::move(current_);  // its buffers take the layer after this one
   current_layer_ = -1;
   if (next_.valid() && next_layer_ == layer) {
     current_ = next_.get();
@@ -433,7 +442,9 @@ const LayerWeights& LayerCache::get(int layer) {
   next_layer_ = (layer + 1) % n;
   const Model* m = &model_;
   const int l = next_layer_;
-  next_ = std::async(std::launch::async, [m, l] { return std::make_unique<LayerWeights>(load_layer(*m, l)); });
+  next_ = std::async(std::launch::async, [m, l, spare = std::move(spare_)]() mutable {
+    return spare ? std::make_unique<LayerWeights>(load_layer(*m, l, true, std::move(*spare))) : std::make_unique<LayerWeights>(load_layer(*m, l));
+  });
   return *current_;
 }
 

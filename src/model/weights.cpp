@@ -40,12 +40,19 @@ void check_finite_span(const float* p, std::size_t n, const Model& model, const 
 }
 }  // namespace
 
-Mat load_matrix(const Model& model, const std::string& name) {
+namespace {
+void load_matrix_into(const Model& model, const std::string& name, Mat& m) {
   const TensorInfo& t = model.store().get(name);
   if (t.shape.size() != 2) fail("{}: tensor '{}' must be 2-D", model.store().file_of(name).string(), name);
-  Mat m(t.shape[0], t.shape[1]);
+  m.resize(t.shape[0], t.shape[1]);  // keeps the storage when the shape is unchanged
   model.store().read_f32_into(name, m.data());
   check_finite_span(m.data(), static_cast<std::size_t>(m.size()), model, name);
+}
+}  // namespace
+
+Mat load_matrix(const Model& model, const std::string& name) {
+  Mat m;
+  load_matrix_into(model, name, m);
   return m;
 }
 
@@ -106,10 +113,19 @@ Mat load_linear(const Model& model, const LinearDesc& linear) {
     }
     return model.packed_reader()(model, linear);
   }
-  Mat w = load_matrix(model, linear.weight_name());
+  Mat w;
+  load_linear_into(model, linear, w);
+  return w;
+}
+
+void load_linear_into(const Model& model, const LinearDesc& linear, Mat& w) {
+  if (linear.fused() || model.storage(linear) == LinearStorage::packed) {
+    w = load_linear(model, linear);
+    return;
+  }
+  load_matrix_into(model, linear.weight_name(), w);
   const DType dt = model.store().get(linear.weight_name()).dtype;
   if (dt == DType::F8_E4M3 || dt == DType::I8) apply_fp8_scale(model, linear.tensor_prefix(), w);
-  return w;
 }
 
 void check_finite(const Mat& m, const std::string& what) {

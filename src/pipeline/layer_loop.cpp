@@ -35,6 +35,7 @@ struct Loop {
   DType dtype;  // the checkpoint's weight dtype (inference computes in it)
   const RunOptions& run;
   RtnMethod rtn{};  // MoE experts with too few calibration tokens (Hessian methods)
+  LayerWeights spare{};  // the last layer done: its buffers take the next one (no fresh pages)
 
   // Quantizes and writes one planned linear whose (transformed) weight is `w`; when `keep` is
   // set, leaves in `w` the weight later stages compute with. `by`: the method (default: the run's).
@@ -82,7 +83,7 @@ struct Loop {
   void decoder_layer(const LayerDesc& layer, LayerRunner& runner) {
     // A sparse layer's experts stream one at a time unless a layer transform needs them all (AWQ).
     const bool stream = layer.moe && !traits.transforms_layer;
-    LayerWeights lw = timer.time("load weights", [&] { return load_layer(model, layer.index, !stream); });
+    LayerWeights lw = timer.time("load weights", [&] { return load_layer(model, layer.index, !stream, std::move(spare)); });
     const bool whole_layer = traits.transforms_layer || !traits.true_sequential;
     std::map<CapturePoint, InputStats> stats;
     LayerTransform transform;
@@ -140,6 +141,7 @@ struct Loop {
       else runner.finish(lw);
     });
     timer.time("checkpoint", [&] { session.checkpoint(layer.index, runner.hidden()); });
+    spare = std::move(lw);
     log::debug("layer {} done", layer.index);
   }
 

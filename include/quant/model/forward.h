@@ -52,6 +52,8 @@ struct LayerWeights {
 // `experts` false: a sparse layer's routed and shared experts stay unloaded (empty matrices, the
 // router and shared gate loaded), for a caller that streams them one at a time.
 LayerWeights load_layer(const Model& model, int layer, bool experts = true);
+// The same, reusing the dense linears' storage of `recycled` (a layer no longer needed).
+LayerWeights load_layer(const Model& model, int layer, bool experts, LayerWeights&& recycled);
 
 // Embedding, final norm and output head.
 struct HeadWeights {
@@ -157,6 +159,7 @@ class LayerCache {
   bool keep_all_;
   std::vector<std::unique_ptr<LayerWeights>> layers_;  // keep_all_
   std::unique_ptr<LayerWeights> current_;              // streaming
+  std::unique_ptr<LayerWeights> spare_;                // streaming: the last layer, its buffers reused for the next
   int current_layer_ = -1;
   std::future<std::unique_ptr<LayerWeights>> next_;
   int next_layer_ = -1;

@@ -12,6 +12,9 @@ namespace quant {
 
 // A linear's weight [out, in] as float.
 Mat load_linear(const Model& model, const LinearDesc& linear);
+// The same into w, whose storage is reused when it already has the weight's shape (a streamed
+// forward reloads every layer into the buffers of the one before: no fresh pages to fault in).
+void load_linear_into(const Model& model, const LinearDesc& linear, Mat& w);
 // A 1-D tensor (norm weight, bias) as float.
 Vec load_vector(const Model& model, const std::string& name);
 // A 2-D dense tensor (embedding) as float.
