@@ -1,6 +1,12 @@
 #include "quant/io/hash.h"
 
+#include <algorithm>
 #include <cstring>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
 
 #include "quant/io/safetensors.h"
 
@@ -16,12 +22,67 @@ constexpr std::uint32_t K[64] = {
     0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 inline std::uint32_t rotr(std::uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+#if defined(__x86_64__)
+// The SHA extensions (Intel since Goldmont/Ice Lake, AMD since Zen): four rounds per pair of
+// sha256rnds2, the message schedule by sha256msg1/msg2. The state lives as ABEF and CDGH.
+__attribute__((target("sha,sse4.1,ssse3"))) void blocks_sha_ni(std::uint32_t h[8], const std::uint8_t* p, std::size_t n) {
+  const __m128i kByteSwap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+  __m128i t = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)), 0xB1);  // CDAB
+  __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + 4)), 0x1B);  // EFGH
+  __m128i s0 = _mm_alignr_epi8(t, s1, 8);  // ABEF
+  s1 = _mm_blend_epi16(s1, t, 0xF0);       // CDGH
+  for (; n > 0; --n, p += 64) {
+    const __m128i abef = s0, cdgh = s1;
+    __m128i m[4];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {  // rounds 4i … 4i+3; m[i % 4] holds W[4i … 4i+3]
+      if (i < 4) m[i] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * i)), kByteSwap);
+      __m128i msg = _mm_add_epi32(m[i % 4], _mm_loadu_si128(reinterpret_cast<const __m128i*>(K + 4 * i)));
+      s1 = _mm_sha256rnds2_epu32(s1, s0, msg);
+      if (i >= 3 && i <= 14) {  // W[4i+4 … 4i+7]
+        const __m128i w = _mm_add_epi32(m[(i + 1) % 4], _mm_alignr_epi8(m[i % 4], m[(i + 3) % 4], 4));
+        m[(i + 1) % 4] = _mm_sha256msg2_epu32(w, m[i % 4]);
+      }
+      msg = _mm_shuffle_epi32(msg, 0x0E);
+      s0 = _mm_sha256rnds2_epu32(s0, s1, msg);
+      if (i >= 1 && i <= 12) m[(i + 3) % 4] = _mm_sha256msg1_epu32(m[(i + 3) % 4], m[i % 4]);
+    }
+    s0 = _mm_add_epi32(s0, abef);
+    s1 = _mm_add_epi32(s1, cdgh);
+  }
+  t = _mm_shuffle_epi32(s0, 0x1B);   // FEBA
+  s1 = _mm_shuffle_epi32(s1, 0xB1);  // DCHG
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h), _mm_blend_epi16(t, s1, 0xF0));     // DCBA
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(h + 4), _mm_alignr_epi8(s1, t, 8));    // HGFE
+}
+
+bool cpu_has_sha() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 29))) return false;  // SHA
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 19)) && (c & (1u << 9));    // SSE4.1, SSSE3
+}
+#else
+bool cpu_has_sha() { return false; }
+#endif
 }  // namespace
 
-Sha256::Sha256() {
+bool Sha256::hardware_available() {
+  static const bool has = cpu_has_sha();
+  return has;
+}
+
+Sha256::Sha256(bool allow_hardware) : hardware_(allow_hardware && hardware_available()) {
   const std::uint32_t init[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                  0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
   std::memcpy(h_, init, sizeof h_);
+}
+
+void Sha256::blocks(const std::uint8_t* p, std::size_t n) {
+#if defined(__x86_64__)
+  if (hardware_) return blocks_sha_ni(h_, p, n);
+#endif
+  for (; n > 0; --n, p += 64) block(p);
 }
 
 void Sha256::block(const std::uint8_t* p) {
@@ -47,17 +108,21 @@ void Sha256::block(const std::uint8_t* p) {
 void Sha256::update(const void* data, std::size_t n) {
   const auto* p = static_cast<const std::uint8_t*>(data);
   total_ += n;
-  while (n > 0) {
+  if (buf_len_ > 0) {  // complete the buffered block first
     const std::size_t take = std::min(n, 64 - buf_len_);
     std::memcpy(buf_ + buf_len_, p, take);
     buf_len_ += take;
     p += take;
     n -= take;
-    if (buf_len_ == 64) {
-      block(buf_);
-      buf_len_ = 0;
-    }
+    if (buf_len_ < 64) return;
+    blocks(buf_, 1);
+    buf_len_ = 0;
   }
+  blocks(p, n / 64);  // whole blocks straight from the input
+  p += n / 64 * 64;
+  n %= 64;
+  std::memcpy(buf_, p, n);
+  buf_len_ = n;
 }
 
 std::string Sha256::hex_digest() {
