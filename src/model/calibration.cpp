@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 
 #include "quant/core/error.h"
@@ -99,9 +100,14 @@ void LayerRunner::set_hidden(std::vector<Mat> hidden, int layer) {
 
 void LayerRunner::check_finite(const std::vector<Mat>& xs, int stage, bool layer_input) const {
   constexpr float kLimit = 1e18f;  // sqrt(FLT_MAX / 10^5): a norm's sum of squares still fits
-  bool ok = true;
-  for (const Mat& x : xs) ok = ok && (x.array().abs() <= kLimit).all();  // false for NaN too
-  if (ok) return;
+  int bad = 0;
+  for (const Mat& x : xs) {
+    const float* p = x.data();
+    const Eigen::Index n = x.size();
+#pragma omp simd reduction(| : bad)
+    for (Eigen::Index i = 0; i < n; ++i) bad |= !(std::fabs(p[i]) <= kLimit);  // NaN too
+  }
+  if (!bad) return;
   using K = LinearKind;
   static const std::vector<std::vector<K>> readers = {{K::q, K::k, K::v}, {K::o}, {K::gate, K::up}, {K::down}};
   std::string names;
