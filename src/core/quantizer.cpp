@@ -24,7 +24,7 @@ const char* act_quant_name(ActQuant a) {
 }
 
 std::string QuantSpec::label() const {
-  const std::string w = fp8 ? std::string("fp8") : fmt::format("w{}g{}", bits, group_size < 0 ? std::string("-1") : std::to_string(group_size));
+  const std::string w = fp8 ? std::string(per_tensor ? "fp8t" : "fp8") : fmt::format("w{}g{}", bits, group_size < 0 ? std::string("-1") : std::to_string(group_size));
   return act == ActQuant::none ? w : w + "a8";
 }
 
@@ -35,6 +35,7 @@ void QuantSpec::validate() const {
     fail<UsageError>("float8 weights are 8-bit, symmetric, one scale per output channel (bits 8, group -1, sym); got {} bits, group {}, {}",
                      bits, group_size, sym ? "symmetric" : "asymmetric");
   }
+  if (per_tensor && !fp8) fail<UsageError>("one scale per tensor is for float8 weights only");
 }
 
 GroupParams minmax_params(float xmin, float xmax, int bits, bool sym) {
@@ -106,8 +107,9 @@ QuantizedMatrix QuantizedMatrix::stack_rows(const std::vector<const QuantizedMat
   for (std::size_t i = 1; i < parts.size(); ++i) {
     const QuantizedMatrix& p = *parts[i];
     if (p.bits != r.bits || p.sym != r.sym || p.in != r.in || p.n_groups != r.n_groups || p.group_size != r.group_size ||
-        p.g_idx != r.g_idx || p.non_uniform() != r.non_uniform() || p.fp8 != r.fp8) {
-      fail<Error>("stack_rows: part {} does not share the first part's quantization (bits, groups or act-order)", i);
+        p.g_idx != r.g_idx || p.non_uniform() != r.non_uniform() || p.fp8 != r.fp8 ||
+        p.per_tensor != r.per_tensor || (p.per_tensor && p.scales.front() != r.scales.front())) {
+      fail<Error>("stack_rows: part {} does not share the first part's quantization (bits, groups, act-order or per-tensor scale)", i);
     }
     const bool had_outliers = !r.outlier_rowptr.empty() || !p.outlier_rowptr.empty();
     if (had_outliers) {
@@ -133,6 +135,7 @@ QuantizedMatrix QuantizedMatrix::empty(std::int64_t out, std::int64_t in, const 
   m.bits = spec.bits;
   m.sym = spec.sym;
   m.fp8 = spec.fp8;
+  m.per_tensor = spec.per_tensor;
   m.out = out;
   m.in = in;
   m.group_size = spec.effective_group(in);
@@ -233,14 +236,20 @@ bool QuantizedMatrix::trivial_g_idx() const {
 }
 
 namespace {
-// Per row: scale = max|w|/448 rounded up to float16 (so w/scale never passes 448), e4m3 codes.
+// Scale = max|w|/448 rounded up to float16 (so w/scale never passes 448), e4m3 codes; max over
+// each row, or with spec.per_tensor over the whole tensor (every row then has the same scale).
+float fp8_scale(float amax) {
+  float s = amax > 0.0f ? to_fp16(amax / 448.0f) : 1.0f;
+  if (s * 448.0f < amax) s = f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(s) + 1));  // next float16 up
+  return s;
+}
+
 QuantizedMatrix quantize_fp8(const Mat& w, const QuantSpec& spec) {
   QuantizedMatrix m = QuantizedMatrix::empty(w.rows(), w.cols(), spec);
+  const float tensor_scale = spec.per_tensor ? fp8_scale(w.size() > 0 ? w.cwiseAbs().maxCoeff() : 0.0f) : 0.0f;
 #pragma omp parallel for schedule(static)
   for (std::int64_t o = 0; o < m.out; ++o) {
-    const float amax = w.row(o).cwiseAbs().maxCoeff();
-    float s = amax > 0.0f ? to_fp16(amax / 448.0f) : 1.0f;
-    if (s * 448.0f < amax) s = f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(s) + 1));  // next float16 up
+    const float s = spec.per_tensor ? tensor_scale : fp8_scale(w.row(o).cwiseAbs().maxCoeff());
     m.scales[static_cast<std::size_t>(o)] = s;
     std::uint8_t* codes = m.q.data() + static_cast<std::size_t>(o * m.in);
     for (std::int64_t j = 0; j < m.in; ++j) codes[j] = f32_to_f8e4m3(w(o, j) / s);

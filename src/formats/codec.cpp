@@ -261,6 +261,23 @@ void verify_naive_ct(const Model& model, const nlohmann::json& qc) {
       fail("{}: tensor '{}' is {} but quantization_config keeps '{}' in float (ignore / no matching target)",
            model.store().file_of(l->weight_name()).string(), l->weight_name(), dtype_name(dt), l->prefix);
     }
+    // vLLM's scale parameters (compressed_tensors_w8a8_fp8.py / _int8.py create_weights): strategy
+    // "channel" a ChannelQuantScaleParameter [out, 1], "tensor" a PerTensorScaleParameter that
+    // loads one value per stored tensor.
+    if (e) {
+      const std::string scale = l->prefix + ".weight_scale";
+      if (!model.store().contains(scale)) {
+        fail("{}: '{}' is quantized but has no '{}'", model.store().file_of(l->weight_name()).string(), l->prefix, scale);
+      }
+      const std::vector<std::int64_t>& shape = model.store().get(scale).shape;
+      const bool tensor_shaped = shape.empty() || shape == std::vector<std::int64_t>{1};
+      const bool channel_shaped = shape == std::vector<std::int64_t>{l->out, 1};
+      if (e->per_tensor ? !tensor_shaped : !(channel_shaped || (!e->fp8 && tensor_shaped))) {
+        fail("{}: tensor '{}' has {} values ({}-D); quantization_config's {} strategy needs shape {}", model.store().file_of(scale).string(), scale,
+             model.store().get(scale).numel(), shape.size(), e->per_tensor ? "tensor" : "channel",
+             e->per_tensor ? std::string("[1]") : fmt::format("[{}, 1]", l->out));
+      }
+    }
   }
 }
 }  // namespace

@@ -5,6 +5,7 @@
 // activations (W8A8). "float-quantized": float8 e4m3 weights with per-channel scales, weight-only
 // or with e4m3 dynamic per-token activations (FP8_DYNAMIC). Rules and sources: docs/formats.md
 // "compressed-tensors".
+#include <algorithm>
 #include <set>
 
 #include "codec_detail.h"
@@ -98,7 +99,8 @@ std::string ct_refuses(const MethodOutput& o) { return refuses_affine(o, "compre
 DType scale_dtype(DType weight) { return weight == DType::BF16 || weight == DType::F32 ? weight : DType::F16; }
 
 // int-quantized / float-quantized (NaiveQuantizationCompressor, FloatQuantizationCompressor):
-// `weight` holds the int8 values or e4m3 bytes unpacked, [out, in]; `weight_scale` [out, 1].
+// `weight` holds the int8 values or e4m3 bytes unpacked, [out, in]; `weight_scale` [out, 1], or
+// [1] for a per-tensor fp8 scale.
 void ct_write_naive(SafetensorsWriter& w, const LinearToWrite& l) {
   const QuantizedMatrix& m = l.m;
   const std::string& p = l.desc.prefix;
@@ -115,7 +117,14 @@ void ct_write_naive(SafetensorsWriter& w, const LinearToWrite& l) {
     }
     w.add_pod<std::int8_t>(p + ".weight", DType::I8, {m.out, m.in}, q);
   }
-  w.add_f32(p + ".weight_scale", sdt, {m.out, 1}, m.scales);
+  if (m.per_tensor) {  // strategy "tensor": weight_scale of shape [1] (initialize_qparams: expected_shape (1,))
+    if (std::any_of(m.scales.begin(), m.scales.end(), [&](float s) { return s != m.scales.front(); })) {
+      fail<Error>("'{}': a per-tensor fp8 weight has differing row scales", p);
+    }
+    w.add_f32(p + ".weight_scale", sdt, {1}, std::vector<float>{m.scales.front()});
+  } else {
+    w.add_f32(p + ".weight_scale", sdt, {m.out, 1}, m.scales);
+  }
   if (!l.bias.empty()) w.add_f32(l.desc.bias_name(), l.weight_dtype, {m.out}, l.bias);
 }
 
@@ -213,6 +222,7 @@ std::optional<QuantSpec> ct_expected(const nlohmann::json& qc, const LinearDesc&
   s.fp8 = type == "float";
   s.act = group_act(*hit, where);
   const std::string strategy = wq->value("strategy", std::string("tensor"));
+  s.per_tensor = strategy == "tensor" && s.fp8;
   if (strategy == "channel" || (strategy == "tensor" && s.bits == 8)) s.group_size = -1;
   else if (strategy == "group") s.group_size = config_int(*wq, "group_size", 128, where);
   else fail("{}: weights strategy '{}' is not supported (group, channel; tensor for 8-bit)", where.string(), strategy);
@@ -268,7 +278,7 @@ Mat ct_read(const Model& model, const LinearDesc& l) {
 
 nlohmann::json weights_args(const QuantSpec& s, bool act_order) {
   return {{"num_bits", s.bits}, {"type", s.fp8 ? "float" : "int"}, {"symmetric", s.sym},
-          {"strategy", s.group_size < 0 ? "channel" : "group"},
+          {"strategy", s.per_tensor ? "tensor" : s.group_size < 0 ? "channel" : "group"},
           {"group_size", s.group_size < 0 ? nlohmann::json(nullptr) : nlohmann::json(s.group_size)},
           {"block_structure", nullptr}, {"dynamic", false},
           {"actorder", act_order && s.group_size > 0 ? nlohmann::json("group") : nlohmann::json(nullptr)},  // ActivationOrdering.GROUP
@@ -303,6 +313,7 @@ nlohmann::json ct_config(const ConfigInput& in) {
     s.group_size = value.at("group_size").get<std::int64_t>();
     s.sym = value.at("sym").get<bool>();
     s.fp8 = in.base.fp8;  // the scheme flags are the run's (no rule changes them)
+    s.per_tensor = in.base.per_tensor;
     s.act = in.base.act;
     auto& [spec, targets] = overrides[s.label() + (s.sym ? "s" : "a")];
     spec = s;

@@ -70,6 +70,10 @@ Plan plan_linears(const Model& model, const Policy& policy, const MethodTraits& 
       if (p.spec.fp8 && !method.fp8_weights) {
         fail<UsageError>("{} does not write float8 weights (--scheme FP8_DYNAMIC / W8A16_FP8 are round-to-nearest: use quant rtn)", method.name);
       }
+      if (p.spec.per_tensor && l->fused()) {  // its parts are quantized one by one, each with its own scale
+        fail<UsageError>("'{}' is stored fused ({}): one fp8 scale per tensor cannot cover its parts; use --fp8-weight-scale channel",
+                         l->prefix, l->tensor_prefix());
+      }
       if (model.storage(*l) == LinearStorage::packed) {
         fail("{}: '{}' is already quantized; quantize the original checkpoint", model.dir().string(), l->prefix);
       }

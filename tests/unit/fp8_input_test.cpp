@@ -51,7 +51,6 @@ void make_fp8_copy(const fs::path& src, const fs::path& dst, const fs::path& twi
   fs::create_directories(dst);
   fs::create_directories(twin);
   SafetensorsWriter w(dst), t(twin);
-  int n = 0;
   for (const auto& name : s.names()) {
     std::vector<float> x = s.read_f32(name);
     const auto& shape = s.get(name).shape;
@@ -72,7 +71,7 @@ void make_fp8_copy(const fs::path& src, const fs::path& dst, const fs::path& twi
     if (scheme == Scheme::block) {
       scale_shape = {(out + 31) / 32, (in + 31) / 32};
       scale.assign(static_cast<std::size_t>(scale_shape[0] * scale_shape[1]), 0.0f);
-    } else if (n++ % 2 == 0) {
+    } else if (name.find("self_attn.") != std::string::npos) {  // per tensor here, per channel in the MLP
       scale_shape = {1};
       scale.assign(1, 0.0f);
     } else {
@@ -108,7 +107,9 @@ void make_fp8_copy(const fs::path& src, const fs::path& dst, const fs::path& twi
   } else {
     cfg["quantization_config"] = {
         {"quant_method", "compressed-tensors"}, {"format", "float-quantized"}, {"quantization_status", "compressed"},
-        {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"weights", {{"num_bits", 8}, {"type", "float"}, {"strategy", "tensor"}}}}}}},
+        {"config_groups",
+         {{"group_0", {{"targets", {"re:.*self_attn.*"}}, {"weights", {{"num_bits", 8}, {"type", "float"}, {"strategy", "tensor"}}}}},
+          {"group_1", {{"targets", {"re:.*mlp.*"}}, {"weights", {{"num_bits", 8}, {"type", "float"}, {"strategy", "channel"}}}}}}},
         {"ignore", {"lm_head"}}};
   }
   write_file_atomic(dst / "config.json", cfg.dump(2));

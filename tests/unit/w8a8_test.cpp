@@ -15,6 +15,7 @@
 
 #include "cli_helpers.h"
 #include "fixtures.h"
+#include "quant/core/error.h"
 #include "quant/core/dtype.h"
 #include "quant/core/quantizer.h"
 #include "quant/formats/codec.h"
@@ -260,18 +261,19 @@ struct Fixture {
 };
 
 // ŵ = weight_scale[o] · q, as the spec's dequantize computes it, rounded to the model's float16.
-std::vector<float> decode_naive(const TensorStore& s, const std::string& p) {
+// per_tensor: weight_scale is one value of shape [1] (compressed-tensors strategy "tensor").
+std::vector<float> decode_naive(const TensorStore& s, const std::string& p, bool per_tensor) {
   const TensorInfo& t = s.get(p + ".weight");
   EXPECT_EQ(t.shape.size(), 2u);
   const std::int64_t out = t.shape[0], in = t.shape[1];
-  EXPECT_EQ(s.get(p + ".weight_scale").shape, (std::vector<std::int64_t>{out, 1})) << p;
+  EXPECT_EQ(s.get(p + ".weight_scale").shape, (per_tensor ? std::vector<std::int64_t>{1} : std::vector<std::int64_t>{out, 1})) << p;
   const std::vector<float> scale = s.read_f32(p + ".weight_scale");
   const auto bytes = s.bytes(p + ".weight");
   std::vector<float> w(static_cast<std::size_t>(out * in));
   for (std::int64_t i = 0; i < out * in; ++i) {
     const auto b = static_cast<std::uint8_t>(bytes[static_cast<std::size_t>(i)]);
     const float q = t.dtype == DType::I8 ? static_cast<float>(static_cast<std::int8_t>(b)) : f8e4m3_to_f32(b);
-    w[static_cast<std::size_t>(i)] = f16_to_f32(f32_to_f16(scale[static_cast<std::size_t>(i / in)] * q));
+    w[static_cast<std::size_t>(i)] = f16_to_f32(f32_to_f16(scale[per_tensor ? 0 : static_cast<std::size_t>(i / in)] * q));
   }
   return w;
 }
@@ -280,6 +282,7 @@ struct NaiveCase {
   std::string name, command, dense_command, format, scheme_class;
   DType dtype;
   ActQuant act;
+  std::string strategy = "channel";  // of the weights
 };
 void PrintTo(const NaiveCase& c, std::ostream* os) { *os << c.name; }
 
@@ -300,7 +303,7 @@ TEST_P(NaiveQuantized, IndependentReaderEqualsDenseAndEvalSimulatesActivations) 
   const json qc = read_json_file(f.dir / "ct" / "config.json")["quantization_config"];
   EXPECT_EQ(qc["format"], k.format);
   const json& g = qc["config_groups"].begin().value();
-  EXPECT_EQ(g["weights"]["strategy"], "channel");
+  EXPECT_EQ(g["weights"]["strategy"], k.strategy);
   EXPECT_EQ(g["weights"]["type"], k.dtype == DType::I8 ? "int" : "float");
   if (k.act == ActQuant::none) {
     EXPECT_TRUE(g["input_activations"].is_null());
@@ -317,7 +320,7 @@ TEST_P(NaiveQuantized, IndependentReaderEqualsDenseAndEvalSimulatesActivations) 
     ASSERT_EQ(ct.get(l->weight_name()).dtype, k.dtype) << l->prefix;
     EXPECT_FALSE(ct.contains(l->prefix + ".weight_shape")) << "naive formats store the weight unpacked";
     EXPECT_FALSE(ct.contains(l->prefix + ".weight_zero_point")) << "symmetric";
-    const std::vector<float> mine = decode_naive(ct, l->prefix), theirs = dense.read_f32(l->weight_name());
+    const std::vector<float> mine = decode_naive(ct, l->prefix, k.strategy == "tensor"), theirs = dense.read_f32(l->weight_name());
     ASSERT_EQ(mine.size(), theirs.size());
     for (std::size_t i = 0; i < mine.size(); ++i) ASSERT_EQ(mine[i], theirs[i]) << l->prefix << " element " << i;
     ++n;
@@ -353,8 +356,55 @@ INSTANTIATE_TEST_SUITE_P(
                       NaiveCase{"rtn_fp8_dynamic", "rtn {0} --scheme FP8_DYNAMIC", "rtn {0} --scheme W8A16_FP8", "float-quantized",
                                 "CompressedTensorsW8A8Fp8", DType::F8_E4M3, ActQuant::fp8},
                       NaiveCase{"rtn_fp8_weight_only", "rtn {0} --scheme W8A16_FP8", "rtn {0} --scheme W8A16_FP8", "float-quantized",
-                                "CompressedTensorsW8A16Fp8", DType::F8_E4M3, ActQuant::none}),
+                                "CompressedTensorsW8A16Fp8", DType::F8_E4M3, ActQuant::none},
+                      NaiveCase{"rtn_fp8_per_tensor", "rtn {0} --scheme FP8_DYNAMIC --fp8-weight-scale tensor",
+                                "rtn {0} --scheme W8A16_FP8 --fp8-weight-scale tensor", "float-quantized", "CompressedTensorsW8A8Fp8",
+                                DType::F8_E4M3, ActQuant::fp8, "tensor"}),
     [](const ::testing::TestParamInfo<NaiveCase>& i) { return i.param.name; });
+
+// One fp8 scale per tensor: every row shares it, it covers the tensor's largest weight, and a
+// config that says otherwise (channel strategy over [1] scales) is refused by quant check; the
+// option needs fp8 weights.
+TEST(Fp8PerTensor, OneScaleCoversTheTensorAndTheCheckerHoldsTheConfigToIt) {
+  Mat w(8, 24);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n(0.0f, 0.02f);
+  for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = n(rng);
+  w(5, 7) = 0.5f;  // the tensor's largest weight, in one row
+  QuantSpec spec;
+  spec.bits = 8;
+  spec.group_size = -1;
+  spec.sym = true;
+  spec.fp8 = true;
+  spec.per_tensor = true;
+  EXPECT_EQ(spec.label(), "fp8t");
+  const QuantizedMatrix m = quantize_rtn(w, spec);
+  ASSERT_TRUE(m.per_tensor);
+  const float s = m.scales[0];
+  EXPECT_GE(s * 448.0f, 0.5f);
+  EXPECT_LT(s * 448.0f * 0.99f, 0.5f) << "the smallest float16 scale that covers it";
+  for (float x : m.scales) EXPECT_EQ(x, s);
+  for (Eigen::Index o = 0; o < w.rows(); ++o) {
+    for (Eigen::Index j = 0; j < w.cols(); ++j) ASSERT_EQ(m.q[static_cast<std::size_t>(o * w.cols() + j)], f32_to_f8e4m3(w(o, j) / s));
+  }
+  QuantSpec bad = spec;
+  bad.fp8 = false;
+  EXPECT_THROW(bad.validate(), UsageError);
+
+  Fixture f;
+  const auto u = run_quant("rtn " + f.m.string() + " --fp8-weight-scale tensor -o " + (f.dir / "int").string());
+  EXPECT_NE(u.rc, 0);
+  EXPECT_NE(u.err.find("--fp8-weight-scale is for float8 weights"), std::string::npos) << u.err;
+  EXPECT_FALSE(fs::exists(f.dir / "int"));
+  const auto r = run_quant("rtn " + f.m.string() + " --scheme W8A16_FP8 --fp8-weight-scale tensor -o " + (f.dir / "ct").string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  json cfg = read_json_file(f.dir / "ct" / "config.json");
+  cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["strategy"] = "channel";
+  write_file_atomic(f.dir / "ct" / "config.json", cfg.dump(2));
+  const auto c = run_quant("check " + (f.dir / "ct").string() + " --for vllm");
+  EXPECT_NE(c.rc, 0) << c.out;
+  EXPECT_NE((c.out + c.err).find("channel strategy needs shape ["), std::string::npos) << c.out << c.err;
+}
 
 // SmoothQuant writes the smoothed norms and weights; the result still loads for vLLM, the
 // smoothing strength is recorded, and the float function is unchanged up to quantization.

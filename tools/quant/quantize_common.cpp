@@ -65,6 +65,11 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
                   "compressed-tensors preset (implies --format compressed-tensors): W4A16, W8A16 (weight-only int), W8A8 (int8 "
                   "per-channel weights, int8 dynamic per-token activations), FP8_DYNAMIC (fp8 e4m3 per-channel weights and "
                   "per-token activations; rtn only), W8A16_FP8 (fp8 weights only; rtn only)");
+  o.fp8_scale_opt = cmd->add_option("--fp8-weight-scale", o.fp8_weight_scale,
+                                    "with an fp8 scheme: channel (one weight scale per output channel, as FP8_DYNAMIC) or tensor (one "
+                                    "per tensor, compressed-tensors strategy \"tensor\")")
+                        ->capture_default_str()
+                        ->check(CLI::IsMember({"channel", "tensor"}));
   cmd->add_option("--rule", o.rules, "per-tensor rule REGEX=skip or REGEX=bits:N,group:N,sym:BOOL (first match wins; repeatable)");
   cmd->add_flag("--quantize-lm-head", o.quantize_lm_head, "quantize lm_head too (kept in the source dtype by default)");
   cmd->add_flag("--skip-unsupported", o.skip_unsupported, "keep linears the format cannot hold in the source dtype instead of failing");
@@ -191,6 +196,10 @@ QuantSpec make_spec(QuantizeCliOptions& o) {
     s.sym = true;
     s.fp8 = k->fp8;
     s.act = k->act;
+  }
+  if (o.fp8_scale_opt && o.fp8_scale_opt->count() > 0) {
+    if (!s.fp8) fail<UsageError>("--fp8-weight-scale is for float8 weights; add --scheme FP8_DYNAMIC or W8A16_FP8");
+    s.per_tensor = o.fp8_weight_scale == "tensor";
   }
   s.validate();
   return s;

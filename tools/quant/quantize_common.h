@@ -37,6 +37,9 @@ struct QuantizeCliOptions {
   // compressed-tensors scheme preset (W4A16, W8A16, W8A8, FP8_DYNAMIC, W8A16_FP8): sets bits,
   // group, symmetry, weight type and activation quantization, and the format.
   std::string scheme;
+  // fp8 schemes: "channel" (one weight scale per output channel, the presets') or "tensor".
+  std::string fp8_weight_scale = "channel";
+  CLI::Option* fp8_scale_opt = nullptr;
   // The options a scheme sets, to refuse explicit values that contradict it.
   CLI::Option* bits_opt = nullptr;
   CLI::Option* group_opt = nullptr;

@@ -28,11 +28,14 @@ struct QuantSpec {
   // Weights as float8 e4m3 times a per-output-channel scale instead of integers (needs bits 8,
   // symmetric, group -1): ŵ = scale[o]·e4m3(q).
   bool fp8 = false;
+  // fp8 only: one scale for the whole tensor (compressed-tensors strategy "tensor") instead of one
+  // per output channel.
+  bool per_tensor = false;
   ActQuant act = ActQuant::none;  // activation quantization the output declares (and eval simulates)
   int maxq() const { return (1 << bits) - 1; }
   // Group size for a row of `in` inputs (in, for per-channel).
   std::int64_t effective_group(std::int64_t in) const { return group_size < 0 ? in : group_size; }
-  std::string label() const;  // "w4g128", "w3g-1", "w8g-1a8" (int8 activations), "fp8", "fp8a8"
+  std::string label() const;  // "w4g128", "w3g-1", "w8g-1a8" (int8 activations), "fp8", "fp8a8", "fp8t" (per tensor)
   void validate() const;      // throws UsageError
 };
 
@@ -79,6 +82,7 @@ struct QuantizedMatrix {
   std::vector<float> lut;
   // Float8 codes: q holds e4m3 bytes and ŵ = scales[o, g]·e4m3(q) (zeros unused).
   bool fp8 = false;
+  bool per_tensor = false;  // fp8 with one scale for the tensor (every row's scale equal)
   // Sparse outliers (CSR over rows, columns ascending): their exact values replace the
   // reconstruction at those positions. Empty rowptr: none.
   std::vector<std::int32_t> outlier_rowptr;  // [out + 1]
