@@ -68,6 +68,7 @@ LayerWeights load_layer_reusing(const Model& model, int layer, bool experts, Lay
   if (!d.post_attn_norm.empty()) lw.post_attn_norm = load_vector(model, d.post_attn_norm);
   if (!d.post_mlp_norm.empty()) lw.post_mlp_norm = load_vector(model, d.post_mlp_norm);
   lw.index = layer;
+  if (recycled) *recycled = LayerWeights{};  // what was not reused (experts, norms) goes now, not with the next layer
   return lw;
 }
 }  // namespace

@@ -325,6 +325,7 @@ void run_layer_loop(const Model& model, OutputSession& session, const Method& me
   for (const auto& layer : model.layout().layers) {
     if (layer.index >= layers_done) loop.decoder_layer(layer, runner);
   }
+  loop.spare = LayerWeights{};  // no layer follows
   loop.head(runner);
 }
 

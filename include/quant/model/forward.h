@@ -52,7 +52,8 @@ struct LayerWeights {
 // `experts` false: a sparse layer's routed and shared experts stay unloaded (empty matrices, the
 // router and shared gate loaded), for a caller that streams them one at a time.
 LayerWeights load_layer(const Model& model, int layer, bool experts = true);
-// The same, reusing the dense linears' storage of `recycled` (a layer no longer needed).
+// The same, reusing the dense linears' storage of `recycled` (a layer no longer needed), which is
+// left empty.
 LayerWeights load_layer(const Model& model, int layer, bool experts, LayerWeights&& recycled);
 
 // Embedding, final norm and output head.
