@@ -7,7 +7,8 @@
 // which does not round), so every output is the chain acc = fma(w[j,k], x[t,k], acc) over
 // k = 0 … K−1 from acc = 0, on every kernel. Packing x instead of w: x is the small operand of
 // the calibration forward (128–512 tokens against up to 14k output rows), and packing it costs
-// O(T·K) against the product's O(T·K·N).
+// O(T·K) against the product's O(T·K·N). Doubles (GPTQ's Cholesky and triangular inverse) run the
+// same kernels with panels of 16 tokens, two zmm as for floats.
 #include "quant/core/gemm.h"
 
 #include <omp.h>
@@ -27,82 +28,138 @@ namespace quant {
 
 namespace {
 
-constexpr std::int64_t kTokenPanel = 32;     // tokens per packed panel (2 zmm / 4 ymm)
-constexpr std::int64_t kKc = 256;       // k per block: a kernel's weight rows stay in L1
-constexpr std::int64_t kTc = 8;         // panels per token block: their k-block stays in L2
+// Tokens per packed panel: two vector registers of the widest kernel (32 floats, 16 doubles).
+template <typename T>
+constexpr std::int64_t kTokenPanel = 128 / sizeof(T);
+constexpr std::int64_t kKc = 256;        // k per block: a kernel's weight rows stay in L1
+constexpr std::int64_t kTc = 8;          // panels per token block: their k-block stays in L2
 constexpr std::int64_t kRowBlock = 256;  // output rows per work item at most (halved down to 32 to give every thread work)
 
-// Panel p holds tokens 32p … 32p+31 as xp[p·K·32 + k·32 + i].
-void pack_x(const float* x, std::int64_t T, std::int64_t K, float* xp, bool parallel) {
-  const std::int64_t panels = (T + kTokenPanel - 1) / kTokenPanel;
+// Panel p holds tokens P·p … P·p+P−1 as xp[p·K·P + k·P + i] (P = kTokenPanel<T>).
+template <typename T>
+void pack_x(const T* x, std::int64_t ldx, std::int64_t rows, std::int64_t K, T* xp, bool parallel) {
+  constexpr std::int64_t P = kTokenPanel<T>;
+  const std::int64_t panels = (rows + P - 1) / P;
 #pragma omp parallel for schedule(static) if (parallel)
   for (std::int64_t p = 0; p < panels; ++p) {
-    float* dst = xp + p * K * kTokenPanel;
-    const std::int64_t n = std::min(kTokenPanel, T - p * kTokenPanel);
-    if (n < kTokenPanel) std::fill(dst, dst + K * kTokenPanel, 0.0f);
+    T* dst = xp + p * K * P;
+    const std::int64_t n = std::min(P, rows - p * P);
+    if (n < P) std::fill(dst, dst + K * P, T(0));
     for (std::int64_t i = 0; i < n; ++i) {
-      const float* src = x + (p * kTokenPanel + i) * K;
-      for (std::int64_t k = 0; k < K; ++k) dst[k * kTokenPanel + i] = src[k];
+      const T* src = x + (p * P + i) * ldx;
+      for (std::int64_t k = 0; k < K; ++k) dst[k * P + i] = src[k];
     }
   }
 }
 
-// c[r·ldc + i] (= y[token i, row r]) ← (first ? 0 : c) + Σ_k w[r·ldw + k] · p[k·32 + i], r < R.
-template <int R>
-void kernel_scalar(const float* w, std::int64_t ldw, const float* p, std::int64_t kc, float* c, std::int64_t ldc, bool first) {
+// c[r·ldc + i] (= y[token i, row r]) ← (first ? 0 : c) + Σ_k w[r·ldw + k] · p[k·P + i], r < R.
+template <typename T, int R>
+void kernel_scalar(const T* w, std::int64_t ldw, const T* p, std::int64_t kc, T* c, std::int64_t ldc, bool first) {
+  constexpr std::int64_t P = kTokenPanel<T>;
   for (int r = 0; r < R; ++r) {
-    for (std::int64_t i = 0; i < kTokenPanel; ++i) {
-      float acc = first ? 0.0f : c[r * ldc + i];
-      for (std::int64_t k = 0; k < kc; ++k) acc = std::fma(w[r * ldw + k], p[k * kTokenPanel + i], acc);
+    for (std::int64_t i = 0; i < P; ++i) {
+      T acc = first ? T(0) : c[r * ldc + i];
+      for (std::int64_t k = 0; k < kc; ++k) acc = std::fma(w[r * ldw + k], p[k * P + i], acc);
       c[r * ldc + i] = acc;
     }
   }
 }
 
 #if defined(__x86_64__)
-template <int R>
-__attribute__((target("avx512f"))) void kernel_avx512(const float* w, std::int64_t ldw, const float* p, std::int64_t kc, float* c,
-                                                      std::int64_t ldc, bool first) {
-  __m512 a0[R], a1[R];
+#define QUANT_AVX512 __attribute__((target("avx512f"), always_inline)) static inline
+#define QUANT_AVX2 __attribute__((target("avx2,fma"), always_inline)) static inline
+// The few vector operations the kernels use, per register width and scalar type.
+template <typename T>
+struct Zmm;
+template <>
+struct Zmm<float> {
+  using V = __m512;
+  QUANT_AVX512 V zero() { return _mm512_setzero_ps(); }
+  QUANT_AVX512 V load(const float* p) { return _mm512_loadu_ps(p); }
+  QUANT_AVX512 void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  QUANT_AVX512 V set1(float a) { return _mm512_set1_ps(a); }
+  QUANT_AVX512 V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+};
+template <>
+struct Zmm<double> {
+  using V = __m512d;
+  QUANT_AVX512 V zero() { return _mm512_setzero_pd(); }
+  QUANT_AVX512 V load(const double* p) { return _mm512_loadu_pd(p); }
+  QUANT_AVX512 void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  QUANT_AVX512 V set1(double a) { return _mm512_set1_pd(a); }
+  QUANT_AVX512 V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+};
+template <typename T>
+struct Ymm;
+template <>
+struct Ymm<float> {
+  using V = __m256;
+  QUANT_AVX2 V zero() { return _mm256_setzero_ps(); }
+  QUANT_AVX2 V load(const float* p) { return _mm256_loadu_ps(p); }
+  QUANT_AVX2 void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  QUANT_AVX2 V set1(const float* a) { return _mm256_broadcast_ss(a); }
+  QUANT_AVX2 V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+};
+template <>
+struct Ymm<double> {
+  using V = __m256d;
+  QUANT_AVX2 V zero() { return _mm256_setzero_pd(); }
+  QUANT_AVX2 V load(const double* p) { return _mm256_loadu_pd(p); }
+  QUANT_AVX2 void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  QUANT_AVX2 V set1(const double* a) { return _mm256_broadcast_sd(a); }
+  QUANT_AVX2 V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+};
+#undef QUANT_AVX512
+#undef QUANT_AVX2
+
+// A panel is two zmm: R rows × 2 zmm accumulators.
+template <typename T, int R>
+__attribute__((target("avx512f"))) void kernel_avx512(const T* w, std::int64_t ldw, const T* p, std::int64_t kc, T* c, std::int64_t ldc,
+                                                      bool first) {
+  using Z = Zmm<T>;
+  constexpr std::int64_t P = kTokenPanel<T>, H = P / 2;
+  typename Z::V a0[R], a1[R];
   for (int r = 0; r < R; ++r) {
-    a0[r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc);
-    a1[r] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + 16);
+    a0[r] = first ? Z::zero() : Z::load(c + r * ldc);
+    a1[r] = first ? Z::zero() : Z::load(c + r * ldc + H);
   }
   for (std::int64_t k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_loadu_ps(p + k * kTokenPanel), b1 = _mm512_loadu_ps(p + k * kTokenPanel + 16);
+    const typename Z::V b0 = Z::load(p + k * P), b1 = Z::load(p + k * P + H);
     for (int r = 0; r < R; ++r) {
-      const __m512 v = _mm512_set1_ps(w[r * ldw + k]);
-      a0[r] = _mm512_fmadd_ps(v, b0, a0[r]);
-      a1[r] = _mm512_fmadd_ps(v, b1, a1[r]);
+      const typename Z::V v = Z::set1(w[r * ldw + k]);
+      a0[r] = Z::fma(v, b0, a0[r]);
+      a1[r] = Z::fma(v, b1, a1[r]);
     }
   }
   for (int r = 0; r < R; ++r) {
-    _mm512_storeu_ps(c + r * ldc, a0[r]);
-    _mm512_storeu_ps(c + r * ldc + 16, a1[r]);
+    Z::store(c + r * ldc, a0[r]);
+    Z::store(c + r * ldc + H, a1[r]);
   }
 }
 
-// Each half panel (16 tokens, 2 ymm) in turn: 6 rows × 2 ymm = 12 accumulators of the 16 registers.
-template <int R>
-__attribute__((target("avx2,fma"))) void kernel_avx2(const float* w, std::int64_t ldw, const float* p, std::int64_t kc, float* c,
-                                                     std::int64_t ldc, bool first) {
+// Each half panel (2 ymm) in turn: 6 rows × 2 ymm = 12 accumulators of the 16 registers.
+template <typename T, int R>
+__attribute__((target("avx2,fma"))) void kernel_avx2(const T* w, std::int64_t ldw, const T* p, std::int64_t kc, T* c, std::int64_t ldc,
+                                                     bool first) {
+  using Y = Ymm<T>;
+  constexpr std::int64_t P = kTokenPanel<T>, Q = P / 4;  // Q: lanes per ymm
   for (int h = 0; h < 2; ++h) {
-    __m256 a0[R], a1[R];
+    typename Y::V a0[R], a1[R];
     for (int r = 0; r < R; ++r) {
-      a0[r] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + 16 * h);
-      a1[r] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * ldc + 16 * h + 8);
+      a0[r] = first ? Y::zero() : Y::load(c + r * ldc + 2 * Q * h);
+      a1[r] = first ? Y::zero() : Y::load(c + r * ldc + 2 * Q * h + Q);
     }
     for (std::int64_t k = 0; k < kc; ++k) {
-      const __m256 b0 = _mm256_loadu_ps(p + k * kTokenPanel + 16 * h), b1 = _mm256_loadu_ps(p + k * kTokenPanel + 16 * h + 8);
+      const typename Y::V b0 = Y::load(p + k * P + 2 * Q * h), b1 = Y::load(p + k * P + 2 * Q * h + Q);
       for (int r = 0; r < R; ++r) {
-        const __m256 v = _mm256_broadcast_ss(w + r * ldw + k);
-        a0[r] = _mm256_fmadd_ps(v, b0, a0[r]);
-        a1[r] = _mm256_fmadd_ps(v, b1, a1[r]);
+        const typename Y::V v = Y::set1(w + r * ldw + k);
+        a0[r] = Y::fma(v, b0, a0[r]);
+        a1[r] = Y::fma(v, b1, a1[r]);
       }
     }
     for (int r = 0; r < R; ++r) {
-      _mm256_storeu_ps(c + r * ldc + 16 * h, a0[r]);
-      _mm256_storeu_ps(c + r * ldc + 16 * h + 8, a1[r]);
+      Y::store(c + r * ldc + 2 * Q * h, a0[r]);
+      Y::store(c + r * ldc + 2 * Q * h + Q, a1[r]);
     }
   }
 }
@@ -141,44 +198,145 @@ __attribute__((target("avx2"))) void transpose_avx2(const float* src, std::int64
     for (std::int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
   }
 }
+
+// The same for doubles, in 4 × 4 tiles.
+__attribute__((target("avx2"))) void transpose_avx2(const double* src, std::int64_t lds, std::int64_t rows, std::int64_t cols, double* dst,
+                                                    std::int64_t ldd) {
+  const std::int64_t r4 = rows / 4 * 4, c4 = cols / 4 * 4;
+  for (std::int64_t r = 0; r < r4; r += 4) {
+    for (std::int64_t c = 0; c < c4; c += 4) {
+      const double* s = src + r * lds + c;
+      const __m256d a0 = _mm256_loadu_pd(s), a1 = _mm256_loadu_pd(s + lds), a2 = _mm256_loadu_pd(s + 2 * lds),
+                    a3 = _mm256_loadu_pd(s + 3 * lds);
+      const __m256d b0 = _mm256_unpacklo_pd(a0, a1), b1 = _mm256_unpackhi_pd(a0, a1), b2 = _mm256_unpacklo_pd(a2, a3),
+                    b3 = _mm256_unpackhi_pd(a2, a3);
+      double* d = dst + c * ldd + r;
+      _mm256_storeu_pd(d, _mm256_permute2f128_pd(b0, b2, 0x20));
+      _mm256_storeu_pd(d + ldd, _mm256_permute2f128_pd(b1, b3, 0x20));
+      _mm256_storeu_pd(d + 2 * ldd, _mm256_permute2f128_pd(b0, b2, 0x31));
+      _mm256_storeu_pd(d + 3 * ldd, _mm256_permute2f128_pd(b1, b3, 0x31));
+    }
+    for (std::int64_t c = c4; c < cols; ++c) {
+      for (std::int64_t i = r; i < r + 4; ++i) dst[c * ldd + i] = src[i * lds + c];
+    }
+  }
+  for (std::int64_t r = r4; r < rows; ++r) {
+    for (std::int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+}
 #endif
 
-void transpose_scalar(const float* src, std::int64_t lds, std::int64_t rows, std::int64_t cols, float* dst, std::int64_t ldd) {
+template <typename T>
+void transpose_scalar(const T* src, std::int64_t lds, std::int64_t rows, std::int64_t cols, T* dst, std::int64_t ldd) {
   for (std::int64_t c = 0; c < cols; ++c) {
     for (std::int64_t r = 0; r < rows; ++r) dst[c * ldd + r] = src[r * lds + c];
   }
 }
 
-using Kernel = void (*)(const float*, std::int64_t, const float*, std::int64_t, float*, std::int64_t, bool);
+template <typename T>
+using Kernel = void (*)(const T*, std::int64_t, const T*, std::int64_t, T*, std::int64_t, bool);
 
 // by_rows[R] computes R output rows; max_rows: the largest R.
+template <typename T>
 struct Kernels {
-  Kernel by_rows[15] = {};
+  Kernel<T> by_rows[15] = {};
   int max_rows = 0;
-  void (*transpose)(const float*, std::int64_t, std::int64_t, std::int64_t, float*, std::int64_t) = transpose_scalar;
+  void (*transpose)(const T*, std::int64_t, std::int64_t, std::int64_t, T*, std::int64_t) = transpose_scalar<T>;
 };
 
-Kernels kernels_for(GemmIsa isa) {
-  Kernels k;
+template <typename T>
+Kernels<T> kernels_for(GemmIsa isa) {
+  Kernels<T> k;
   switch (isa) {
 #if defined(__x86_64__)
     case GemmIsa::avx512:
       // 14 rows × 2 zmm = 28 accumulators of the 32 registers.
-      k = {{nullptr, kernel_avx512<1>, kernel_avx512<2>, kernel_avx512<3>, kernel_avx512<4>, kernel_avx512<5>, kernel_avx512<6>,
-            kernel_avx512<7>, kernel_avx512<8>, kernel_avx512<9>, kernel_avx512<10>, kernel_avx512<11>, kernel_avx512<12>,
-            kernel_avx512<13>, kernel_avx512<14>},
+      k = {{nullptr, kernel_avx512<T, 1>, kernel_avx512<T, 2>, kernel_avx512<T, 3>, kernel_avx512<T, 4>, kernel_avx512<T, 5>,
+            kernel_avx512<T, 6>, kernel_avx512<T, 7>, kernel_avx512<T, 8>, kernel_avx512<T, 9>, kernel_avx512<T, 10>,
+            kernel_avx512<T, 11>, kernel_avx512<T, 12>, kernel_avx512<T, 13>, kernel_avx512<T, 14>},
            14,
            transpose_avx2};
       break;
     case GemmIsa::avx2:
-      k = {{nullptr, kernel_avx2<1>, kernel_avx2<2>, kernel_avx2<3>, kernel_avx2<4>, kernel_avx2<5>, kernel_avx2<6>}, 6, transpose_avx2};
+      k = {{nullptr, kernel_avx2<T, 1>, kernel_avx2<T, 2>, kernel_avx2<T, 3>, kernel_avx2<T, 4>, kernel_avx2<T, 5>, kernel_avx2<T, 6>},
+           6,
+           transpose_avx2};
       break;
 #endif
     default:
-      k = {{nullptr, kernel_scalar<1>, kernel_scalar<2>, kernel_scalar<3>, kernel_scalar<4>}, 4, transpose_scalar};
+      k = {{nullptr, kernel_scalar<T, 1>, kernel_scalar<T, 2>, kernel_scalar<T, 3>, kernel_scalar<T, 4>}, 4, transpose_scalar<T>};
       break;
   }
   return k;
+}
+
+template <typename T>
+void gemm_impl(const GemmOperands<T>& o, GemmIsa isa, bool accumulate) {
+  const std::int64_t rows = o.rows, K = o.K, N = o.N;
+  if (rows <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (accumulate) return;
+    if (o.y_transposed) {
+      for (std::int64_t j = 0; j < N; ++j) std::fill(o.y + j * o.ldy, o.y + j * o.ldy + rows, T(0));
+    } else {
+      for (std::int64_t t = 0; t < rows; ++t) std::fill(o.y + t * o.ldy, o.y + t * o.ldy + N, T(0));
+    }
+    return;
+  }
+  constexpr std::int64_t P = kTokenPanel<T>;
+  const Kernels<T> kern = kernels_for<T>(isa);
+  const std::int64_t panels = (rows + P - 1) / P, tpad = panels * P;
+  const bool parallel = !omp_in_parallel();
+  // The split never changes a result (each output is its own chain), only the speed: items of up
+  // to 256 rows keep a token block's weights in L2; smaller ones give every thread two of them.
+  const std::int64_t threads = parallel ? omp_get_max_threads() : 1;
+  std::int64_t row_block = kRowBlock;
+  while (row_block > 32 && (N + row_block - 1) / row_block < 2 * threads) row_block /= 2;
+  const std::int64_t items = (N + row_block - 1) / row_block;
+  // Buffers kept per thread: fresh pages cost more to touch here than a small product computes.
+  thread_local std::vector<T> xp;
+  xp.resize(std::max(xp.size(), static_cast<std::size_t>(tpad * K)));
+  pack_x(o.x, o.ldx, rows, K, xp.data(), parallel && panels > 1);
+  const T* packed = xp.data();
+#pragma omp parallel if (parallel && items > 1)
+  {
+    thread_local std::vector<T> ct;  // yᵀ of one work item
+    ct.resize(std::max(ct.size(), static_cast<std::size_t>(row_block * tpad)));
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t item = 0; item < items; ++item) {
+      const std::int64_t j0 = item * row_block, nj = std::min(row_block, N - j0);
+      // The kernels compute yᵀ tiles: written straight into a transposed y whose token count
+      // fills whole panels, else through ct (copied or transposed in and out).
+      const bool direct = o.y_transposed && rows % P == 0;
+      T* c = direct ? o.y + j0 * o.ldy : ct.data();
+      const std::int64_t ldc = direct ? o.ldy : tpad;
+      if (accumulate && !direct) {  // the chains start from y's values
+        if (o.y_transposed) {
+          for (std::int64_t j = 0; j < nj; ++j) std::copy(o.y + (j0 + j) * o.ldy, o.y + (j0 + j) * o.ldy + rows, ct.data() + j * tpad);
+        } else {
+          kern.transpose(o.y + j0, o.ldy, rows, nj, ct.data(), tpad);
+        }
+      }
+      for (std::int64_t p0 = 0; p0 < panels; p0 += kTc) {
+        const std::int64_t p1 = std::min(panels, p0 + kTc);
+        for (std::int64_t k0 = 0; k0 < K; k0 += kKc) {
+          const std::int64_t kc = std::min(kKc, K - k0);
+          for (std::int64_t r0 = 0; r0 < nj; r0 += kern.max_rows) {
+            const int R = static_cast<int>(std::min<std::int64_t>(kern.max_rows, nj - r0));
+            const T* wr = o.w + (j0 + r0) * o.ldw + k0;
+            for (std::int64_t p = p0; p < p1; ++p) {
+              kern.by_rows[R](wr, o.ldw, packed + p * K * P + k0 * P, kc, c + r0 * ldc + p * P, ldc, k0 == 0 && !accumulate);
+            }
+          }
+        }
+      }
+      if (o.y_transposed && !direct) {
+        for (std::int64_t j = 0; j < nj; ++j) std::copy(ct.data() + j * tpad, ct.data() + j * tpad + rows, o.y + (j0 + j) * o.ldy);
+      } else if (!direct) {
+        kern.transpose(ct.data(), tpad, nj, rows, o.y + j0, o.ldy);
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -204,57 +362,16 @@ const char* gemm_isa_name(GemmIsa isa) {
 
 void gemm_xwt(const float* x, std::int64_t T, std::int64_t K, const float* w, std::int64_t N, float* y, std::int64_t ldy,
               GemmIsa isa, bool accumulate) {
-  if (T <= 0 || N <= 0) return;
-  if (K <= 0) {
-    if (accumulate) return;
-    for (std::int64_t t = 0; t < T; ++t) std::fill(y + t * ldy, y + t * ldy + N, 0.0f);
-    return;
-  }
-  const Kernels kern = kernels_for(isa);
-  const std::int64_t panels = (T + kTokenPanel - 1) / kTokenPanel, tpad = panels * kTokenPanel;
-  const bool parallel = !omp_in_parallel();
-  // The split never changes a result (each output is its own chain), only the speed: items of up
-  // to 256 rows keep a token block's weights in L2; smaller ones give every thread two of them.
-  const std::int64_t threads = parallel ? omp_get_max_threads() : 1;
-  std::int64_t row_block = kRowBlock;
-  while (row_block > 32 && (N + row_block - 1) / row_block < 2 * threads) row_block /= 2;
-  const std::int64_t items = (N + row_block - 1) / row_block;
-  // Buffers kept per thread: fresh pages cost more to touch here than a small product computes.
-  thread_local std::vector<float> xp;
-  xp.resize(std::max(xp.size(), static_cast<std::size_t>(tpad * K)));
-  pack_x(x, T, K, xp.data(), parallel && panels > 1);
-  const float* packed = xp.data();
-#pragma omp parallel if (parallel && items > 1)
-  {
-    thread_local std::vector<float> ct;  // yᵀ of one work item
-    ct.resize(std::max(ct.size(), static_cast<std::size_t>(row_block * tpad)));
-#pragma omp for schedule(dynamic, 1)
-    for (std::int64_t item = 0; item < items; ++item) {
-      const std::int64_t j0 = item * row_block, rows = std::min(row_block, N - j0);
-      if (accumulate) kern.transpose(y + j0, ldy, T, rows, ct.data(), tpad);  // the chains start from y's values
-      for (std::int64_t p0 = 0; p0 < panels; p0 += kTc) {
-        const std::int64_t p1 = std::min(panels, p0 + kTc);
-        for (std::int64_t k0 = 0; k0 < K; k0 += kKc) {
-          const std::int64_t kc = std::min(kKc, K - k0);
-          for (std::int64_t r0 = 0; r0 < rows; r0 += kern.max_rows) {
-            const int R = static_cast<int>(std::min<std::int64_t>(kern.max_rows, rows - r0));
-            const float* wr = w + (j0 + r0) * K + k0;
-            for (std::int64_t p = p0; p < p1; ++p) {
-              kern.by_rows[R](wr, K, packed + p * K * kTokenPanel + k0 * kTokenPanel, kc, ct.data() + r0 * tpad + p * kTokenPanel, tpad,
-                               k0 == 0 && !accumulate);
-            }
-          }
-        }
-      }
-      kern.transpose(ct.data(), tpad, rows, T, y + j0, ldy);
-    }
-  }
+  gemm_impl(GemmOperands<float>{x, K, T, K, w, K, N, y, ldy}, isa, accumulate);
 }
 
 void gemm_xwt(const float* x, std::int64_t T, std::int64_t K, const float* w, std::int64_t N, float* y, std::int64_t ldy,
               bool accumulate) {
-  gemm_xwt(x, T, K, w, N, y, ldy, gemm_best_isa(), accumulate);
+  gemm_impl(GemmOperands<float>{x, K, T, K, w, K, N, y, ldy}, gemm_best_isa(), accumulate);
 }
+
+void gemm_xwt(const GemmOperands<float>& o, bool accumulate, GemmIsa isa) { gemm_impl(o, isa, accumulate); }
+void gemm_xwt(const GemmOperands<double>& o, bool accumulate, GemmIsa isa) { gemm_impl(o, isa, accumulate); }
 
 void gemm_xwt(const Mat& x, const Mat& w, Mat& y) {
   if (x.cols() != w.cols()) fail<Error>("gemm: x has {} columns, w {}", x.cols(), w.cols());

@@ -125,6 +125,69 @@ TEST(GemmThreads, GramAccumulationIsTheChainOverAllTokens) {
   EXPECT_TRUE(bit_equal(H, Mat(H.transpose())));
 }
 
+// Doubles and strided operands (GPTQ's factorizations read blocks of n × n matrices in place):
+// every kernel is the same ordered chain, in double, starting from y's values when accumulating.
+TEST(GemmDouble, StridedBlocksAreTheOrderedFmaChainOnEveryKernel) {
+  for (const auto& [T, K, N] : {Shape{1, 1, 1}, Shape{17, 129, 15}, Shape{33, 300, 70}, Shape{128, 128, 128}}) {
+    const Mat xf = random_mat(T + 3, K + 5, 11), wf = random_mat(N + 2, K + 9, 12), yf = random_mat(T + 1, N + 4, 13);
+    const MatD x = xf.cast<double>(), w = wf.cast<double>(), y0 = yf.cast<double>();
+    // The blocks x[3:, 5:], w[2:, 9:], y[1:, 4:], each row of its full matrix.
+    MatD ref = y0;
+    for (int t = 0; t < T; ++t) {
+      for (int j = 0; j < N; ++j) {
+        double acc = y0(1 + t, 4 + j);
+        for (int k = 0; k < K; ++k) acc = std::fma(w(2 + j, 9 + k), x(3 + t, 5 + k), acc);
+        ref(1 + t, 4 + j) = acc;
+      }
+    }
+    for (GemmIsa isa : runnable_isas()) {
+      MatD y = y0;
+      gemm_xwt(GemmOperands<double>{x.data() + 3 * x.cols() + 5, x.cols(), T, K, w.data() + 2 * w.cols() + 9, w.cols(), N,
+                                    y.data() + 1 * y.cols() + 4, y.cols()},
+               /*accumulate=*/true, isa);
+      EXPECT_TRUE(y == ref) << gemm_isa_name(isa) << " " << T << "x" << K << "x" << N << ": max |diff| "
+                            << (y - ref).cwiseAbs().maxCoeff();
+      // The float form with the same strides, from zero.
+      Mat yfl = yf;
+      gemm_xwt(GemmOperands<float>{xf.data() + 3 * xf.cols() + 5, xf.cols(), T, K, wf.data() + 2 * wf.cols() + 9, wf.cols(), N,
+                                   yfl.data() + 1 * yfl.cols() + 4, yfl.cols()},
+               /*accumulate=*/false, isa);
+      const Mat reff = chain_reference(Mat(xf.block(3, 5, T, K)), Mat(wf.block(2, 9, N, K)));
+      EXPECT_TRUE(bit_equal(Mat(yfl.block(1, 4, T, N)), reff)) << gemm_isa_name(isa);
+      EXPECT_EQ(yfl(0, 0), yf(0, 0));
+    }
+  }
+}
+
+// A transposed output (y[t, j] at y[j·ldy + t]): written in place when the token count fills
+// whole panels (16 doubles, 32 floats), through a copy otherwise; the same chains either way.
+TEST(GemmDouble, TransposedOutputIsTheSameChain) {
+  for (int T : {16, 48, 7, 33}) {
+    for (bool accumulate : {false, true}) {
+      const int K = 70, N = 45;
+      const MatD x = random_mat(T, K, 21).cast<double>(), w = random_mat(N, K, 22).cast<double>();
+      const MatD y0 = random_mat(N, T + 3, 23).cast<double>();
+      MatD ref = y0;
+      for (int t = 0; t < T; ++t) {
+        for (int j = 0; j < N; ++j) {
+          double acc = accumulate ? y0(j, t) : 0.0;
+          for (int k = 0; k < K; ++k) acc = std::fma(w(j, k), x(t, k), acc);
+          ref(j, t) = acc;
+        }
+      }
+      for (GemmIsa isa : runnable_isas()) {
+        MatD y = y0;
+        gemm_xwt(GemmOperands<double>{x.data(), K, T, K, w.data(), K, N, y.data(), T + 3, /*y_transposed=*/true}, accumulate, isa);
+        EXPECT_TRUE(y == ref) << gemm_isa_name(isa) << " T " << T << " accumulate " << accumulate;
+      }
+      const Mat xf = x.cast<float>(), wf = w.cast<float>();
+      Mat yf(N, T);
+      gemm_xwt(GemmOperands<float>{xf.data(), K, T, K, wf.data(), K, N, yf.data(), T, /*y_transposed=*/true}, /*accumulate=*/false);
+      EXPECT_TRUE(bit_equal(yf, Mat(chain_reference(xf, wf).transpose()))) << "float T " << T;
+    }
+  }
+}
+
 TEST(GemmThreads, EmptyInnerDimensionGivesZeros) {
   Mat x(4, 0), w(3, 0), y;
   gemm_xwt(x, w, y);
