@@ -10,74 +10,89 @@
 #include "quant/core/error.h"
 #include "quant/core/linalg.h"
 #include "quant/core/log.h"
+#include "quant/core/memory.h"
 
 namespace quant {
 
 namespace {
 // Output rows per parallel work item: rows are independent in GPTQ given U.
 constexpr std::int64_t kRowBlock = 64;
-
-// out(i, j) = a(n−1−i, n−1−j): both orders reversed (J a J), row by contiguous row.
-template <typename Out>
-void reverse_both(const MatD& a, Out& out) {
-  const Eigen::Index n = a.rows();
-  out.resize(n, n);
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-  for (Eigen::Index i = 0; i < n; ++i) {
-    const double* src = a.row(n - 1 - i).data();
-    auto* dst = out.row(i).data();
-    for (Eigen::Index j = 0; j < n; ++j) dst[j] = static_cast<typename Out::Scalar>(src[n - 1 - j]);
-  }
-}
 }  // namespace
 
 GptqHessian prepare_hessian(const Mat& H, const GptqOptions& o, const std::string& what) {
   const Eigen::Index n = H.rows();
-  MatD h = H.cast<double>();
   GptqHessian g;
   g.dead.assign(static_cast<std::size_t>(n), false);
+  std::vector<double> diag(static_cast<std::size_t>(n));
   for (Eigen::Index i = 0; i < n; ++i) {
-    if (!std::isfinite(h(i, i))) fail("{}: calibration activations contain non-finite values", what);
-    if (h(i, i) == 0.0) {
-      g.dead[static_cast<std::size_t>(i)] = true;
-      h(i, i) = 1.0;
-    }
+    if (!std::isfinite(H(i, i))) fail("{}: calibration activations contain non-finite values", what);
+    g.dead[static_cast<std::size_t>(i)] = H(i, i) == 0.0f;
+    diag[static_cast<std::size_t>(i)] = g.dead[static_cast<std::size_t>(i)] ? 1.0 : H(i, i);
   }
   g.perm.resize(static_cast<std::size_t>(n));
   std::iota(g.perm.begin(), g.perm.end(), 0);
   if (o.act_order) {
-    std::stable_sort(g.perm.begin(), g.perm.end(), [&](std::int64_t a, std::int64_t b) { return h(a, a) > h(b, b); });
-    MatD p(n, n);
-#pragma omp parallel for schedule(static) if (!omp_in_parallel())
-    for (Eigen::Index r = 0; r < n; ++r)
-      for (Eigen::Index c = 0; c < n; ++c) p(r, c) = h(g.perm[r], g.perm[c]);
-    h.swap(p);
+    std::stable_sort(g.perm.begin(), g.perm.end(), [&](std::int64_t a, std::int64_t b) { return diag[a] > diag[b]; });
   }
-  double damp = o.damp * h.diagonal().mean();
+  double damp = o.damp * std::accumulate(diag.begin(), diag.end(), 0.0) / static_cast<double>(std::max<Eigen::Index>(n, 1));
+  // U = J · chol(J A J)⁻¹ · J with A = P H Pᵀ + λI (P the act-order permutation, J the exchange
+  // matrix): then Uᵀ U = A⁻¹ and U is upper triangular with a positive diagonal, i.e. the upper
+  // Cholesky factor of A⁻¹ (one factorisation and one triangular inverse instead of chol,
+  // chol_inverse, chol). One n × n double buffer: r = J A J (lower triangle) is factorised in
+  // place, and the transposed inverse M = chol(J A J)⁻ᵀ fills its upper triangle; U = J Mᵀ J.
+  MatD r(n, n);
+  advise_huge_pages(r);
+  std::vector<double> minv;
   for (int attempt = 0;; ++attempt) {
-    // U = J · chol(J A J)⁻¹ · J with A = H + λI and J the exchange matrix: then Uᵀ U = A⁻¹ and
-    // U is upper triangular with a positive diagonal, i.e. the upper Cholesky factor of A⁻¹
-    // (one factorisation and one triangular inverse instead of chol, chol_inverse, chol).
-    // Two n×n double buffers besides h: r (factorised in place) and its triangular inverse
-    // (peak memory on wide layers: an 11008-wide H is ~1 GB in double).
-    MatD r;
-    reverse_both(h, r);
-    r.diagonal().array() += damp;
-    const double max_diag = r.diagonal().maxCoeff();
-    bool ok = cholesky_lower(r);
+#pragma omp parallel for schedule(dynamic, 64) if (!omp_in_parallel())
+    for (Eigen::Index i = 0; i < n; ++i) {
+      const std::int64_t pi = g.perm[static_cast<std::size_t>(n - 1 - i)];
+      double* dst = r.row(i).data();
+      for (Eigen::Index j = 0; j < i; ++j) dst[j] = H(pi, g.perm[static_cast<std::size_t>(n - 1 - j)]);
+      dst[i] = diag[static_cast<std::size_t>(pi)] + damp;
+    }
+    double max_diag = 0;
+    for (Eigen::Index i = 0; i < n; ++i) max_diag = std::max(max_diag, r(i, i));
+    bool ok = cholesky_and_inverse(r, minv);
     if (ok) {
       // A pivot that is tiny relative to the diagonal means "numerically singular": the
       // factor would amplify rounding errors enormously, so treat it as a failure too.
-      const double min_pivot = r.diagonal().array().square().minCoeff();
+      double min_pivot = max_diag;
+      for (Eigen::Index i = 0; i < n; ++i) min_pivot = std::min(min_pivot, r(i, i) * r(i, i));
       ok = min_pivot > 1e-10 * max_diag;
     }
-    MatD linv;
     if (ok) {
-      linv = invert_lower(r);
-      ok = linv.allFinite();
+      // U(i, j) = M(n−1−j, n−1−i) for j > i: r's upper triangle reversed and transposed, in
+      // tiles that stay in cache.
+      constexpr Eigen::Index kTile = 64;
+      g.U.resize(n, n);
+      advise_huge_pages(g.U);
+      std::atomic<bool> finite = true;
+#pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
+      for (Eigen::Index i0 = 0; i0 < n; i0 += kTile) {
+        const Eigen::Index i1 = std::min(n, i0 + kTile);
+        bool tile_finite = true;
+        for (Eigen::Index i = i0; i < i1; ++i) {
+          float* dst = g.U.row(i).data();
+          std::fill(dst, dst + i, 0.0f);
+          dst[i] = static_cast<float>(minv[static_cast<std::size_t>(n - 1 - i)]);
+          tile_finite &= std::isfinite(dst[i]);
+        }
+        for (Eigen::Index j0 = i0; j0 < n; j0 += kTile) {
+          const Eigen::Index j1 = std::min(n, j0 + kTile);
+          for (Eigen::Index i = i0; i < i1; ++i) {
+            float* dst = g.U.row(i).data();
+            for (Eigen::Index j = std::max(j0, i + 1); j < j1; ++j) {
+              dst[j] = static_cast<float>(r(n - 1 - j, n - 1 - i));
+              tile_finite &= std::isfinite(dst[j]);
+            }
+          }
+        }
+        if (!tile_finite) finite.store(false, std::memory_order_relaxed);
+      }
+      ok = finite.load();
     }
     if (ok) {
-      reverse_both(linv, g.U);
       g.damp = damp;
       g.retries = attempt;
       return g;

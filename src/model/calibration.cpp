@@ -10,6 +10,7 @@
 #include "quant/core/gemm.h"
 #include "quant/io/io.h"
 #include "quant/core/log.h"
+#include "quant/core/memory.h"
 #include "quant/model/weights.h"
 
 namespace quant {
@@ -229,7 +230,9 @@ void mirror_lower(Mat& H) {
 Mat hessian(const std::vector<Mat>& xs, std::int64_t block) {
   if (xs.empty()) fail<Error>("hessian: no activations");
   const Eigen::Index cols = xs[0].cols();
-  Mat H = Mat::Zero(cols, cols);
+  Mat H(cols, cols);
+  advise_huge_pages(H);
+  H.setZero();
   std::int64_t n = 0;
   for (const Mat& x : xs) n += x.rows();
   if (block > 0 && block < cols) {

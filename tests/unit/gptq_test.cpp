@@ -37,17 +37,34 @@ Mat correlated_inputs(Eigen::Index tokens, Eigen::Index in, unsigned seed) {
 }
 
 TEST(Gptq, UpperFactorOfTheDampedInverse) {
-  const Mat H = hessian_of(correlated_inputs(256, 48, 1));
-  GptqOptions o;
-  const GptqHessian g = prepare_hessian(H, o, "test");
-  MatD a = H.cast<double>();
-  a.diagonal().array() += g.damp;
-  const MatD inv = a.inverse();
-  const MatD u = g.U.cast<double>();
-  EXPECT_LT((u.transpose() * u - inv).norm() / inv.norm(), 1e-5);
-  EXPECT_TRUE(u.isUpperTriangular(1e-12));
-  for (Eigen::Index i = 0; i < u.rows(); ++i) EXPECT_GT(u(i, i), 0.0);
-  EXPECT_NEAR(g.damp, 0.01 * H.diagonal().cast<double>().mean(), 1e-6 * g.damp);
+  // One panel and several (the factorization and inverse run in 128-wide panels), a dead input
+  // channel, with and without act-order.
+  for (Eigen::Index n : {48, 300}) {
+    Mat x = correlated_inputs(2 * n, n, 1);
+    x.col(n / 3).setZero();
+    const Mat H = hessian_of(x);
+    for (bool act_order : {false, true}) {
+      GptqOptions o;
+      o.act_order = act_order;
+      const GptqHessian g = prepare_hessian(H, o, "test");
+      ASSERT_TRUE(g.dead[static_cast<std::size_t>(n / 3)]);
+      MatD a(n, n);
+      for (Eigen::Index i = 0; i < n; ++i)
+        for (Eigen::Index j = 0; j < n; ++j) a(i, j) = H(g.perm[i], g.perm[j]);
+      for (Eigen::Index i = 0; i < n; ++i) a(i, i) = (g.dead[g.perm[i]] ? 1.0 : a(i, i)) + g.damp;
+      if (act_order) {
+        // Descending diagonal, a dead channel's counted as 1 (as its damped diagonal is built).
+        const auto key = [&](Eigen::Index i) { return g.dead[g.perm[i]] ? 1.0f : H(g.perm[i], g.perm[i]); };
+        for (Eigen::Index i = 1; i < n; ++i) EXPECT_GE(key(i - 1), key(i));
+      }
+      const MatD inv = a.inverse();
+      const MatD u = g.U.cast<double>();
+      EXPECT_LT((u.transpose() * u - inv).norm() / inv.norm(), 1e-5) << n << " " << act_order;
+      EXPECT_TRUE(u.isUpperTriangular(0.0));
+      for (Eigen::Index i = 0; i < u.rows(); ++i) EXPECT_GT(u(i, i), 0.0);
+      EXPECT_NEAR(g.damp, 0.01 * a.diagonal().mean() / 1.01, 1e-6 * g.damp);
+    }
+  }
 }
 
 TEST(Gptq, LayerLossNeverAboveRtnOnRandomProblems) {
