@@ -10,7 +10,6 @@
 #include "quant/core/error.h"
 #include "quant/core/linalg.h"
 #include "quant/core/log.h"
-#include "quant/core/memory.h"
 
 namespace quant {
 
@@ -41,7 +40,6 @@ GptqHessian prepare_hessian(const Mat& H, const GptqOptions& o, const std::strin
   // chol_inverse, chol). One n × n double buffer: r = J A J (lower triangle) is factorised in
   // place, and the transposed inverse M = chol(J A J)⁻ᵀ fills its upper triangle; U = J Mᵀ J.
   MatD r(n, n);
-  advise_huge_pages(r);
   std::vector<double> minv;
   for (int attempt = 0;; ++attempt) {
 #pragma omp parallel for schedule(dynamic, 64) if (!omp_in_parallel())
@@ -66,7 +64,6 @@ GptqHessian prepare_hessian(const Mat& H, const GptqOptions& o, const std::strin
       // tiles that stay in cache.
       constexpr Eigen::Index kTile = 64;
       g.U.resize(n, n);
-      advise_huge_pages(g.U);
       std::atomic<bool> finite = true;
 #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
       for (Eigen::Index i0 = 0; i0 < n; i0 += kTile) {

@@ -10,7 +10,6 @@
 #include "quant/core/gemm.h"
 #include "quant/io/io.h"
 #include "quant/core/log.h"
-#include "quant/core/memory.h"
 #include "quant/model/weights.h"
 
 namespace quant {
@@ -230,9 +229,7 @@ void mirror_lower(Mat& H) {
 Mat hessian(const std::vector<Mat>& xs, std::int64_t block) {
   if (xs.empty()) fail<Error>("hessian: no activations");
   const Eigen::Index cols = xs[0].cols();
-  Mat H(cols, cols);
-  advise_huge_pages(H);
-  H.setZero();
+  Mat H = Mat::Zero(cols, cols);
   std::int64_t n = 0;
   for (const Mat& x : xs) n += x.rows();
   if (block > 0 && block < cols) {

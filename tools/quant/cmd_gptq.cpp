@@ -27,7 +27,7 @@ void register_gptq(CLI::App& app) {
   cmd->add_flag("--mse", *mse, "search a clipping factor for each group's range");
   add_smooth_options(cmd, *smooth);
   cmd->callback([o, c, g, no_true_seq, mse, smooth] {
-    reuse_window_allocations();
+    reuse_large_allocations();
     QuantSpec spec = make_spec(*o);
     spec.mse = *mse;
     // transformers/optimum/GPTQModel accept 0 < damp_percent < 1; 0 is allowed here (plain H).

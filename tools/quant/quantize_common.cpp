@@ -30,11 +30,6 @@ void reuse_large_allocations() {
   mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
 }
 
-void reuse_window_allocations() {
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 32 << 20);
-}
-
 GlobalOptions& global_options() {
   static GlobalOptions options;
   return options;

@@ -105,17 +105,13 @@ std::unique_ptr<Method> maybe_smoothed(std::unique_ptr<Method> method, const Smo
 // Prints the summary: a table on stderr, JSON on stdout with --json (else the output path).
 void print_report(const QuantizeReport& r, bool json);
 
-// For commands that stream one large tensor after another (rtn, gguf): keep freed blocks in the
-// heap instead of returning each (> 32 MB) to the kernel, so the next tensor's buffers need no
-// fresh page faults — half of RTN's time on a 1.1B model. Peak RSS is unchanged (the same
-// blocks are reused).
+// For commands that stream one large tensor or layer after another (rtn, gguf, awq, gptq, eval):
+// keep freed blocks in the heap instead of returning each (> 32 MB) to the kernel, so the next
+// tensor's or layer's buffers need no fresh page faults — half of RTN's time on a 1.1B model. Peak
+// RSS stays near the largest working set (the same blocks are reused). GPTQ 1.1B w4 g128
+// (bench/methods.sh, 2026-12-02): 305.2 s / 2068 MB, against 376.2 s / 1766 MB when only blocks
+// under 32 MB were kept (docs/performance.md).
 void reuse_large_allocations();
-// For gptq, whose per-layer buffers differ in size from phase to phase (Hessians, their double
-// factors, captures): blocks under 32 MB (per-window activations, GEMM buffers) come from the heap
-// and stay there, larger ones are mapped and returned on free. 1.1B-shaped 2-layer run: as fast
-// as reuse_large_allocations (36.8 s vs 50 s with glibc's defaults) at the default's peak RSS
-// (2119 MB, vs 2415 MB when every freed block is kept).
-void reuse_window_allocations();
 
 // Parses "5GB", "500MB", "1024" into bytes.
 std::uint64_t parse_size(const std::string& s);
