@@ -430,7 +430,7 @@ const LayerWeights& LayerCache::get(int layer) {
     return *slot;
   }
   if (current_layer_ == layer) return *current_;
-  spare_ = std::move(current_);  // its buffers take the layer after this one
+  std::unique_ptr<LayerWeights> spare = std::move(current_);  // its buffers take the layer after this one
   current_layer_ = -1;
   if (next_.valid() && next_layer_ == layer) {
     current_ = next_.get();
@@ -443,7 +443,7 @@ const LayerWeights& LayerCache::get(int layer) {
   next_layer_ = (layer + 1) % n;
   const Model* m = &model_;
   const int l = next_layer_;
-  next_ = std::async(std::launch::async, [m, l, spare = std::move(spare_)]() mutable {
+  next_ = std::async(std::launch::async, [m, l, spare = std::move(spare)]() mutable {
     return spare ? std::make_unique<LayerWeights>(load_layer(*m, l, true, std::move(*spare))) : std::make_unique<LayerWeights>(load_layer(*m, l));
   });
   return *current_;

@@ -160,7 +160,6 @@ class LayerCache {
   bool keep_all_;
   std::vector<std::unique_ptr<LayerWeights>> layers_;  // keep_all_
   std::unique_ptr<LayerWeights> current_;              // streaming
-  std::unique_ptr<LayerWeights> spare_;                // streaming: the last layer, its buffers reused for the next
   int current_layer_ = -1;
   std::future<std::unique_ptr<LayerWeights>> next_;
   int next_layer_ = -1;
