@@ -214,6 +214,37 @@ void in_chunks(const std::byte* src, std::size_t n, float* dst, void (*convert)(
 
 }  // namespace
 
+void convert_span_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst) {
+  switch (dtype) {
+    case DType::F16: f16_span_to_f32(src, n, dst); return;
+    case DType::BF16: bf16_span_to_f32(src, n, dst); return;
+    default: convert_to_f32(dtype, src, n, dst); return;
+  }
+}
+
+std::size_t first_non_finite_16(DType dtype, const std::byte* src, std::size_t n) {
+  if (dtype != DType::F16 && dtype != DType::BF16) fail<Error>("first_non_finite_16: {} is not a 16-bit float type", dtype_name(dtype));
+  const std::uint16_t exp = dtype == DType::F16 ? 0x7c00 : 0x7f80;
+  constexpr std::size_t kBlock = 4096;  // a branch-free test per block (it vectorizes), then the exact index
+  for (std::size_t b = 0; b < n; b += kBlock) {
+    const std::size_t e = std::min(n, b + kBlock);
+    unsigned bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (std::size_t i = b; i < e; ++i) {
+      std::uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      bad |= (h & exp) == exp;
+    }
+    if (!bad) continue;
+    for (std::size_t i = b; i < e; ++i) {
+      std::uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      if ((h & exp) == exp) return i;
+    }
+  }
+  return n;
+}
+
 void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst) {
   if (n == 0) return;  // an empty tensor's data may be a null pointer
   switch (dtype) {

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -270,8 +271,14 @@ Kernels<T> kernels_for(GemmIsa isa) {
   return k;
 }
 
+// Weights stored in another type (gemm_xwt_stored): rows of o.ldw values of `dtype`.
+struct StoredWeights {
+  const std::byte* data = nullptr;
+  DType dtype = DType::F32;
+};
+
 template <typename T>
-void gemm_impl(const GemmOperands<T>& o, GemmIsa isa, bool accumulate) {
+void gemm_impl(const GemmOperands<T>& o, GemmIsa isa, bool accumulate, const StoredWeights* stored = nullptr) {
   const std::int64_t rows = o.rows, K = o.K, N = o.N;
   if (rows <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -293,6 +300,9 @@ void gemm_impl(const GemmOperands<T>& o, GemmIsa isa, bool accumulate) {
   std::int64_t row_block = kRowBlock;
   while (row_block > 32 && (N + row_block - 1) / row_block < 2 * threads) row_block /= 2;
   const std::int64_t items = (N + row_block - 1) / row_block;
+  // Stored weights come from memory, not cache, and are converted per tile: twice the token block
+  // (its k-block of x, 512 KB, still in L2) halves both.
+  const std::int64_t tc = stored ? 2 * kTc : kTc;
   // Buffers kept per thread: fresh pages cost more to touch here than a small product computes.
   thread_local std::vector<T> xp;
   xp.resize(std::max(xp.size(), static_cast<std::size_t>(tpad * K)));
@@ -302,6 +312,8 @@ void gemm_impl(const GemmOperands<T>& o, GemmIsa isa, bool accumulate) {
   {
     thread_local std::vector<T> ct;  // yᵀ of one work item
     ct.resize(std::max(ct.size(), static_cast<std::size_t>(row_block * tpad)));
+    thread_local std::vector<float> wt;  // a stored-weight tile as float
+    if (stored) wt.resize(std::max(wt.size(), static_cast<std::size_t>(kern.max_rows * kKc)));
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t item = 0; item < items; ++item) {
       const std::int64_t j0 = item * row_block, nj = std::min(row_block, N - j0);
@@ -317,15 +329,33 @@ void gemm_impl(const GemmOperands<T>& o, GemmIsa isa, bool accumulate) {
           kern.transpose(o.y + j0, o.ldy, rows, nj, ct.data(), tpad);
         }
       }
-      for (std::int64_t p0 = 0; p0 < panels; p0 += kTc) {
-        const std::int64_t p1 = std::min(panels, p0 + kTc);
+      for (std::int64_t p0 = 0; p0 < panels; p0 += tc) {
+        const std::int64_t p1 = std::min(panels, p0 + tc);
         for (std::int64_t k0 = 0; k0 < K; k0 += kKc) {
           const std::int64_t kc = std::min(kKc, K - k0);
           for (std::int64_t r0 = 0; r0 < nj; r0 += kern.max_rows) {
             const int R = static_cast<int>(std::min<std::int64_t>(kern.max_rows, nj - r0));
-            const T* wr = o.w + (j0 + r0) * o.ldw + k0;
+            const T* wr = stored ? nullptr : o.w + (j0 + r0) * o.ldw + k0;
+            std::int64_t ldw = o.ldw;
+            if constexpr (std::is_same_v<T, float>) {
+              if (stored) {  // converted once per tile, used by all of the token block's panels
+                const std::size_t esize = dtype_size(stored->dtype);
+                for (int r = 0; r < R; ++r) {
+                  const std::byte* src = stored->data + (static_cast<std::size_t>((j0 + r0 + r) * o.ldw + k0)) * esize;
+                  convert_span_to_f32(stored->dtype, src, static_cast<std::size_t>(kc), wt.data() + r * kKc);
+                }
+                wr = wt.data();
+                ldw = kKc;
+                // The next tile's rows, into L2 while this one's panels run: short strided
+                // segments the hardware prefetcher does not pick up.
+                for (std::int64_t r = r0 + R; r < std::min(nj, r0 + 2 * R); ++r) {
+                  const std::byte* src = stored->data + (static_cast<std::size_t>((j0 + r) * o.ldw + k0)) * esize;
+                  for (std::size_t b = 0; b < static_cast<std::size_t>(kc) * esize; b += 64) __builtin_prefetch(src + b, 0, 2);
+                }
+              }
+            }
             for (std::int64_t p = p0; p < p1; ++p) {
-              kern.by_rows[R](wr, o.ldw, packed + p * K * P + k0 * P, kc, c + r0 * ldc + p * P, ldc, k0 == 0 && !accumulate);
+              kern.by_rows[R](wr, ldw, packed + p * K * P + k0 * P, kc, c + r0 * ldc + p * P, ldc, k0 == 0 && !accumulate);
             }
           }
         }
@@ -372,6 +402,15 @@ void gemm_xwt(const float* x, std::int64_t T, std::int64_t K, const float* w, st
 
 void gemm_xwt(const GemmOperands<float>& o, bool accumulate, GemmIsa isa) { gemm_impl(o, isa, accumulate); }
 void gemm_xwt(const GemmOperands<double>& o, bool accumulate, GemmIsa isa) { gemm_impl(o, isa, accumulate); }
+
+void gemm_xwt_stored(const float* x, std::int64_t T, std::int64_t K, const std::byte* w, DType w_dtype, std::int64_t N, float* y,
+                     std::int64_t ldy, GemmIsa isa) {
+  if (w_dtype != DType::F32 && w_dtype != DType::F16 && w_dtype != DType::BF16) {
+    fail<Error>("gemm_xwt_stored: weights of type {} (F32, F16 or BF16 only)", dtype_name(w_dtype));
+  }
+  const StoredWeights stored{w, w_dtype};
+  gemm_impl(GemmOperands<float>{x, K, T, K, nullptr, K, N, y, ldy}, isa, false, &stored);
+}
 
 void gemm_xwt(const Mat& x, const Mat& w, Mat& y) {
   if (x.cols() != w.cols()) fail<Error>("gemm: x has {} columns, w {}", x.cols(), w.cols());

@@ -296,27 +296,44 @@ std::vector<float> TensorStore::read_f32(std::string_view name) const {
   return out;
 }
 
-void TensorStore::read_f32_into(std::string_view name, float* dst) const {
+void TensorStore::read_f32_into(std::string_view name, float* dst) const { read_into(name, dst, nullptr, nullptr); }
+
+std::size_t TensorStore::read_bytes_into(std::string_view name, std::byte* dst, ChunkScan scan) const {
+  return read_into(name, nullptr, dst, scan);
+}
+
+bool TensorStore::has_bytes(std::string_view name) const {
+  auto it = where_.find(std::string(name));
+  return it != where_.end() && it->second.first != SIZE_MAX;
+}
+
+std::size_t TensorStore::read_into(std::string_view name, float* dst, std::byte* raw, ChunkScan scan) const {
   auto it = where_.find(std::string(name));
   if (it == where_.end()) fail("{}: tensor '{}' not found", source_.string(), name);
-  if (it->second.first == SIZE_MAX) return readers_.at(it->first)(dst);
+  if (it->second.first == SIZE_MAX) {
+    if (raw) fail("{}: tensor '{}' is computed when read (it has no stored bytes)", source_.string(), name);
+    readers_.at(it->first)(dst);
+    return 0;
+  }
   const SafetensorsFile& file = files_[it->second.first];
   const TensorInfo& t = *it->second.second;
   const std::size_t n = static_cast<std::size_t>(t.numel()), esize = dtype_size(t.dtype);
-  if (n == 0) return;
+  if (n == 0) return 0;
   const int fd = ::open(file.path().c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail("{}: cannot open: {}", file.path().string(), std::strerror(errno));
   constexpr std::size_t kChunk = std::size_t{1} << 18;  // elements per read
   const std::int64_t chunks = static_cast<std::int64_t>((n + kChunk - 1) / kChunk);
   const std::uint64_t base = file.data_start() + t.offset;
+  const bool direct = raw || t.dtype == DType::F32;  // read straight into the destination
   int error = 0;  // errno of a failed read, -1 for end of file
+  std::size_t flagged = n;  // the first element `scan` flagged
 #pragma omp parallel if (chunks > 1 && !omp_in_parallel())
   {
-    std::vector<std::byte> staging(t.dtype == DType::F32 ? 0 : kChunk * esize);
+    std::vector<std::byte> staging(direct ? 0 : kChunk * esize);
 #pragma omp for schedule(static)
     for (std::int64_t c = 0; c < chunks; ++c) {
       const std::size_t i0 = static_cast<std::size_t>(c) * kChunk, m = std::min(kChunk, n - i0);
-      std::byte* buf = t.dtype == DType::F32 ? reinterpret_cast<std::byte*>(dst + i0) : staging.data();
+      std::byte* buf = raw ? raw + i0 * esize : t.dtype == DType::F32 ? reinterpret_cast<std::byte*>(dst + i0) : staging.data();
       std::size_t got = 0;
       while (got < m * esize) {
         const ssize_t r = ::pread(fd, buf + got, m * esize - got, static_cast<off_t>(base + i0 * esize + got));
@@ -328,12 +345,19 @@ void TensorStore::read_f32_into(std::string_view name, float* dst) const {
         }
         got += static_cast<std::size_t>(r);
       }
-      if (got == m * esize && t.dtype != DType::F32) convert_to_f32(t.dtype, buf, m, dst + i0);
+      if (got == m * esize && !direct) convert_to_f32(t.dtype, buf, m, dst + i0);
+      if (got == m * esize && scan) {  // while the chunk is in cache
+        if (const std::size_t i = scan(t.dtype, buf, m); i < m) {
+#pragma omp critical(quant_read_error)
+          flagged = std::min(flagged, i0 + i);
+        }
+      }
     }
   }
   ::close(fd);
   if (error == -1) fail("{}: tensor '{}': the file ended early (truncated since it was opened?)", file.path().string(), name);
   if (error != 0) fail<IoError>("{}: tensor '{}': read failed: {}", file.path().string(), name, std::strerror(error));
+  return flagged;
 }
 
 const fs::path& TensorStore::file_of(std::string_view name) const {

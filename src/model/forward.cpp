@@ -21,7 +21,9 @@ std::size_t LayerWeights::bytes() const {
   for (const auto& v : b) n += static_cast<std::size_t>(v.size());
   n += static_cast<std::size_t>(router.size() + shared_gate.size() + shared.gate.size() + shared.up.size() + shared.down.size());
   for (const auto& e : experts) n += static_cast<std::size_t>(e.gate.size() + e.up.size() + e.down.size());
-  return n * sizeof(float);
+  std::size_t raw_bytes = 0;
+  for (const auto& r : raw) raw_bytes += r.bytes();
+  return n * sizeof(float) + raw_bytes;
 }
 
 Mat& LayerWeights::weight(const LinearDesc& d) {
@@ -36,7 +38,7 @@ const Vec& LayerWeights::bias(const LinearDesc& d) const {
 }
 
 namespace {
-LayerWeights load_layer_reusing(const Model& model, int layer, bool experts, LayerWeights* recycled) {
+LayerWeights load_layer_reusing(const Model& model, int layer, bool experts, LayerWeights* recycled, bool stored_ok = false) {
   const LayerDesc& d = model.layout().layers.at(static_cast<std::size_t>(layer));
   LayerWeights lw;
   std::map<std::string, Mat> stored;  // Phi-3: each fused tensor read once, its parts sliced from it
@@ -54,6 +56,10 @@ LayerWeights load_layer_reusing(const Model& model, int layer, bool experts, Lay
       auto it = stored.find(l.storage);
       if (it == stored.end()) it = stored.emplace(l.storage, load_linear(model, l.storage_desc())).first;
       lw.linear(l.kind) = it->second.middleRows(l.row_offset, l.out);
+    } else if (stored_ok && model.storage(l) == LinearStorage::dense && loadable_raw(model, l.weight_name())) {
+      RawMatrix& r = lw.raw[static_cast<int>(l.kind)];
+      if (recycled) std::swap(r, recycled->raw[static_cast<int>(l.kind)]);
+      load_raw_into(model, l.weight_name(), r);
     } else {
       if (recycled) lw.linear(l.kind).swap(recycled->linear(l.kind));
       load_linear_into(model, l, lw.linear(l.kind));
@@ -79,12 +85,27 @@ LayerWeights load_layer(const Model& model, int layer, bool experts, LayerWeight
   return load_layer_reusing(model, layer, experts, &recycled);
 }
 
-HeadWeights load_head(const Model& model) {
+LayerWeights load_layer_stored(const Model& model, int layer, LayerWeights* recycled) {
+  return load_layer_reusing(model, layer, true, recycled, true);
+}
+
+HeadWeights load_head(const Model& model, bool stored) {
   HeadWeights h;
-  h.embed = load_matrix(model, model.layout().embed);
+  const ModelLayout& L = model.layout();
+  if (stored && loadable_raw(model, L.embed)) {
+    load_raw_into(model, L.embed, h.embed_raw);
+  } else {
+    h.embed = load_matrix(model, L.embed);
+  }
   h.embed_scale = model.config().embed_scale;
-  h.final_norm = load_vector(model, model.layout().final_norm);
-  if (!model.layout().tied) h.lm_head = load_linear(model, model.layout().lm_head);
+  h.final_norm = load_vector(model, L.final_norm);
+  if (!L.tied) {
+    if (stored && model.storage(L.lm_head) == LinearStorage::dense && loadable_raw(model, L.lm_head.weight_name())) {
+      load_raw_into(model, L.lm_head.weight_name(), h.lm_head_raw);
+    } else {
+      h.lm_head = load_linear(model, L.lm_head);
+    }
+  }
   return h;
 }
 
@@ -202,13 +223,25 @@ void linear_forward(const Mat& x, const Mat& w, const Vec& b, Mat& y) {
   if (b.size()) y.rowwise() += b.transpose();
 }
 
+void linear_forward(const Mat& x, const RawMatrix& w, const Vec& b, Mat& y) {
+  if (x.cols() != w.cols) fail<Error>("linear_forward: input has {} columns, the weight {}", x.cols(), w.cols);
+  y.resize(x.rows(), w.rows);
+  gemm_xwt_stored(x.data(), x.rows(), x.cols(), w.data.get(), w.dtype, w.rows, y.data(), y.cols());
+  if (b.size()) y.rowwise() += b.transpose();
+}
+
 // linear_forward of layer L's linear `k`, its inputs first quantized as its kernel does (W8A8).
 static void layer_linear(const Mat& x, const LayerWeights& L, LinearKind k, Mat& y) {
   const ActQuant a = L.act[static_cast<int>(k)];
-  if (a == ActQuant::none) return linear_forward(x, L.linear(k), L.b[static_cast<int>(k)], y);
+  const RawMatrix& raw = L.raw[static_cast<int>(k)];
+  const auto run = [&](const Mat& in) {
+    if (raw.empty()) return linear_forward(in, L.linear(k), L.b[static_cast<int>(k)], y);
+    linear_forward(in, raw, L.b[static_cast<int>(k)], y);
+  };
+  if (a == ActQuant::none) return run(x);
   Mat xq = x;
   fake_quant_tokens(xq, a);
-  linear_forward(xq, L.linear(k), L.b[static_cast<int>(k)], y);
+  run(xq);
 }
 
 void rms_norm(const Mat& x, const Vec& weight, double eps, Mat& out, float offset) {
@@ -379,12 +412,17 @@ void decoder_layer_forward_batch(const ModelConfig& c, const LayerWeights& L,
 }
 
 Mat embed_tokens(const HeadWeights& head, std::span<const std::int32_t> tokens) {
-  Mat h(static_cast<Eigen::Index>(tokens.size()), head.embed.cols());
+  const std::int64_t vocab = head.vocab(), hidden = head.hidden();
+  Mat h(static_cast<Eigen::Index>(tokens.size()), hidden);
   for (std::size_t t = 0; t < tokens.size(); ++t) {
-    if (tokens[t] < 0 || tokens[t] >= head.embed.rows()) {
-      fail("token id {} at position {} is outside the vocabulary (size {})", tokens[t], t, head.embed.rows());
+    if (tokens[t] < 0 || tokens[t] >= vocab) fail("token id {} at position {} is outside the vocabulary (size {})", tokens[t], t, vocab);
+    if (head.embed_raw.empty()) {
+      h.row(static_cast<Eigen::Index>(t)) = head.embed.row(tokens[t]);
+    } else {
+      const RawMatrix& e = head.embed_raw;
+      convert_span_to_f32(e.dtype, e.data.get() + static_cast<std::size_t>(tokens[t] * hidden) * dtype_size(e.dtype),
+                          static_cast<std::size_t>(hidden), h.row(static_cast<Eigen::Index>(t)).data());
     }
-    h.row(static_cast<Eigen::Index>(t)) = head.embed.row(tokens[t]);
   }
   if (head.embed_scale != 1.0f) h *= head.embed_scale;
   return h;
@@ -393,7 +431,13 @@ Mat embed_tokens(const HeadWeights& head, std::span<const std::int32_t> tokens) 
 Mat final_logits(const ModelConfig& c, const HeadWeights& head, const Mat& h) {
   Mat x, logits;
   apply_norm(c, h, head.final_norm, x);
-  linear_forward(x, head.head(), Vec(), logits);
+  if (!head.lm_head_raw.empty()) {
+    linear_forward(x, head.lm_head_raw, Vec(), logits);
+  } else if (head.lm_head.size() == 0 && !head.embed_raw.empty()) {  // tied
+    linear_forward(x, head.embed_raw, Vec(), logits);
+  } else {
+    linear_forward(x, head.head(), Vec(), logits);
+  }
   if (c.final_softcap > 0) {  // Gemma2ForCausalLM: logits / cap → tanh → × cap
     const float cap = static_cast<float>(c.final_softcap);
     logits = logits.unaryExpr([cap](float v) { return cap * std::tanh(v / cap); });
@@ -426,7 +470,7 @@ const LayerWeights& LayerCache::get(int layer) {
   if (layer < 0 || layer >= n) fail<Error>("LayerCache: layer {} of {}", layer, n);
   if (keep_all_) {
     auto& slot = layers_[static_cast<std::size_t>(layer)];
-    if (!slot) slot = std::make_unique<LayerWeights>(load_layer(model_, layer));
+    if (!slot) slot = std::make_unique<LayerWeights>(load_layer_stored(model_, layer, nullptr));
     return *slot;
   }
   if (current_layer_ == layer) return *current_;
@@ -444,7 +488,7 @@ const LayerWeights& LayerCache::get(int layer) {
   const Model* m = &model_;
   const int l = next_layer_;
   next_ = std::async(std::launch::async, [m, l, spare = std::move(spare)]() mutable {
-    return spare ? std::make_unique<LayerWeights>(load_layer(*m, l, true, std::move(*spare))) : std::make_unique<LayerWeights>(load_layer(*m, l));
+    return std::make_unique<LayerWeights>(load_layer_stored(*m, l, spare.get()));
   });
   return *current_;
 }

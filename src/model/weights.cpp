@@ -50,6 +50,43 @@ void load_matrix_into(const Model& model, const std::string& name, Mat& m) {
 }
 }  // namespace
 
+RawMatrix::RawMatrix(const RawMatrix& o) : capacity(o.bytes()), dtype(o.dtype), rows(o.rows), cols(o.cols) {
+  if (capacity) {
+    data.reset(new std::byte[capacity]);
+    std::memcpy(data.get(), o.data.get(), capacity);
+  }
+}
+
+RawMatrix& RawMatrix::operator=(const RawMatrix& o) {
+  if (this != &o) *this = RawMatrix(o);
+  return *this;
+}
+
+bool loadable_raw(const Model& model, const std::string& name) {
+  const TensorStore& s = model.store();
+  const TensorInfo* t = s.find(name);
+  return t && t->shape.size() == 2 && (t->dtype == DType::F16 || t->dtype == DType::BF16) && s.has_bytes(name);
+}
+
+void load_raw_into(const Model& model, const std::string& name, RawMatrix& m) {
+  if (!loadable_raw(model, name)) fail<Error>("load_raw_into: tensor '{}' is not a stored 2-D F16/BF16 tensor", name);
+  const TensorInfo& t = model.store().get(name);
+  m.dtype = t.dtype;
+  m.rows = t.shape[0];
+  m.cols = t.shape[1];
+  if (m.capacity < m.bytes()) {
+    m.data.reset();  // freed before the larger one is allocated
+    m.data.reset(new std::byte[m.bytes()]);
+    m.capacity = m.bytes();
+  }
+  const std::size_t n = static_cast<std::size_t>(m.rows * m.cols);
+  if (const std::size_t i = model.store().read_bytes_into(name, m.data.get(), first_non_finite_16); i < n) {
+    float v = 0;
+    convert_span_to_f32(m.dtype, m.data.get() + 2 * i, 1, &v);
+    fail("{}: tensor '{}' contains a non-finite value ({}) at flat index {}", model.store().file_of(name).string(), name, v, i);
+  }
+}
+
 Mat load_matrix(const Model& model, const std::string& name) {
   Mat m;
   load_matrix_into(model, name, m);

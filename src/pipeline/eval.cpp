@@ -165,9 +165,9 @@ EvalResult evaluate(const Model& model, const std::vector<std::int32_t>& tokens,
   }
 
   const auto t0 = std::chrono::steady_clock::now();
-  const HeadWeights head = load_head(model);
+  const HeadWeights head = load_head(model, true);
   std::optional<HeadWeights> base_head;
-  if (base) base_head = load_head(*base);
+  if (base) base_head = load_head(*base, true);
   LayerCache cache(model, opt.resident_layers_budget);
   std::optional<LayerCache> base_cache;
   if (base) base_cache.emplace(*base, opt.resident_layers_budget);

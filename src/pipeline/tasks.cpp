@@ -136,7 +136,7 @@ TaskScores score_tasks(const Model& model, const std::vector<ChoiceTask>& tasks,
                        const std::function<void(std::int64_t, std::int64_t)>& progress) {
   const ModelConfig& c = model.config();
   const std::int64_t max_len = o.max_length > 0 ? std::min(o.max_length, c.max_position_embeddings) : c.max_position_embeddings;
-  const HeadWeights head = load_head(model);
+  const HeadWeights head = load_head(model, true);
   LayerCache cache(model);
   const RopeTable rope = build_rope(c, max_len);
   TaskScores s;

@@ -10,10 +10,14 @@
 #include <random>
 
 #include "fixtures.h"
+#include "quant/core/error.h"
+#include "quant/io/safetensors.h"
 #include "quant/model/weights.h"
 
 namespace quant {
 namespace {
+
+namespace fs = std::filesystem;
 
 using Matd = std::vector<std::vector<double>>;
 
@@ -181,6 +185,76 @@ TEST(Forward, BitIdenticalForAnyThreadCount) {
   const Mat c = fast_logits(m, tokens);
   EXPECT_TRUE(a == b);
   EXPECT_TRUE(a == c);
+}
+
+// Evaluation's layers and head held as stored (F16/BF16, read in place by the GEMM) give the
+// float-loaded logits bit for bit; the next layer reuses a recycled layer's buffers.
+TEST(Forward, StoredWeightsGiveTheFloatLogitsBitForBit) {
+  for (const DType dt : {DType::F16, DType::BF16}) {
+    for (const bool tied : {true, false}) {
+      testing::TempDir dir;
+      testing::TinyModelSpec spec;
+      spec.dtype = dt;
+      spec.tied = tied;
+      spec.attention_bias = true;
+      spec.hidden = 64;
+      spec.intermediate = 96;
+      testing::write_tiny_model(dir.path(), spec);
+      const Model m = formats::open_model(dir.path());
+      const auto tokens = random_tokens(70, spec.vocab, 4);
+      const HeadWeights head = load_head(m, true);
+      ASSERT_FALSE(head.embed_raw.empty());
+      EXPECT_EQ(head.embed.size(), 0);
+      EXPECT_EQ(head.lm_head_raw.empty(), tied);
+      const RopeTable rope = build_rope(m.config(), static_cast<std::int64_t>(tokens.size()));
+      Mat h = embed_tokens(head, tokens);
+      LayerWeights prev;
+      for (int l = 0; l < m.config().n_layers; ++l) {
+        const std::byte* reused = prev.raw[static_cast<int>(LinearKind::down)].data.get();
+        LayerWeights L = load_layer_stored(m, l, l > 0 ? &prev : nullptr);
+        for (const LinearKind k : {LinearKind::q, LinearKind::o, LinearKind::down}) {
+          EXPECT_FALSE(L.raw[static_cast<int>(k)].empty());
+          EXPECT_EQ(L.linear(k).size(), 0);
+        }
+        if (l > 0) EXPECT_EQ(L.raw[static_cast<int>(LinearKind::down)].data.get(), reused) << "layer " << l << " reuses the buffer";
+        decoder_layer_forward(m.config(), L, rope, h);
+        prev = std::move(L);
+      }
+      const Mat stored = final_logits(m.config(), head, h);
+      EXPECT_TRUE(stored == fast_logits(m, tokens)) << dtype_name(dt) << (tied ? " tied" : " untied");
+    }
+  }
+}
+
+// A non-finite stored weight is refused when the layer is read, naming the tensor, as the float
+// loaders do.
+TEST(Forward, StoredWeightWithANanIsRefusedNamingTheTensor) {
+  testing::TempDir dir;
+  testing::TinyModelSpec spec;
+  spec.dtype = DType::F16;
+  testing::write_tiny_model(dir.path(), spec);
+  {
+    const TensorStore store = TensorStore::open(dir.path());
+    testing::TempDir out;
+    SafetensorsWriter w(out.path());
+    for (const auto& name : store.names()) {
+      std::vector<float> v = store.read_f32(name);
+      if (name == "model.layers.1.mlp.up_proj.weight") v[10] = std::nanf("");
+      w.add_f32(name, store.get(name).dtype, store.get(name).shape, v);
+    }
+    w.finish();
+    fs::copy_file(out / "model.safetensors", dir / "model.safetensors", fs::copy_options::overwrite_existing);
+  }
+  const Model m = formats::open_model(dir.path());
+  EXPECT_NO_THROW(load_layer_stored(m, 0, nullptr));
+  try {
+    load_layer_stored(m, 1, nullptr);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'model.layers.1.mlp.up_proj.weight' contains a non-finite value (nan) at flat index 10"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
 #include "quant/core/gemm.h"
+#include "quant/core/error.h"
 #include "quant/model/calibration.h"
 
 #include <gtest/gtest.h>
@@ -7,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <span>
 #include <tuple>
 #include <vector>
 
@@ -53,7 +55,8 @@ class Gemm : public ::testing::TestWithParam<Shape> {};
 // output rows across the kernels' row counts (14, 3, 4) and the 64-row work items.
 INSTANTIATE_TEST_SUITE_P(Shapes, Gemm,
                          ::testing::Values(Shape{1, 1, 1}, Shape{1, 7, 5}, Shape{31, 256, 64}, Shape{33, 257, 65},
-                                           Shape{5, 600, 130}, Shape{260, 513, 29}, Shape{64, 1000, 200}));
+                                           Shape{5, 600, 130}, Shape{260, 513, 29}, Shape{64, 1000, 200},
+                                           Shape{600, 300, 31}));
 
 TEST_P(Gemm, EveryKernelIsTheOrderedFmaChain) {
   const auto [T, K, N] = GetParam();
@@ -74,6 +77,33 @@ TEST_P(Gemm, AgreesWithADoublePrecisionProduct) {
   const MatD ref = x.cast<double>() * w.cast<double>().transpose();
   // Each output sums K products of N(0,1)·N(0,1): error ≲ K·2⁻²⁴·√K·few.
   EXPECT_LE((y.cast<double>() - ref).cwiseAbs().maxCoeff(), 1e-6 * K * std::sqrt(static_cast<double>(K)) + 1e-6);
+}
+
+// Weights read as stored (F16, BF16, F32; at an odd address): bit for bit the product with the
+// converted float matrix, on every kernel.
+TEST_P(Gemm, StoredWeightsGiveTheConvertedMatrixProduct) {
+  const auto [T, K, N] = GetParam();
+  const Mat x = random_mat(T, K, 5), w = random_mat(N, K, 6);
+  for (const DType dt : {DType::F16, DType::BF16, DType::F32}) {
+    const std::size_t esize = dtype_size(dt);
+    std::vector<std::byte> buf(1 + static_cast<std::size_t>(N * K) * esize);
+    convert_from_f32(dt, std::span<const float>(w.data(), static_cast<std::size_t>(w.size())), buf.data() + 1);
+    Mat wf(N, K);
+    convert_to_f32(dt, buf.data() + 1, static_cast<std::size_t>(w.size()), wf.data());
+    for (const GemmIsa isa : runnable_isas()) {
+      Mat want(T, N), got(T, N);
+      gemm_xwt(x.data(), T, K, wf.data(), N, want.data(), N, isa);
+      gemm_xwt_stored(x.data(), T, K, buf.data() + 1, dt, N, got.data(), N, isa);
+      EXPECT_TRUE(bit_equal(want, got)) << dtype_name(dt) << " on " << gemm_isa_name(isa);
+    }
+  }
+}
+
+TEST(GemmThreads, StoredWeightsOfAnotherTypeAreRefused) {
+  const float x = 1.0f;
+  std::byte w[4] = {};
+  float y = 0;
+  EXPECT_THROW(gemm_xwt_stored(&x, 1, 1, w, DType::I32, 1, &y, 1), Error);
 }
 
 TEST(GemmThreads, BitIdenticalForAnyThreadCountAndOutputStride) {

@@ -2,11 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <numeric>
 
 #include "fixtures.h"
+#include "quant/core/dtype.h"
 #include "quant/core/error.h"
 
 namespace quant {
@@ -76,6 +78,34 @@ TEST(Safetensors, FloatConversionOnRead) {
   EXPECT_EQ(b[0], 1.0f);
   EXPECT_EQ(b[1], -2.5f);
   EXPECT_EQ(b[2], 65536.0f);  // bf16 has 8 mantissa bits: 65504 rounds to 2^16
+}
+
+// read_bytes_into: the stored bytes as they are, and the scan sees every chunk (the first
+// flagged index over the whole tensor, across the 2^18-element chunks the reads use).
+TEST(Safetensors, RawReadReturnsTheStoredBytesAndTheFirstFlaggedElement) {
+  TempDir dir;
+  const std::size_t n = 600000;  // three chunks
+  std::vector<float> values(n);
+  for (std::size_t i = 0; i < n; ++i) values[i] = static_cast<float>(i % 1000) * 0.25f - 100.0f;
+  std::vector<float> bad = values;
+  bad[270000] = INFINITY;  // in the second chunk
+  bad[590000] = std::nanf("");
+  {
+    SafetensorsWriter w(dir.path());
+    w.add_f32("ok", DType::F16, {600, 1000}, values);
+    w.add_f32("bad", DType::BF16, {600, 1000}, bad);
+    w.finish();
+  }
+  const TensorStore store = TensorStore::open(dir.path());
+  EXPECT_TRUE(store.has_bytes("ok"));
+  EXPECT_FALSE(store.has_bytes("absent"));
+  std::vector<std::byte> raw(2 * n);
+  EXPECT_EQ(store.read_bytes_into("ok", raw.data(), first_non_finite_16), n);
+  const auto stored = store.bytes("ok");
+  ASSERT_EQ(stored.size(), raw.size());
+  EXPECT_EQ(std::memcmp(stored.data(), raw.data(), raw.size()), 0);
+  EXPECT_EQ(store.read_bytes_into("bad", raw.data(), first_non_finite_16), 270000u);
+  EXPECT_EQ(store.read_bytes_into("bad", raw.data()), n);  // no scan: nothing flagged
 }
 
 TEST(Safetensors, ShardedWriteAndRead) {

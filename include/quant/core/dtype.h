@@ -42,6 +42,10 @@ float round_to_f8e4m3(float f);
 
 // Converts `n` elements of `dtype` stored little-endian at `src` to float.
 void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst);
+// The same on the calling thread alone, for small spans (a GEMM kernel's tile of weights).
+void convert_span_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst);
+// Index of the first inf/NaN among `n` F16 or BF16 values at `src` (their exponent bits all ones), or n.
+std::size_t first_non_finite_16(DType dtype, const std::byte* src, std::size_t n);
 // Converts floats to `dtype` (F32/F16/BF16/F64 only).
 void convert_from_f32(DType dtype, std::span<const float> src, std::byte* dst);
 

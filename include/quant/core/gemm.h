@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "quant/core/dtype.h"
 #include "quant/core/tensor.h"
 
 namespace quant {
@@ -40,6 +41,13 @@ struct GemmOperands {
 };
 void gemm_xwt(const GemmOperands<float>& o, bool accumulate, GemmIsa isa = gemm_best_isa());
 void gemm_xwt(const GemmOperands<double>& o, bool accumulate, GemmIsa isa = gemm_best_isa());
+
+// y = x · wᵀ with w as a checkpoint stores it: N rows of K values of `w_dtype` (F32, F16 or BF16)
+// at `w`, any alignment, read in place. Each kernel's tile of weights is converted to float as it
+// is used (exactly), so y is bit for bit what gemm_xwt gives for the converted matrix, with no
+// float copy of w.
+void gemm_xwt_stored(const float* x, std::int64_t T, std::int64_t K, const std::byte* w, DType w_dtype, std::int64_t N, float* y,
+                     std::int64_t ldy, GemmIsa isa = gemm_best_isa());
 
 // y = x · wᵀ (resized to x.rows() × w.rows()).
 void gemm_xwt(const Mat& x, const Mat& w, Mat& y);

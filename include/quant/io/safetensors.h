@@ -89,6 +89,14 @@ class TensorStore {
   // chunks over threads rather than through the mapping: no page faults, nothing of the file
   // left resident, and a file truncated since it was opened is an error, not SIGBUS.
   void read_f32_into(std::string_view name, float* dst) const;
+  // The tensor's stored bytes (nbytes of them) into `dst`, read the same way; a computed tensor
+  // has none (throws). `scan`, when given, sees each chunk as it is read (dtype, bytes, element
+  // count) and returns the index of the first element it flags (or the count); the result is the
+  // tensor's first flagged element, or numel.
+  using ChunkScan = std::size_t (*)(DType, const std::byte*, std::size_t);
+  std::size_t read_bytes_into(std::string_view name, std::byte* dst, ChunkScan scan = nullptr) const;
+  // Whether `name` is stored in a file (not computed when read).
+  bool has_bytes(std::string_view name) const;
   // Path of the file holding `name`.
   const fs::path& file_of(std::string_view name) const;
   // All tensor names, sorted.
@@ -108,6 +116,8 @@ class TensorStore {
   static TensorStore computed(const fs::path& source, std::vector<Computed> tensors);
 
  private:
+  // read_f32_into (raw null) or read_bytes_into (dst null).
+  std::size_t read_into(std::string_view name, float* dst, std::byte* raw, ChunkScan scan) const;
   fs::path source_;
   std::vector<SafetensorsFile> files_;
   std::unordered_map<std::string, std::pair<std::size_t, const TensorInfo*>> where_;

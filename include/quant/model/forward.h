@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "quant/model/model.h"
+#include "quant/model/weights.h"
 #include "quant/core/tensor.h"
 
 namespace quant {
@@ -25,6 +26,9 @@ struct ExpertWeights {
 // Float weights of one decoder layer.
 struct LayerWeights {
   std::array<Mat, 7> w;  // [out, in], indexed by LinearKind
+  // A linear held as stored instead (load_layer_stored: F16/BF16, read in place by the forward
+  // pass); its slot of `w` is then empty.
+  std::array<RawMatrix, 7> raw;
   std::array<Vec, 7> b;  // bias, empty when absent
   // Activation quantization each linear's kernel applies to its inputs (W8A8 checkpoints).
   std::array<ActQuant, 7> act{};
@@ -56,15 +60,26 @@ LayerWeights load_layer(const Model& model, int layer, bool experts = true);
 // left empty.
 LayerWeights load_layer(const Model& model, int layer, bool experts, LayerWeights&& recycled);
 
+// For forward passes only (evaluation): the dense F16/BF16 linears outside experts and fused
+// tensors are held as stored (LayerWeights::raw, half the memory of float, nothing converted);
+// `recycled` (may be null) lends its buffers as load_layer's does.
+LayerWeights load_layer_stored(const Model& model, int layer, LayerWeights* recycled);
+
 // Embedding, final norm and output head.
 struct HeadWeights {
   Mat embed;    // [vocab, hidden]
   float embed_scale = 1.0f;  // the family's embedding multiplier (config.embed_scale)
   Vec final_norm;
   Mat lm_head;  // [vocab, hidden]; empty when tied to embed
+  // load_head(…, true): the embedding and the head held as stored instead (F16/BF16), their Mats
+  // empty; embed_tokens and final_logits read either form.
+  RawMatrix embed_raw, lm_head_raw;
   const Mat& head() const { return lm_head.size() ? lm_head : embed; }
+  std::int64_t vocab() const { return embed_raw.empty() ? embed.rows() : embed_raw.rows; }
+  std::int64_t hidden() const { return embed_raw.empty() ? embed.cols() : embed_raw.cols; }
 };
-HeadWeights load_head(const Model& model);
+// `stored`: keep F16/BF16 embedding and head as stored (forward passes only).
+HeadWeights load_head(const Model& model, bool stored = false);
 
 // Where linear inputs can be observed. Linears sharing an input share a point:
 // attn_in -> q,k,v; o_in -> o; mlp_in -> gate,up; down_in -> down.
@@ -88,6 +103,8 @@ RopeTable build_rope(const ModelConfig& config, std::int64_t n_positions);
 // y = x Wᵀ (+ b) by gemm_xwt (quant/core/gemm.h): each output one ordered fma chain, so results
 // are bit-identical for any thread count and on every CPU kernel.
 void linear_forward(const Mat& x, const Mat& w, const Vec& b, Mat& y);
+// The same for a weight held as stored (gemm_xwt_stored: bit for bit the float weight's result).
+void linear_forward(const Mat& x, const RawMatrix& w, const Vec& b, Mat& y);
 
 // RMSNorm with the family's convention: weight·x̂ (Llama, Qwen) or (1 + weight)·x̂ (Gemma).
 void apply_norm(const ModelConfig& config, const Mat& x, const Vec& weight, Mat& out);
@@ -136,12 +153,13 @@ Mat final_logits(const ModelConfig& config, const HeadWeights& head, const Mat& 
 // RMSNorm of each row: x / sqrt(mean(x²) + eps) * (offset + weight).
 void rms_norm(const Mat& x, const Vec& weight, double eps, Mat& out, float offset = 0.0f);
 
-// The decoder layers for repeated passes over the stack (evaluation). Layers stay resident, as
-// float32, when all of them fit in `budget_bytes` (small models: no reloading). Otherwise they
-// stream: one layer is resident and the next one is read and converted (or dequantized) in the
-// background while the current one runs, wrapping around to layer 0 for the next pass, so memory
-// holds two layers instead of the whole model as float32 (twice an F16 checkpoint). Reading comes
-// from the page cache after the first pass (pread; not counted in the process's RSS).
+// The decoder layers for repeated passes over the stack (evaluation), loaded by
+// load_layer_stored (F16/BF16 linears as stored). Layers stay resident when all of them fit in
+// `budget_bytes` as float32 (small models: no reloading). Otherwise they stream: one layer is
+// resident and the next one is read (or dequantized) in the background while the current one
+// runs, into the buffers of the one before, wrapping around to layer 0 for the next pass, so
+// memory holds two layers instead of the whole model. Reading comes from the page cache after the
+// first pass (pread; not counted in the process's RSS).
 inline constexpr std::size_t kResidentLayersBudget = std::size_t{256} << 20;
 // The float32 bytes of one decoder layer's linears.
 std::size_t layer_f32_bytes(const ModelConfig& config);

@@ -3,6 +3,9 @@
 // quantized checkpoints.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <string>
 
 #include "quant/model/model.h"
@@ -19,6 +22,28 @@ void load_linear_into(const Model& model, const LinearDesc& linear, Mat& w);
 Vec load_vector(const Model& model, const std::string& name);
 // A 2-D dense tensor (embedding) as float.
 Mat load_matrix(const Model& model, const std::string& name);
+
+// A 2-D weight as the checkpoint stores it (F16 or BF16, row-major [rows, cols]), for a forward
+// pass that reads it in place (gemm_xwt_stored converts each tile as it multiplies) instead of
+// holding a float copy twice its size: evaluation's layers and head.
+struct RawMatrix {
+  std::unique_ptr<std::byte[]> data;
+  std::size_t capacity = 0;  // bytes allocated (reused by the next load of the same or a smaller size)
+  DType dtype = DType::F16;
+  std::int64_t rows = 0, cols = 0;
+  RawMatrix() = default;
+  RawMatrix(const RawMatrix& o);  // a deep copy
+  RawMatrix& operator=(const RawMatrix& o);
+  RawMatrix(RawMatrix&&) noexcept = default;
+  RawMatrix& operator=(RawMatrix&&) noexcept = default;
+  bool empty() const { return rows == 0; }
+  std::size_t bytes() const { return static_cast<std::size_t>(rows * cols) * dtype_size(dtype); }
+};
+// Whether the dense tensor `name` can be held raw: 2-D F16/BF16, stored in a file (not computed).
+bool loadable_raw(const Model& model, const std::string& name);
+// Reads it into m (its buffer reused when large enough); throws InputError naming the tensor if a
+// value is NaN or ±inf, as the float loaders do.
+void load_raw_into(const Model& model, const std::string& name, RawMatrix& m);
 
 // Rounds float weights to a checkpoint storage dtype (F16/BF16; others unchanged), so that
 // calibration sees the weights inference will use.

@@ -50,8 +50,8 @@ struct EvalOptions {
   std::int64_t max_windows = 0;  // 0: all
   std::int32_t bos_id = -1;      // llamacpp protocol: BOS placed at each window's start
   std::size_t windows_per_batch = 0;  // 0: automatic
-  // Decoder layers stay resident as float32 when they all fit in this many bytes, else stream
-  // (LayerCache): eval then holds about the checkpoint's head plus two layers.
+  // Decoder layers stay resident when they all fit in this many bytes (as float32), else stream
+  // (LayerCache): eval then holds about the checkpoint's head plus two layers, F16/BF16 as stored.
   std::size_t resident_layers_budget = kResidentLayersBudget;
   int save_topk = 0;                  // > 0: keep the evaluated model's top-k at each position (EvalResult::topk)
   const BaseLogits* base_logits = nullptr;  // compare against these instead of a base model
