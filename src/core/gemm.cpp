@@ -165,66 +165,6 @@ __attribute__((target("avx2,fma"))) void kernel_avx2(const T* w, std::int64_t ld
   }
 }
 
-// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols, in 8 × 8 tiles transposed in registers.
-__attribute__((target("avx2"))) void transpose_avx2(const float* src, std::int64_t lds, std::int64_t rows, std::int64_t cols, float* dst,
-                                                    std::int64_t ldd) {
-  const std::int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
-  for (std::int64_t r = 0; r < r8; r += 8) {
-    for (std::int64_t c = 0; c < c8; c += 8) {
-      const float* s = src + r * lds + c;
-      const __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + lds), a2 = _mm256_loadu_ps(s + 2 * lds),
-                   a3 = _mm256_loadu_ps(s + 3 * lds), a4 = _mm256_loadu_ps(s + 4 * lds), a5 = _mm256_loadu_ps(s + 5 * lds),
-                   a6 = _mm256_loadu_ps(s + 6 * lds), a7 = _mm256_loadu_ps(s + 7 * lds);
-      const __m256 b0 = _mm256_unpacklo_ps(a0, a1), b1 = _mm256_unpackhi_ps(a0, a1), b2 = _mm256_unpacklo_ps(a2, a3),
-                   b3 = _mm256_unpackhi_ps(a2, a3), b4 = _mm256_unpacklo_ps(a4, a5), b5 = _mm256_unpackhi_ps(a4, a5),
-                   b6 = _mm256_unpacklo_ps(a6, a7), b7 = _mm256_unpackhi_ps(a6, a7);
-      const __m256 d0 = _mm256_shuffle_ps(b0, b2, 0x44), d1 = _mm256_shuffle_ps(b0, b2, 0xEE), d2 = _mm256_shuffle_ps(b1, b3, 0x44),
-                   d3 = _mm256_shuffle_ps(b1, b3, 0xEE), d4 = _mm256_shuffle_ps(b4, b6, 0x44), d5 = _mm256_shuffle_ps(b4, b6, 0xEE),
-                   d6 = _mm256_shuffle_ps(b5, b7, 0x44), d7 = _mm256_shuffle_ps(b5, b7, 0xEE);
-      float* d = dst + c * ldd + r;
-      _mm256_storeu_ps(d, _mm256_permute2f128_ps(d0, d4, 0x20));
-      _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(d1, d5, 0x20));
-      _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(d2, d6, 0x20));
-      _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(d3, d7, 0x20));
-      _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(d0, d4, 0x31));
-      _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(d1, d5, 0x31));
-      _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(d2, d6, 0x31));
-      _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(d3, d7, 0x31));
-    }
-    for (std::int64_t c = c8; c < cols; ++c) {
-      for (std::int64_t i = r; i < r + 8; ++i) dst[c * ldd + i] = src[i * lds + c];
-    }
-  }
-  for (std::int64_t r = r8; r < rows; ++r) {
-    for (std::int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
-  }
-}
-
-// The same for doubles, in 4 × 4 tiles.
-__attribute__((target("avx2"))) void transpose_avx2(const double* src, std::int64_t lds, std::int64_t rows, std::int64_t cols, double* dst,
-                                                    std::int64_t ldd) {
-  const std::int64_t r4 = rows / 4 * 4, c4 = cols / 4 * 4;
-  for (std::int64_t r = 0; r < r4; r += 4) {
-    for (std::int64_t c = 0; c < c4; c += 4) {
-      const double* s = src + r * lds + c;
-      const __m256d a0 = _mm256_loadu_pd(s), a1 = _mm256_loadu_pd(s + lds), a2 = _mm256_loadu_pd(s + 2 * lds),
-                    a3 = _mm256_loadu_pd(s + 3 * lds);
-      const __m256d b0 = _mm256_unpacklo_pd(a0, a1), b1 = _mm256_unpackhi_pd(a0, a1), b2 = _mm256_unpacklo_pd(a2, a3),
-                    b3 = _mm256_unpackhi_pd(a2, a3);
-      double* d = dst + c * ldd + r;
-      _mm256_storeu_pd(d, _mm256_permute2f128_pd(b0, b2, 0x20));
-      _mm256_storeu_pd(d + ldd, _mm256_permute2f128_pd(b1, b3, 0x20));
-      _mm256_storeu_pd(d + 2 * ldd, _mm256_permute2f128_pd(b0, b2, 0x31));
-      _mm256_storeu_pd(d + 3 * ldd, _mm256_permute2f128_pd(b1, b3, 0x31));
-    }
-    for (std::int64_t c = c4; c < cols; ++c) {
-      for (std::int64_t i = r; i < r + 4; ++i) dst[c * ldd + i] = src[i * lds + c];
-    }
-  }
-  for (std::int64_t r = r4; r < rows; ++r) {
-    for (std::int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
-  }
-}
 #endif
 
 template <typename T>
@@ -233,6 +173,54 @@ void transpose_scalar(const T* src, std::int64_t lds, std::int64_t rows, std::in
     for (std::int64_t r = 0; r < rows; ++r) dst[c * ldd + r] = src[r * lds + c];
   }
 }
+
+#if defined(__x86_64__)
+// One 8 × 8 float tile, transposed in registers: d[c·ldd + r] = s[r·lds + c].
+__attribute__((target("avx2"), always_inline)) static inline void tile_avx2(const float* s, std::int64_t lds, float* d, std::int64_t ldd) {
+  const __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + lds), a2 = _mm256_loadu_ps(s + 2 * lds), a3 = _mm256_loadu_ps(s + 3 * lds),
+               a4 = _mm256_loadu_ps(s + 4 * lds), a5 = _mm256_loadu_ps(s + 5 * lds), a6 = _mm256_loadu_ps(s + 6 * lds),
+               a7 = _mm256_loadu_ps(s + 7 * lds);
+  const __m256 b0 = _mm256_unpacklo_ps(a0, a1), b1 = _mm256_unpackhi_ps(a0, a1), b2 = _mm256_unpacklo_ps(a2, a3),
+               b3 = _mm256_unpackhi_ps(a2, a3), b4 = _mm256_unpacklo_ps(a4, a5), b5 = _mm256_unpackhi_ps(a4, a5),
+               b6 = _mm256_unpacklo_ps(a6, a7), b7 = _mm256_unpackhi_ps(a6, a7);
+  const __m256 d0 = _mm256_shuffle_ps(b0, b2, 0x44), d1 = _mm256_shuffle_ps(b0, b2, 0xEE), d2 = _mm256_shuffle_ps(b1, b3, 0x44),
+               d3 = _mm256_shuffle_ps(b1, b3, 0xEE), d4 = _mm256_shuffle_ps(b4, b6, 0x44), d5 = _mm256_shuffle_ps(b4, b6, 0xEE),
+               d6 = _mm256_shuffle_ps(b5, b7, 0x44), d7 = _mm256_shuffle_ps(b5, b7, 0xEE);
+  _mm256_storeu_ps(d, _mm256_permute2f128_ps(d0, d4, 0x20));
+  _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(d1, d5, 0x20));
+  _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(d2, d6, 0x20));
+  _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(d3, d7, 0x20));
+  _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(d0, d4, 0x31));
+  _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(d1, d5, 0x31));
+  _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(d2, d6, 0x31));
+  _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(d3, d7, 0x31));
+}
+
+// One 4 × 4 double tile.
+__attribute__((target("avx2"), always_inline)) static inline void tile_avx2(const double* s, std::int64_t lds, double* d, std::int64_t ldd) {
+  const __m256d a0 = _mm256_loadu_pd(s), a1 = _mm256_loadu_pd(s + lds), a2 = _mm256_loadu_pd(s + 2 * lds), a3 = _mm256_loadu_pd(s + 3 * lds);
+  const __m256d b0 = _mm256_unpacklo_pd(a0, a1), b1 = _mm256_unpackhi_pd(a0, a1), b2 = _mm256_unpacklo_pd(a2, a3),
+                b3 = _mm256_unpackhi_pd(a2, a3);
+  _mm256_storeu_pd(d, _mm256_permute2f128_pd(b0, b2, 0x20));
+  _mm256_storeu_pd(d + ldd, _mm256_permute2f128_pd(b1, b3, 0x20));
+  _mm256_storeu_pd(d + 2 * ldd, _mm256_permute2f128_pd(b0, b2, 0x31));
+  _mm256_storeu_pd(d + 3 * ldd, _mm256_permute2f128_pd(b1, b3, 0x31));
+}
+
+// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols: whole tiles of one ymm per row (8 floats,
+// 4 doubles) in registers, the ragged edges element by element.
+template <typename T>
+__attribute__((target("avx2"))) void transpose_avx2(const T* src, std::int64_t lds, std::int64_t rows, std::int64_t cols, T* dst,
+                                                    std::int64_t ldd) {
+  constexpr std::int64_t B = 32 / sizeof(T);
+  const std::int64_t rb = rows / B * B, cb = cols / B * B;
+  for (std::int64_t r = 0; r < rb; r += B) {
+    for (std::int64_t c = 0; c < cb; c += B) tile_avx2(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+  }
+  transpose_scalar(src + cb, lds, rb, cols - cb, dst + cb * ldd, ldd);  // the columns right of the whole tiles
+  transpose_scalar(src + rb * lds, lds, rows - rb, cols, dst + rb, ldd);  // the rows below them
+}
+#endif
 
 template <typename T>
 using Kernel = void (*)(const T*, std::int64_t, const T*, std::int64_t, T*, std::int64_t, bool);
@@ -256,12 +244,12 @@ Kernels<T> kernels_for(GemmIsa isa) {
             kernel_avx512<T, 6>, kernel_avx512<T, 7>, kernel_avx512<T, 8>, kernel_avx512<T, 9>, kernel_avx512<T, 10>,
             kernel_avx512<T, 11>, kernel_avx512<T, 12>, kernel_avx512<T, 13>, kernel_avx512<T, 14>},
            14,
-           transpose_avx2};
+           transpose_avx2<T>};
       break;
     case GemmIsa::avx2:
       k = {{nullptr, kernel_avx2<T, 1>, kernel_avx2<T, 2>, kernel_avx2<T, 3>, kernel_avx2<T, 4>, kernel_avx2<T, 5>, kernel_avx2<T, 6>},
            6,
-           transpose_avx2};
+           transpose_avx2<T>};
       break;
 #endif
     default:
