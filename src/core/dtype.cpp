@@ -222,27 +222,40 @@ void convert_span_to_f32(DType dtype, const std::byte* src, std::size_t n, float
   }
 }
 
-std::size_t first_non_finite_16(DType dtype, const std::byte* src, std::size_t n) {
-  if (dtype != DType::F16 && dtype != DType::BF16) fail<Error>("first_non_finite_16: {} is not a 16-bit float type", dtype_name(dtype));
-  const std::uint16_t exp = dtype == DType::F16 ? 0x7c00 : 0x7f80;
-  constexpr std::size_t kBlock = 4096;  // a branch-free test per block (it vectorizes), then the exact index
+namespace {
+// Index of the first element of src[0..n) (elements of U) whose exponent bits `exp` are all ones
+// (NaN/±inf), or n: a branch-free test per 4096-element block (it vectorizes), then the exact
+// index in the flagged block.
+template <class U>
+std::size_t first_all_ones(const std::byte* src, std::size_t n, U exp) {
+  constexpr std::size_t kBlock = 4096;
   for (std::size_t b = 0; b < n; b += kBlock) {
     const std::size_t e = std::min(n, b + kBlock);
     unsigned bad = 0;
 #pragma omp simd reduction(| : bad)
     for (std::size_t i = b; i < e; ++i) {
-      std::uint16_t h;
-      std::memcpy(&h, src + 2 * i, 2);
+      U h;
+      std::memcpy(&h, src + sizeof(U) * i, sizeof(U));
       bad |= (h & exp) == exp;
     }
     if (!bad) continue;
     for (std::size_t i = b; i < e; ++i) {
-      std::uint16_t h;
-      std::memcpy(&h, src + 2 * i, 2);
+      U h;
+      std::memcpy(&h, src + sizeof(U) * i, sizeof(U));
       if ((h & exp) == exp) return i;
     }
   }
   return n;
+}
+}  // namespace
+
+std::size_t first_non_finite_16(DType dtype, const std::byte* src, std::size_t n) {
+  if (dtype != DType::F16 && dtype != DType::BF16) fail<Error>("first_non_finite_16: {} is not a 16-bit float type", dtype_name(dtype));
+  return first_all_ones<std::uint16_t>(src, n, dtype == DType::F16 ? 0x7c00 : 0x7f80);
+}
+
+std::size_t first_non_finite(const float* p, std::size_t n) {
+  return first_all_ones<std::uint32_t>(reinterpret_cast<const std::byte*>(p), n, 0x7f800000u);
 }
 
 void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst) {

@@ -5,33 +5,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "quant/core/dtype.h"
 #include "quant/core/error.h"
 
 namespace quant {
 
 namespace {
-// Index of the first NaN/±inf in p[0..n), or n. Scans 4096-value blocks with a branch-free test
-// (exponent bits all ones) that vectorizes, then finds the exact index in the bad block.
-std::size_t first_non_finite(const float* p, std::size_t n) {
-  constexpr std::size_t kBlock = 4096;
-  for (std::size_t b = 0; b < n; b += kBlock) {
-    const std::size_t e = std::min(n, b + kBlock);
-    unsigned bad = 0;
-#pragma omp simd reduction(| : bad)
-    for (std::size_t i = b; i < e; ++i) {
-      std::uint32_t u;
-      std::memcpy(&u, p + i, 4);
-      bad |= (u & 0x7f800000u) == 0x7f800000u;
-    }
-    if (bad) {
-      for (std::size_t i = b; i < e; ++i) {
-        if (!std::isfinite(p[i])) return i;
-      }
-    }
-  }
-  return n;
-}
-
 void check_finite_span(const float* p, std::size_t n, const Model& model, const std::string& name) {
   if (const std::size_t i = first_non_finite(p, n); i < n) {
     fail("{}: tensor '{}' contains a non-finite value ({}) at flat index {}",

@@ -5,6 +5,7 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace quant {
 namespace {
@@ -98,3 +99,17 @@ TEST(DType, NamesAndSizes) {
 
 }  // namespace
 }  // namespace quant
+
+// The float scan finds the first NaN or ±inf wherever it lies in a 4096-value block, and
+// returns n when every value (including the largest finite and the subnormals) is finite.
+TEST(DType, FirstNonFiniteFloatFindsTheFirstFlaggedIndex) {
+  std::vector<float> v(10000, 1.5f);
+  v[3] = std::numeric_limits<float>::max();
+  v[4] = -std::numeric_limits<float>::denorm_min();
+  EXPECT_EQ(quant::first_non_finite(v.data(), v.size()), v.size());
+  v[9000] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(quant::first_non_finite(v.data(), v.size()), 9000u);
+  v[4097] = -std::numeric_limits<float>::infinity();
+  EXPECT_EQ(quant::first_non_finite(v.data(), v.size()), 4097u);
+  EXPECT_EQ(quant::first_non_finite(v.data(), 4097), 4097u);
+}

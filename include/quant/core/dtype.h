@@ -46,6 +46,8 @@ void convert_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst
 void convert_span_to_f32(DType dtype, const std::byte* src, std::size_t n, float* dst);
 // Index of the first inf/NaN among `n` F16 or BF16 values at `src` (their exponent bits all ones), or n.
 std::size_t first_non_finite_16(DType dtype, const std::byte* src, std::size_t n);
+// The same scan over floats.
+std::size_t first_non_finite(const float* p, std::size_t n);
 // Converts floats to `dtype` (F32/F16/BF16/F64 only).
 void convert_from_f32(DType dtype, std::span<const float> src, std::byte* dst);
 
