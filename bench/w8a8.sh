@@ -5,6 +5,7 @@
 # calibration 32 × 256 tokens of c4-calibration.txt). Each cell: perplexity / KL to the float
 # model (quant eval --base, with the checkpoint's activation quantization simulated).
 # The issue's bars: SmoothQuant W8A8 below plain W8A8; FP8 W8A8 within 1 % of FP16.
+# FP8 is llm-compressor's static preset (per-tensor weights, a calibrated input_scale per linear).
 # Usage: bench/w8a8.sh [BUILD_DIR] (needs ../shared; ~15 minutes on 2 cores; ALPHAS="0.5 auto" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ for spec in "stories260K $S/data/tinystories-eval.txt 256 $S/data/tinystories-ca
   cal="--calib $calib --nsamples 32 --seqlen 256"
   float=$("$Q" -q -t "$T" eval "$m" --text "$text" --ctx "$ctx" --json | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["ppl"])')
   echo "== $name: FP16/FP32 perplexity $float"
-  runs=("rtn --scheme W8A16" "rtn --scheme W8A8" "gptq --scheme W8A8 $cal" "rtn --scheme W8A16_FP8" "rtn --scheme FP8_DYNAMIC")
+  runs=("rtn --scheme W8A16" "rtn --scheme W8A8" "gptq --scheme W8A8 $cal" "rtn --scheme W8A16_FP8" "rtn --scheme FP8_DYNAMIC" "rtn --scheme FP8 $cal")
   for a in $ALPHAS; do
     for maps in norms all; do
       runs+=("rtn --scheme W8A8 --smooth $a --smooth-mappings $maps $cal" "gptq --scheme W8A8 --smooth $a --smooth-mappings $maps $cal")

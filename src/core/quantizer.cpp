@@ -23,9 +23,14 @@ const char* act_quant_name(ActQuant a) {
   return "none";
 }
 
+std::string ActInput::label() const {
+  if (kind == ActQuant::none) return "none";
+  return fmt::format("{} {}", act_quant_name(kind), is_static() ? "static per-tensor" : "dynamic per-token");
+}
+
 std::string QuantSpec::label() const {
   const std::string w = fp8 ? std::string(per_tensor ? "fp8t" : "fp8") : fmt::format("w{}g{}", bits, group_size < 0 ? std::string("-1") : std::to_string(group_size));
-  return act == ActQuant::none ? w : w + "a8";
+  return act == ActQuant::none ? w : w + (static_act ? "a8s" : "a8");
 }
 
 void QuantSpec::validate() const {
@@ -36,6 +41,7 @@ void QuantSpec::validate() const {
                      bits, group_size, sym ? "symmetric" : "asymmetric");
   }
   if (per_tensor && !fp8) fail<UsageError>("one scale per tensor is for float8 weights only");
+  if (static_act && act == ActQuant::none) fail<UsageError>("static activation scales need activation quantization");
 }
 
 GroupParams minmax_params(float xmin, float xmax, int bits, bool sym) {
@@ -246,7 +252,7 @@ float fp8_scale(float amax) {
 
 QuantizedMatrix quantize_fp8(const Mat& w, const QuantSpec& spec) {
   QuantizedMatrix m = QuantizedMatrix::empty(w.rows(), w.cols(), spec);
-  const float tensor_scale = spec.per_tensor ? fp8_scale(w.size() > 0 ? w.cwiseAbs().maxCoeff() : 0.0f) : 0.0f;
+  const float tensor_scale = spec.per_tensor ? fp8_scale(std::max(spec.tensor_amax, w.size() > 0 ? w.cwiseAbs().maxCoeff() : 0.0f)) : 0.0f;
 #pragma omp parallel for schedule(static)
   for (std::int64_t o = 0; o < m.out; ++o) {
     const float s = spec.per_tensor ? tensor_scale : fp8_scale(w.row(o).cwiseAbs().maxCoeff());
@@ -274,6 +280,22 @@ void fake_quant_tokens(Mat& x, ActQuant act) {
     }
   }
 }
+
+void fake_quant_input(Mat& x, const ActInput& act) {
+  if (!act.is_static()) return fake_quant_tokens(x, act.kind);
+  const float s = act.scale;
+  float* p = x.data();
+  const Eigen::Index n = x.size();
+  if (act.kind == ActQuant::int8) {
+#pragma omp parallel for schedule(static) if (n > 65536 && !omp_in_parallel())
+    for (Eigen::Index i = 0; i < n; ++i) p[i] = std::clamp(std::nearbyint(p[i] / s), -128.0f, 127.0f) * s;
+  } else {
+#pragma omp parallel for schedule(static) if (n > 65536 && !omp_in_parallel())
+    for (Eigen::Index i = 0; i < n; ++i) p[i] = round_to_f8e4m3(std::clamp(p[i] / s, -448.0f, 448.0f)) * s;
+  }
+}
+
+float static_fp8_input_scale(float amax) { return fp8_scale(amax); }
 
 QuantizedMatrix quantize_rtn(const Mat& w, const QuantSpec& spec) {
   spec.validate();

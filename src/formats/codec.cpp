@@ -277,6 +277,10 @@ void verify_naive_ct(const Model& model, const nlohmann::json& qc) {
              model.store().get(scale).numel(), shape.size(), e->per_tensor ? "tensor" : "channel",
              e->per_tensor ? std::string("[1]") : fmt::format("[{}, 1]", l->out));
       }
+      // A static activation scheme: vLLM registers an input_scale PerTensorScaleParameter and
+      // loads one per stored tensor (compressed_tensors_w8a8_fp8.py create_weights,
+      // is_static_input_scheme); the act reader checks it (shape, positive, finite).
+      if (e->static_act) (void)compressed_tensors_act_quant(model, *l);
     }
   }
 }

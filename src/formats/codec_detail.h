@@ -75,7 +75,7 @@ void check_matches_config(const QuantizedMatrix& m, const QuantSpec& expected, c
 // compressed-tensors: the activation quantization the config declares for a linear (a
 // Model::ActQuantReader), and the spec it gives a linear whatever its format (int-/float-quantized
 // included; nullopt: kept in float).
-ActQuant compressed_tensors_act_quant(const Model& model, const LinearDesc& linear);
+ActInput compressed_tensors_act_quant(const Model& model, const LinearDesc& linear);
 std::optional<QuantSpec> compressed_tensors_spec(const nlohmann::json& qc, const LinearDesc& linear, const fs::path& where);
 
 // Appends `q[key] = value` for every entry of `extra` (method settings into the config).

@@ -6,6 +6,7 @@
 // or with e4m3 dynamic per-token activations (FP8_DYNAMIC). Rules and sources: docs/formats.md
 // "compressed-tensors".
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "codec_detail.h"
@@ -125,6 +126,9 @@ void ct_write_naive(SafetensorsWriter& w, const LinearToWrite& l) {
   } else {
     w.add_f32(p + ".weight_scale", sdt, {m.out, 1}, m.scales);
   }
+  if (l.input_scale > 0.0f) {  // a static activation scheme: the calibrated per-tensor scale, shape [1] as weight_scale's
+    w.add_f32(p + ".input_scale", sdt, {1}, std::vector<float>{l.input_scale});
+  }
   if (!l.bias.empty()) w.add_f32(l.desc.bias_name(), l.weight_dtype, {m.out}, l.bias);
 }
 
@@ -195,17 +199,26 @@ const nlohmann::json* ct_group(const nlohmann::json& qc, const LinearDesc& l, co
   return hit;
 }
 
-// input_activations of a group: dynamic per-token 8-bit int or float (what the forward pass
-// simulates); none when absent. Static (calibrated input_scale) schemes are reported as none.
-ActQuant group_act(const nlohmann::json& g, const fs::path& where) {
+// input_activations of a group, as quant's forward pass simulates them: 8-bit int or float,
+// symmetric, dynamic per token or static per tensor (a calibrated `input_scale` per linear);
+// none when absent. Other schemes are reported as none, with a warning.
+struct GroupAct {
+  ActQuant kind = ActQuant::none;
+  bool is_static = false;
+};
+GroupAct group_act(const nlohmann::json& g, const fs::path& where) {
   const auto a = g.find("input_activations");
-  if (a == g.end() || a->is_null()) return ActQuant::none;
+  if (a == g.end() || a->is_null()) return {};
   if (!a->is_object()) fail("{}: quantization_config input_activations must be an object or null", where.string());
-  if (config_int(*a, "num_bits", 8, where) != 8 || a->value("strategy", std::string()) != "token" || !config_bool(*a, "dynamic", false, where)) {
-    log::warn("{}: input activations {} are not dynamic 8-bit per-token; quant eval does not simulate them", where.string(), a->dump());
-    return ActQuant::none;
+  const std::string strategy = a->value("strategy", std::string());
+  const bool dynamic = config_bool(*a, "dynamic", false, where);
+  const bool token = strategy == "token" && dynamic, tensor = strategy == "tensor" && !dynamic;
+  if (config_int(*a, "num_bits", 8, where) != 8 || !config_bool(*a, "symmetric", true, where) || !(token || tensor)) {
+    log::warn("{}: input activations {} are neither dynamic per-token nor static per-tensor symmetric 8-bit; quant eval does not simulate them",
+              where.string(), a->dump());
+    return {};
   }
-  return a->value("type", std::string("int")) == "float" ? ActQuant::fp8 : ActQuant::int8;
+  return {a->value("type", std::string("int")) == "float" ? ActQuant::fp8 : ActQuant::int8, tensor};
 }
 
 // The spec the config gives linear `l` (nullopt: kept in float), as vLLM resolves it.
@@ -220,7 +233,9 @@ std::optional<QuantSpec> ct_expected(const nlohmann::json& qc, const LinearDesc&
   s.bits = static_cast<int>(config_int(*wq, "num_bits", 8, where));
   s.sym = config_bool(*wq, "symmetric", true, where);
   s.fp8 = type == "float";
-  s.act = group_act(*hit, where);
+  const GroupAct ga = group_act(*hit, where);
+  s.act = ga.kind;
+  s.static_act = ga.is_static;
   const std::string strategy = wq->value("strategy", std::string("tensor"));
   s.per_tensor = strategy == "tensor" && s.fp8;
   if (strategy == "channel" || (strategy == "tensor" && s.bits == 8)) s.group_size = -1;
@@ -286,16 +301,16 @@ nlohmann::json weights_args(const QuantSpec& s, bool act_order) {
 }
 
 // llm-compressor's W8A8 / FP8_DYNAMIC presets (quant_scheme.py): dynamic, symmetric, per token,
-// no observer.
-nlohmann::json input_args(ActQuant a) {
-  if (a == ActQuant::none) return nullptr;
-  return {{"num_bits", 8}, {"type", a == ActQuant::fp8 ? "float" : "int"}, {"symmetric", true}, {"group_size", nullptr},
-          {"strategy", "token"}, {"block_structure", nullptr}, {"dynamic", true}, {"actorder", nullptr}, {"observer", nullptr},
-          {"observer_kwargs", nlohmann::json::object()}};
+// no observer; its FP8 preset: static, symmetric, per tensor, the default minmax observer.
+nlohmann::json input_args(const QuantSpec& s) {
+  if (s.act == ActQuant::none) return nullptr;
+  return {{"num_bits", 8}, {"type", s.act == ActQuant::fp8 ? "float" : "int"}, {"symmetric", true}, {"group_size", nullptr},
+          {"strategy", s.static_act ? "tensor" : "token"}, {"block_structure", nullptr}, {"dynamic", !s.static_act}, {"actorder", nullptr},
+          {"observer", s.static_act ? nlohmann::json("minmax") : nlohmann::json(nullptr)}, {"observer_kwargs", nlohmann::json::object()}};
 }
 
 nlohmann::json group(const QuantSpec& s, bool act_order, nlohmann::json targets) {
-  return {{"targets", std::move(targets)}, {"weights", weights_args(s, act_order)}, {"input_activations", input_args(s.act)},
+  return {{"targets", std::move(targets)}, {"weights", weights_args(s, act_order)}, {"input_activations", input_args(s)},
           {"output_activations", nullptr}, {"format", format_of(s)}};
 }
 
@@ -315,6 +330,7 @@ nlohmann::json ct_config(const ConfigInput& in) {
     s.fp8 = in.base.fp8;  // the scheme flags are the run's (no rule changes them)
     s.per_tensor = in.base.per_tensor;
     s.act = in.base.act;
+    s.static_act = in.base.static_act;
     auto& [spec, targets] = overrides[s.label() + (s.sym ? "s" : "a")];
     spec = s;
     if (targets.is_null()) targets = nlohmann::json::array();
@@ -345,12 +361,26 @@ std::string ct_check_plan(const std::vector<PlannedLinear>& linears) {
 
 }  // namespace
 
-ActQuant compressed_tensors_act_quant(const Model& model, const LinearDesc& l) {
+ActInput compressed_tensors_act_quant(const Model& model, const LinearDesc& l) {
   const auto& qc = model.config().quantization_config;
-  if (!qc.is_object() || qc.value("quant_method", std::string()) != "compressed-tensors") return ActQuant::none;
+  if (!qc.is_object() || qc.value("quant_method", std::string()) != "compressed-tensors") return {};
   const fs::path where = model.dir() / "config.json";
   const nlohmann::json* g = ct_group(qc, l, where);
-  return g ? group_act(*g, where) : ActQuant::none;
+  if (!g) return {};
+  const GroupAct ga = group_act(*g, where);
+  if (!ga.is_static) return {ga.kind, 0.0f};
+  // vLLM's PerTensorScaleParameter takes a scalar or a [1] tensor per linear (per fused part).
+  const std::string name = l.storage_desc().prefix + ".input_scale";
+  if (!model.store().contains(name)) {
+    fail("{}: '{}' is missing: quantization_config declares static input activations for '{}'", model.dir().string(), name, l.prefix);
+  }
+  const TensorInfo& t = model.store().get(name);
+  if (t.numel() != 1 || t.shape.size() > 1) {
+    fail("{}: '{}' is {} but a static per-tensor input scale is a scalar or [1]", model.store().file_of(name).string(), name, fmt::join(t.shape, "x"));
+  }
+  const Vec v = load_vector(model, name);
+  if (!(v(0) > 0.0f) || !std::isfinite(v(0))) fail("{}: '{}' is {}: an input scale must be positive and finite", model.store().file_of(name).string(), name, v(0));
+  return {ga.kind, v(0)};
 }
 
 std::optional<QuantSpec> compressed_tensors_spec(const nlohmann::json& qc, const LinearDesc& l, const fs::path& where) {
@@ -359,7 +389,7 @@ std::optional<QuantSpec> compressed_tensors_spec(const nlohmann::json& qc, const
 
 Codec compressed_tensors_codec() {
   return {Format::compressed_tensors, "compressed-tensors", "compressed-tensors",
-          {".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape", ".weight_g_idx"}, {4, 8}, true, true,
+          {".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape", ".weight_g_idx", ".input_scale"}, {4, 8}, true, true,
           ct_unsupported, ct_refuses, ct_write, ct_read, ct_config, ct_check_plan, ct_expected};
 }
 

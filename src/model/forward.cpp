@@ -67,6 +67,15 @@ LayerWeights load_layer_reusing(const Model& model, int layer, bool experts, Lay
     if (l.bias) lw.b[static_cast<int>(l.kind)] = load_vector(model, l.bias_name());
     lw.act[static_cast<int>(l.kind)] = model.act_quant(l);
   }
+  // Static input scales of fused siblings: vLLM's fused kernel keeps the largest.
+  using K = LinearKind;
+  for (const auto& fused : {std::vector<K>{K::q, K::k, K::v}, std::vector<K>{K::gate, K::up}}) {
+    float s = 0.0f;
+    for (K k : fused) s = std::max(s, lw.act[static_cast<int>(k)].scale);
+    for (K k : fused) {
+      if (lw.act[static_cast<int>(k)].is_static()) lw.act[static_cast<int>(k)].scale = s;
+    }
+  }
   lw.attn_norm = load_vector(model, d.attn_norm);
   lw.mlp_norm = load_vector(model, d.mlp_norm);
   if (!d.q_norm.empty()) lw.q_norm = load_vector(model, d.q_norm);
@@ -232,15 +241,15 @@ void linear_forward(const Mat& x, const RawMatrix& w, const Vec& b, Mat& y) {
 
 // linear_forward of layer L's linear `k`, its inputs first quantized as its kernel does (W8A8).
 static void layer_linear(const Mat& x, const LayerWeights& L, LinearKind k, Mat& y) {
-  const ActQuant a = L.act[static_cast<int>(k)];
+  const ActInput& a = L.act[static_cast<int>(k)];
   const RawMatrix& raw = L.raw[static_cast<int>(k)];
   const auto run = [&](const Mat& in) {
     if (raw.empty()) return linear_forward(in, L.linear(k), L.b[static_cast<int>(k)], y);
     linear_forward(in, raw, L.b[static_cast<int>(k)], y);
   };
-  if (a == ActQuant::none) return run(x);
+  if (a.kind == ActQuant::none) return run(x);
   Mat xq = x;
-  fake_quant_tokens(xq, a);
+  fake_quant_input(xq, a);
   run(xq);
 }
 

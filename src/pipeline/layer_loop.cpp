@@ -36,6 +36,35 @@ struct Loop {
   const RunOptions& run;
   RtnMethod rtn{};  // MoE experts with too few calibration tokens (Hessian methods)
   LayerWeights spare{};  // the last layer done: its buffers take the next one (no fresh pages)
+  // The largest |x| of each capture point's inputs in the current layer, for linears planned
+  // with a static activation scale (llm-compressor's FP8 preset: input_scale = max|x| / 448).
+  std::map<CapturePoint, float> input_amax{};
+  // Per-tensor fp8 weights of fused siblings (q/k/v, gate/up): the magnitude their one shared
+  // scale covers, by linear prefix (QuantSpec::tensor_amax).
+  std::map<std::string, float> shared_amax{};
+
+  // Records the shared magnitude of a fused set whose members are all planned with per-tensor
+  // fp8 weights; `weight(d)` gives each member's current float weight.
+  void share_tensor_scale(const std::vector<const LinearDesc*>& set, const std::function<const Mat&(const LinearDesc&)>& weight) {
+    for (const LinearDesc* d : set) {
+      const LinearPlan& p = session.plan_for(*d);
+      if (!p.quantize || !p.spec.per_tensor) return;
+    }
+    float amax = 0.0f;
+    for (const LinearDesc* d : set) {
+      const Mat& w = weight(*d);
+      if (w.size()) amax = std::max(amax, w.cwiseAbs().maxCoeff());
+    }
+    for (const LinearDesc* d : set) shared_amax[d->prefix] = amax;
+  }
+  // The fused sets of a layer (its dense linears, or expert `expert`'s gate/up when >= -1).
+  static std::vector<std::vector<const LinearDesc*>> fused_sets(const LayerDesc& layer, bool experts, int expert = 0) {
+    using K = LinearKind;
+    if (experts) return {{&layer.expert(expert, K::gate), &layer.expert(expert, K::up)}};
+    std::vector<std::vector<const LinearDesc*>> sets = {{&layer.linear(K::q), &layer.linear(K::k), &layer.linear(K::v)}};
+    if (!layer.moe) sets.push_back({&layer.linear(K::gate), &layer.linear(K::up)});
+    return sets;
+  }
 
   // Quantizes and writes one planned linear whose (transformed) weight is `w`; when `keep` is
   // set, leaves in `w` the weight later stages compute with. `by`: the method (default: the run's).
@@ -43,7 +72,9 @@ struct Loop {
               const Method* by = nullptr) {
     const LinearPlan& plan = session.plan_for(d);
     const Method& m = by ? *by : method;
-    QuantizedLinear r = timer.time("quantize", [&] { return m.quantize({d, w, plan.spec, stats}); });
+    QuantSpec spec = plan.spec;
+    if (const auto s = shared_amax.find(d.prefix); spec.per_tensor && s != shared_amax.end()) spec.tensor_amax = s->second;
+    QuantizedLinear r = timer.time("quantize", [&] { return m.quantize({d, w, spec, stats}); });
     if (extra.is_object()) {
       for (auto it = extra.begin(); it != extra.end(); ++it) r.extra[it.key()] = it.value();
     }
@@ -51,7 +82,8 @@ struct Loop {
       session.put_linear_float(d, r.weight, bias);
       w = std::move(r.weight);
     } else {
-      timer.time("pack + write", [&] { session.put_quantized(d, r.q, w, std::move(r.extra), bias.size() ? &bias : nullptr); });
+      const float input_scale = plan.spec.static_act ? static_input_scale(d) : 0.0f;
+      timer.time("pack + write", [&] { session.put_quantized(d, r.q, w, std::move(r.extra), bias.size() ? &bias : nullptr, input_scale); });
       if (keep) {
         Mat next = r.weight.size() ? std::move(r.weight) : r.q.dequantize();
         if (traits.round_to_source_dtype) round_to_dtype(next, dtype);
@@ -59,6 +91,20 @@ struct Loop {
       }
     }
     done(d);
+  }
+
+  float static_input_scale(const LinearDesc& d) const {
+    const auto it = d.layer >= 0 && !d.in_expert() ? input_amax.find(capture_point(d.kind)) : input_amax.end();
+    if (it == input_amax.end()) fail<Error>("'{}': no calibration inputs for its static activation scale", d.prefix);
+    return static_fp8_input_scale(it->second);
+  }
+
+  // Whether a quantized linear reading capture point `p` of `layer` has a static input scale.
+  bool static_at(const LayerDesc& layer, CapturePoint p) const {
+    for (const LinearDesc& d : layer.linears) {
+      if (!d.in_expert() && capture_point(d.kind) == p && session.plan_for(d).quantize && session.plan_for(d).spec.static_act) return true;
+    }
+    return false;
   }
 
   static std::int64_t tokens_of(const std::vector<Mat>& xs) {
@@ -86,6 +132,8 @@ struct Loop {
     LayerWeights lw = timer.time("load weights", [&] { return load_layer(model, layer.index, !stream, std::move(spare)); });
     const bool whole_layer = traits.transforms_layer || !traits.true_sequential;
     std::map<CapturePoint, InputStats> stats;
+    input_amax.clear();
+    for (const auto& set : fused_sets(layer, false)) share_tensor_scale(set, [&](const LinearDesc& d) -> const Mat& { return lw.linear(d.kind); });
     LayerTransform transform;
     for (const auto& group : sub_groups(!whole_layer, layer.moe)) {
       std::vector<CapturePoint> points;
@@ -101,6 +149,11 @@ struct Loop {
         const auto& xs = timer.time("forward", [&]() -> const std::vector<Mat>& { return runner.stage(p, lw); });
         const std::int64_t block = xs.empty() ? 0 : method.hessian_block(p, xs[0].cols(), tokens_of(xs), common_group(layer, p, xs[0].cols()));
         stats[p] = timer.time("statistics", [&] { return measure_inputs(traits.statistic, xs, block); });
+        if (static_at(layer, p)) {
+          float amax = 0.0f;
+          for (const Mat& x : xs) amax = std::max(amax, x.size() ? x.cwiseAbs().maxCoeff() : 0.0f);
+          input_amax[p] = amax;
+        }
         if (traits.transforms_layer) inputs[p] = xs;
       }
       if (traits.transforms_layer) {
@@ -238,6 +291,7 @@ struct Loop {
       }
     }
     const std::vector<Mat>& in = full ? xs : routed_xs;
+    share_tensor_scale(fused_sets(layer, true, id)[0], [&](const LinearDesc& d) -> const Mat& { return ew.linear(d.kind); });
     const nlohmann::json moe_extra = {{"moe_tokens", routed}, {"moe_statistics", few ? "none" : full ? "all tokens" : "routed tokens"}};
     const auto quantize = [&](LinearKind k, const std::vector<Mat>& inputs) {
       const LinearDesc& d = layer.expert(id, k);
@@ -311,15 +365,29 @@ void run_layer_loop(const Model& model, OutputSession& session, const Method& me
                     const std::function<void(const LinearDesc&)>& done, PhaseTimer& timer) {
   Loop loop{model, session, method, method.traits(), timer, done, model.store().get(model.layout().embed).dtype, session.options()};
   check_moe_support(model, loop.traits);
-  if (!loop.traits.calibrated) {
+  // A static activation scheme calibrates its input scales even under an uncalibrated method.
+  const bool static_act = std::any_of(session.plan().linears.begin(), session.plan().linears.end(),
+                                      [](const LinearPlan& p) { return p.quantize && p.spec.static_act; });
+  if (!loop.traits.calibrated && !static_act) {
     for (const auto& p : session.plan().linears) {
       if (!p.quantize) continue;
+      if (p.spec.per_tensor && p.desc->layer >= 0 && !loop.shared_amax.count(p.desc->prefix)) {  // its fused siblings, read once for the max
+        const LayerDesc& layer = model.layout().layers.at(static_cast<std::size_t>(p.desc->layer));
+        const bool expert = p.desc->in_expert();
+        for (const auto& set : Loop::fused_sets(layer, expert, p.desc->shared_expert ? -1 : p.desc->expert)) {
+          if (std::find(set.begin(), set.end(), p.desc) == set.end()) continue;
+          std::map<std::string, Mat> ws;
+          loop.share_tensor_scale(set, [&](const LinearDesc& d) -> const Mat& { return ws[d.prefix] = load_linear(model, d); });
+        }
+      }
       Mat w = load_linear(model, *p.desc);
       loop.linear(*p.desc, w, Vec(), nullptr, nlohmann::json(), false);
     }
     return;
   }
-  if (samples.empty()) fail<UsageError>("{} needs calibration samples", loop.traits.name);
+  if (samples.empty()) {
+    fail<UsageError>("{} needs calibration samples{}", loop.traits.name, loop.traits.calibrated ? "" : " for its static activation scales");
+  }
   LayerRunner runner = timer.time("embed", [&] { return LayerRunner(model, samples); });
   const int layers_done = resume_layers(session, runner, samples);
   for (const auto& layer : model.layout().layers) {

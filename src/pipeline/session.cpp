@@ -91,7 +91,7 @@ void OutputSession::put_float(const std::string& name, const float* data, std::v
 }
 
 void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m, const Mat& original, json extra,
-                                  const Vec* bias) {
+                                  const Vec* bias, float input_scale) {
   check_interrupted();
   const LinearPlan& plan = plan_for(l);
   if (!plan.quantize) fail<Error>("linear '{}' is not planned for quantization", l.prefix);
@@ -108,10 +108,12 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
   const DType outlier_dtype = is_float(weight_dtype) ? weight_dtype : DType::F32;
   r.bpw = m.bits_per_weight(8 * static_cast<int>(dtype_size(outlier_dtype)));
   r.extra = std::move(extra);
+  if (input_scale > 0.0f) r.extra["input_scale"] = input_scale;
   reports_.push_back(std::move(r));
 
   if (l.fused()) {  // Phi-3: written once every part of the stored tensor has arrived
     if (l.bias) fail<Error>("'{}': biases of fused linears are not supported", l.prefix);
+    if (input_scale > 0.0f) fail<Error>("'{}': static input scales of fused linears are not supported", l.prefix);
     auto& parts = fused_q_[l.storage];
     parts.emplace_back(&l, m);
     if (parts.size() < n_siblings(l)) return;
@@ -126,7 +128,7 @@ void OutputSession::put_quantized(const LinearDesc& l, const QuantizedMatrix& m,
   }
   std::vector<float> b;
   if (l.bias) b = bias ? std::vector<float>(bias->data(), bias->data() + bias->size()) : source_.store().read_f32(l.bias_name());
-  formats::codec(plan_.format).write(*writer_, {l, m, weight_dtype, b, options_.method_config.value("desc_act", false), plan.spec.act});
+  formats::codec(plan_.format).write(*writer_, {l, m, weight_dtype, b, options_.method_config.value("desc_act", false), plan.spec.act, input_scale});
   written_.insert(l.weight_name());
   if (l.bias) written_.insert(l.bias_name());
 }

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -23,6 +24,7 @@
 #include "quant/io/safetensors.h"
 #include "quant/methods/rtn.h"
 #include "quant/methods/smoothquant.h"
+#include "quant/model/calibration.h"
 #include "quant/model/forward.h"
 #include "quant/model/weights.h"
 
@@ -89,6 +91,40 @@ TEST(ActivationFakeQuant, Int8PerTokenByHand) {
   Mat z = y;
   fake_quant_tokens(z, ActQuant::none);
   EXPECT_EQ(z, y);
+}
+
+// A static scale: every value divided by the one calibrated scale, clamped to the type's range,
+// rounded (e4m3 nearest / int8 to nearest even), multiplied back; scale 0 is the dynamic path.
+TEST(ActivationFakeQuant, StaticPerTensorByHand) {
+  Mat x(2, 3);
+  x << 1.0f, -2.0f, 900.0f, 0.3f, 0.0f, -1000.0f;
+  Mat f = x;
+  fake_quant_input(f, {ActQuant::fp8, 2.0f});
+  EXPECT_EQ(f(0, 0), 1.0f);
+  EXPECT_EQ(f(0, 1), -2.0f);
+  EXPECT_EQ(f(0, 2), 896.0f);    // 450 clamps to 448
+  EXPECT_EQ(f(1, 0), 0.3125f);   // 0.15 → 0.15625, the nearest e4m3 (step 1/64 in [1/8, 1/4))
+  EXPECT_EQ(f(1, 1), 0.0f);
+  EXPECT_EQ(f(1, 2), -896.0f);
+  Mat i = x;
+  fake_quant_input(i, {ActQuant::int8, 2.0f});
+  EXPECT_EQ(i(0, 0), 0.0f);      // 0.5 steps: ties to even
+  EXPECT_EQ(i(0, 1), -2.0f);
+  EXPECT_EQ(i(0, 2), 254.0f);    // 450 clamps to 127
+  EXPECT_EQ(i(1, 0), 0.0f);
+  EXPECT_EQ(i(1, 2), -256.0f);   // −500 clamps to −128
+  Mat d = x, t = x;
+  fake_quant_input(d, {ActQuant::fp8, 0.0f});
+  fake_quant_tokens(t, ActQuant::fp8);
+  EXPECT_EQ(d, t) << "scale 0: dynamic per token";
+  EXPECT_EQ(static_fp8_input_scale(448.0f), 1.0f);
+  EXPECT_EQ(static_fp8_input_scale(3.0f * 448.0f), 3.0f);
+  const float s = static_fp8_input_scale(1.0f);  // 1/448 is not a float16: the next one up
+  EXPECT_GE(s * 448.0f, 1.0f);
+  EXPECT_EQ(s, f16_to_f32(f32_to_f16(s)));
+  EXPECT_LT(f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(s) - 1)) * 448.0f, 1.0f);
+  EXPECT_EQ((ActInput{ActQuant::fp8, 0.5f}).label(), "fp8 static per-tensor");
+  EXPECT_EQ((ActInput{ActQuant::int8, 0.0f}).label(), "int8 dynamic per-token");
 }
 
 TEST(Fp8Weights, ScaleCoversEachRowAndCodesAreNearest) {
@@ -283,6 +319,7 @@ struct NaiveCase {
   DType dtype;
   ActQuant act;
   std::string strategy = "channel";  // of the weights
+  bool static_act = false;           // input_activations static per tensor (an input_scale per linear)
 };
 void PrintTo(const NaiveCase& c, std::ostream* os) { *os << c.name; }
 
@@ -308,8 +345,8 @@ TEST_P(NaiveQuantized, IndependentReaderEqualsDenseAndEvalSimulatesActivations) 
   if (k.act == ActQuant::none) {
     EXPECT_TRUE(g["input_activations"].is_null());
   } else {
-    EXPECT_EQ(g["input_activations"]["strategy"], "token");
-    EXPECT_EQ(g["input_activations"]["dynamic"], true);
+    EXPECT_EQ(g["input_activations"]["strategy"], k.static_act ? "tensor" : "token");
+    EXPECT_EQ(g["input_activations"]["dynamic"], !k.static_act);
     EXPECT_EQ(g["input_activations"]["type"], k.act == ActQuant::int8 ? "int" : "float");
   }
   const TensorStore ct = TensorStore::open(f.dir / "ct"), dense = TensorStore::open(f.dir / "dense");
@@ -320,6 +357,7 @@ TEST_P(NaiveQuantized, IndependentReaderEqualsDenseAndEvalSimulatesActivations) 
     ASSERT_EQ(ct.get(l->weight_name()).dtype, k.dtype) << l->prefix;
     EXPECT_FALSE(ct.contains(l->prefix + ".weight_shape")) << "naive formats store the weight unpacked";
     EXPECT_FALSE(ct.contains(l->prefix + ".weight_zero_point")) << "symmetric";
+    EXPECT_EQ(ct.contains(l->prefix + ".input_scale"), k.static_act) << l->prefix;
     const std::vector<float> mine = decode_naive(ct, l->prefix, k.strategy == "tensor"), theirs = dense.read_f32(l->weight_name());
     ASSERT_EQ(mine.size(), theirs.size());
     for (std::size_t i = 0; i < mine.size(); ++i) ASSERT_EQ(mine[i], theirs[i]) << l->prefix << " element " << i;
@@ -341,7 +379,8 @@ TEST_P(NaiveQuantized, IndependentReaderEqualsDenseAndEvalSimulatesActivations) 
     EXPECT_EQ(je["activation_quant"], "none");
     EXPECT_NEAR(je["ppl"].get<double>(), jd["ppl"].get<double>(), 1e-3 * jd["ppl"].get<double>());
   } else {
-    EXPECT_EQ(je["activation_quant"], fmt::format("{} dynamic per-token on 14 of 14 linears", act_quant_name(k.act)));
+    EXPECT_EQ(je["activation_quant"], fmt::format("{} {} on 14 of 14 linears", act_quant_name(k.act),
+                                                  k.static_act ? "static per-tensor" : "dynamic per-token"));
     EXPECT_NE(je["ppl"].get<double>(), jd["ppl"].get<double>());
     EXPECT_NEAR(je["ppl"].get<double>(), jd["ppl"].get<double>(), 0.05 * jd["ppl"].get<double>()) << "8-bit activations are close";
   }
@@ -359,7 +398,9 @@ INSTANTIATE_TEST_SUITE_P(
                                 "CompressedTensorsW8A16Fp8", DType::F8_E4M3, ActQuant::none},
                       NaiveCase{"rtn_fp8_per_tensor", "rtn {0} --scheme FP8_DYNAMIC --fp8-weight-scale tensor",
                                 "rtn {0} --scheme W8A16_FP8 --fp8-weight-scale tensor", "float-quantized", "CompressedTensorsW8A8Fp8",
-                                DType::F8_E4M3, ActQuant::fp8, "tensor"}),
+                                DType::F8_E4M3, ActQuant::fp8, "tensor"},
+                      NaiveCase{"rtn_fp8_static", "rtn {0} --scheme FP8 {1}", "rtn {0} --scheme W8A16_FP8 --fp8-weight-scale tensor",
+                                "float-quantized", "CompressedTensorsW8A8Fp8", DType::F8_E4M3, ActQuant::fp8, "tensor", true}),
     [](const ::testing::TestParamInfo<NaiveCase>& i) { return i.param.name; });
 
 // One fp8 scale per tensor: every row shares it, it covers the tensor's largest weight, and a
@@ -406,6 +447,116 @@ TEST(Fp8PerTensor, OneScaleCoversTheTensorAndTheCheckerHoldsTheConfigToIt) {
   EXPECT_NE((c.out + c.err).find("channel strategy needs shape ["), std::string::npos) << c.out << c.err;
 }
 
+// llm-compressor's FP8 preset: each linear's input_scale is the largest |x| its calibration
+// inputs reach over 448 (rounded up to float16) — checked against layer 0's inputs computed here
+// from the float model, which the layer loop sees unchanged — fused siblings share it, eval
+// uses the stored value, and a missing or broken one is refused naming the tensor.
+TEST(Fp8Static, InputScalesAreTheCalibrationMaximaAndEvalUsesThem) {
+  Fixture f;
+  const fs::path out = f.dir / "fp8";
+  const auto r = run_quant("rtn " + f.m.string() + " --scheme FP8 " + f.calib_args() + " -o " + out.string());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const Model model = Model::open(f.m);
+  CalibOptions co;
+  co.tokens = f.calib;
+  co.nsamples = 8;
+  co.seqlen = 64;
+  LayerRunner runner(model, load_calibration(model, co, nullptr));
+  const LayerWeights lw = load_layer(model, 0);
+  const TensorStore st = TensorStore::open(out);
+  const auto scale_of = [&](const std::string& p) {
+    const TensorInfo& t = st.get(p + ".input_scale");
+    EXPECT_EQ(t.shape, std::vector<std::int64_t>{1}) << p;
+    EXPECT_EQ(t.dtype, DType::F16) << p << ": the model's dtype";
+    return st.read_f32(p + ".input_scale").at(0);
+  };
+  const std::string l0 = "model.layers.0.";
+  const std::vector<std::pair<CapturePoint, std::vector<std::string>>> points = {
+      {CapturePoint::attn_in, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}},
+      {CapturePoint::o_in, {"self_attn.o_proj"}},
+      {CapturePoint::mlp_in, {"mlp.gate_proj", "mlp.up_proj"}},
+      {CapturePoint::down_in, {"mlp.down_proj"}}};
+  for (const auto& [p, linears] : points) {
+    float amax = 0.0f;
+    for (const Mat& x : runner.stage(p, lw)) amax = std::max(amax, x.cwiseAbs().maxCoeff());
+    ASSERT_GT(amax, 0.0f);
+    for (const std::string& l : linears) EXPECT_EQ(scale_of(l0 + l), static_fp8_input_scale(amax)) << l;
+  }
+  const std::string l1 = "model.layers.1.";
+  EXPECT_EQ(scale_of(l1 + "self_attn.q_proj"), scale_of(l1 + "self_attn.v_proj"));
+  EXPECT_EQ(scale_of(l1 + "mlp.gate_proj"), scale_of(l1 + "mlp.up_proj"));
+  // Per-tensor weight scales: fused siblings share one (the largest sibling's), so vLLM's
+  // requantize_with_max_scale of qkv_proj / gate_up_proj is exact; each covers its tensor.
+  const auto wscale = [](const TensorStore& t, const std::string& p) { return t.read_f32(p + ".weight_scale").at(0); };
+  const auto amax_of = [&](const std::string& p) {
+    for (const LinearDesc* d : model.linears()) {
+      if (d->prefix == p) return load_linear(model, *d).cwiseAbs().maxCoeff();
+    }
+    ADD_FAILURE() << "no linear " << p;
+    return 0.0f;
+  };
+  for (const std::string& l : {l0, l1}) {
+    const float sq = wscale(st, l + "self_attn.q_proj"), sg = wscale(st, l + "mlp.gate_proj");
+    EXPECT_EQ(wscale(st, l + "self_attn.k_proj"), sq);
+    EXPECT_EQ(wscale(st, l + "self_attn.v_proj"), sq);
+    EXPECT_EQ(wscale(st, l + "mlp.up_proj"), sg);
+    const float m = std::max({amax_of(l + "self_attn.q_proj"), amax_of(l + "self_attn.k_proj"), amax_of(l + "self_attn.v_proj")});
+    EXPECT_GE(sq * 448.0f, m);
+    EXPECT_LT(f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(sq) - 1)) * 448.0f, m) << "the smallest float16 scale covering the three";
+    EXPECT_GE(wscale(st, l + "self_attn.o_proj") * 448.0f, amax_of(l + "self_attn.o_proj"));
+  }
+  const json summary = read_json_file(out / "quant_summary.json");
+  EXPECT_NE(summary.dump().find("\"input_scale\""), std::string::npos) << "the report names each scale";
+
+  // eval reads the stored scales: a sixteenth of q/k/v's saturates their inputs, and the result
+  // moves away from the float model's.
+  const std::string eval = " --tokens " + f.calib.string() + " --ctx 64 --json";
+  const std::string vs_float = eval + " --base " + f.m.string();
+  const auto e = run_quant("eval " + out.string() + vs_float);
+  ASSERT_EQ(e.rc, 0) << e.err;
+  const fs::path tiny = f.dir / "tiny";
+  fs::create_directory(tiny);
+  for (const auto& entry : fs::directory_iterator(out)) fs::copy(entry.path(), tiny / entry.path().filename());
+  {
+    const fs::path file = tiny / "model.safetensors";
+    const SafetensorsFile sf(file);
+    std::uint64_t header = 0;
+    {
+      std::ifstream in(file, std::ios::binary);
+      in.read(reinterpret_cast<char*>(&header), 8);
+    }
+    std::fstream io(file, std::ios::binary | std::ios::in | std::ios::out);
+    for (const char* l : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}) {
+      const std::string name = l0 + l + ".input_scale";
+      const std::uint16_t h = f32_to_f16(st.read_f32(name).at(0) / 16.0f);
+      io.seekp(static_cast<std::streamoff>(8 + header + sf.find(name)->offset));
+      io.write(reinterpret_cast<const char*>(&h), 2);
+    }
+  }
+  const auto et = run_quant("eval " + tiny.string() + vs_float);
+  ASSERT_EQ(et.rc, 0) << et.err;
+  EXPECT_GT(json::parse(et.out)["kl_mean"].get<double>(), 2 * json::parse(e.out)["kl_mean"].get<double>());
+
+  json cfg = read_json_file(out / "config.json");  // a static scheme without its input_scale tensors
+  cfg["quantization_config"]["config_groups"]["group_0"]["input_activations"]["strategy"] = "tensor";
+  const fs::path dyn = f.dir / "dyn";
+  ASSERT_EQ(run_quant("rtn " + f.m.string() + " --scheme FP8_DYNAMIC --fp8-weight-scale tensor -o " + dyn.string()).rc, 0);
+  {
+    const TensorStore ds = TensorStore::open(dyn);  // the uncalibrated path shares them too
+    EXPECT_EQ(wscale(ds, l1 + "self_attn.k_proj"), wscale(ds, l1 + "self_attn.q_proj"));
+    EXPECT_EQ(wscale(ds, l1 + "mlp.up_proj"), wscale(ds, l1 + "mlp.gate_proj"));
+    EXPECT_EQ(wscale(ds, l1 + "self_attn.v_proj"), wscale(ds, l1 + "self_attn.q_proj"));
+  }
+  json dcfg = read_json_file(dyn / "config.json");
+  dcfg["quantization_config"] = cfg["quantization_config"];
+  write_file_atomic(dyn / "config.json", dcfg.dump(2));
+  for (const std::string& cmd : {"eval " + dyn.string() + eval, "check " + dyn.string() + " --for vllm"}) {
+    const auto b = run_quant(cmd);
+    EXPECT_NE(b.rc, 0) << cmd;
+    EXPECT_NE((b.out + b.err).find("model.layers.0.self_attn.q_proj.input_scale' is missing"), std::string::npos) << cmd << "\n" << b.out << b.err;
+  }
+}
+
 // SmoothQuant writes the smoothed norms and weights; the result still loads for vLLM, the
 // smoothing strength is recorded, and the float function is unchanged up to quantization.
 TEST(SmoothQuantCli, WritesSmoothedNormsAndQuantizedWeights) {
@@ -440,7 +591,10 @@ TEST(SchemeCli, RefusesContradictionsBeforeWork) {
       {"rtn " + m + " --scheme W8A8 --format dense", "drop --format dense"},
       {"rtn " + m + " --scheme W8A8 -b 4", "drop --bits 4"},
       {"rtn " + m + " --scheme W8A8 -g 128", "drop --group-size 128"},
-      {"rtn " + m + " --scheme FP8 ", "unknown --scheme 'FP8'"},
+      {"rtn " + m + " --scheme FP9 ", "unknown --scheme 'FP9'"},
+      {"gptq " + m + " --scheme FP8 " + f.calib_args(), "does not write float8 weights"},
+      {"rtn " + m + " --scheme FP8 --fp8-weight-scale channel " + f.calib_args(), "drop --fp8-weight-scale channel"},
+      {"rtn " + m + " --scheme FP8 --smooth 0.5 " + f.calib_args(), "static activation scales (--scheme FP8) cannot follow"},
       {"gptq " + m + " --scheme FP8_DYNAMIC " + f.calib_args(), "does not write float8 weights"},
       {"rtn " + m + " --smooth 0.5 " + f.calib_args(), "add --scheme W8A8"},
       {"rtn " + m + " --scheme W8A8 --smooth 1.5 " + f.calib_args(), "smoothing strength must be in [0, 1] or auto"},

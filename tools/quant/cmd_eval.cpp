@@ -27,17 +27,17 @@ namespace {
 // Which activation quantization the forward pass simulates ("none", or e.g. "int8 dynamic
 // per-token on 35 of 35 linears"), as the checkpoint's compressed-tensors config declares it.
 std::string activation_quant_summary(const Model& model) {
-  std::map<ActQuant, int> n;
+  std::map<std::string, int> n;
   int total = 0;
   for (const LinearDesc* l : model.linears()) {
     if (l->layer < 0) continue;
     ++total;
-    ++n[model.act_quant(*l)];
+    ++n[model.act_quant(*l).label()];
   }
   std::string out;
   for (const auto& [a, count] : n) {
-    if (a == ActQuant::none) continue;
-    out += fmt::format("{}{} dynamic per-token on {} of {} linears", out.empty() ? "" : ", ", act_quant_name(a), count, total);
+    if (a == "none") continue;
+    out += fmt::format("{}{} on {} of {} linears", out.empty() ? "" : ", ", a, count, total);
   }
   if (out.empty()) return "none";
   log::info("simulating the checkpoint's activation quantization: {}", out);

@@ -59,7 +59,8 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
   cmd->add_option("--scheme", o.scheme,
                   "compressed-tensors preset (implies --format compressed-tensors): W4A16, W8A16 (weight-only int), W8A8 (int8 "
                   "per-channel weights, int8 dynamic per-token activations), FP8_DYNAMIC (fp8 e4m3 per-channel weights and "
-                  "per-token activations; rtn only), W8A16_FP8 (fp8 weights only; rtn only)");
+                  "per-token activations; rtn only), FP8 (fp8 per-tensor weights, fp8 activations with a static per-tensor scale "
+                  "calibrated from --calib; rtn only), W8A16_FP8 (fp8 weights only; rtn only)");
   o.fp8_scale_opt = cmd->add_option("--fp8-weight-scale", o.fp8_weight_scale,
                                     "with an fp8 scheme: channel (one weight scale per output channel, as FP8_DYNAMIC) or tensor (one "
                                     "per tensor, compressed-tensors strategy \"tensor\")")
@@ -154,10 +155,12 @@ struct Scheme {
   std::int64_t group;
   bool fp8;
   ActQuant act;
+  bool per_tensor = false;  // one weight scale per tensor (strategy "tensor")
+  bool static_act = false;  // one calibrated input scale per tensor
 };
 constexpr Scheme kSchemes[] = {{"W4A16", 4, 128, false, ActQuant::none},  {"W8A16", 8, -1, false, ActQuant::none},
                                {"W8A8", 8, -1, false, ActQuant::int8},    {"FP8_DYNAMIC", 8, -1, true, ActQuant::fp8},
-                               {"W8A16_FP8", 8, -1, true, ActQuant::none}};
+                               {"W8A16_FP8", 8, -1, true, ActQuant::none},  {"FP8", 8, -1, true, ActQuant::fp8, true, true}};
 }  // namespace
 
 QuantSpec make_spec(QuantizeCliOptions& o) {
@@ -191,9 +194,12 @@ QuantSpec make_spec(QuantizeCliOptions& o) {
     s.sym = true;
     s.fp8 = k->fp8;
     s.act = k->act;
+    s.per_tensor = k->per_tensor;
+    s.static_act = k->static_act;
   }
   if (o.fp8_scale_opt && o.fp8_scale_opt->count() > 0) {
     if (!s.fp8) fail<UsageError>("--fp8-weight-scale is for float8 weights; add --scheme FP8_DYNAMIC or W8A16_FP8");
+    if (s.static_act && o.fp8_weight_scale != "tensor") fail<UsageError>("--scheme FP8 has one weight scale per tensor; drop --fp8-weight-scale {}", o.fp8_weight_scale);
     s.per_tensor = o.fp8_weight_scale == "tensor";
   }
   s.validate();

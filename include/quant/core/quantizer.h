@@ -20,6 +20,16 @@ namespace quant {
 enum class ActQuant : std::uint8_t { none, int8, fp8 };
 const char* act_quant_name(ActQuant a);  // "none", "int8", "fp8"
 
+// How one linear's inputs are quantized at inference: the kind, and for a static scheme the
+// calibrated scale of the whole tensor (compressed-tensors `input_scale`, input_activations
+// strategy "tensor", dynamic false); scale 0: dynamic, one scale per token.
+struct ActInput {
+  ActQuant kind = ActQuant::none;
+  float scale = 0.0f;
+  bool is_static() const { return kind != ActQuant::none && scale > 0.0f; }
+  std::string label() const;  // "none", "int8 dynamic per-token", "fp8 static per-tensor"
+};
+
 struct QuantSpec {
   int bits = 4;                  // 2..8
   std::int64_t group_size = 128; // inputs per group along `in`; -1 = one group per output row
@@ -31,11 +41,19 @@ struct QuantSpec {
   // fp8 only: one scale for the whole tensor (compressed-tensors strategy "tensor") instead of one
   // per output channel.
   bool per_tensor = false;
+  // per_tensor: the magnitude the one scale must cover when larger than the tensor's own max|w|
+  // (the largest of its fused siblings', so that they share one scale and vLLM's
+  // requantize_with_max_scale of qkv_proj / gate_up_proj changes nothing); 0: the tensor's own.
+  float tensor_amax = 0.0f;
   ActQuant act = ActQuant::none;  // activation quantization the output declares (and eval simulates)
+  // With `act`: one static scale per tensor calibrated from the inputs (max|x| / 448 for fp8,
+  // llm-compressor's FP8 preset) instead of a dynamic scale per token.
+  bool static_act = false;
   int maxq() const { return (1 << bits) - 1; }
   // Group size for a row of `in` inputs (in, for per-channel).
   std::int64_t effective_group(std::int64_t in) const { return group_size < 0 ? in : group_size; }
-  std::string label() const;  // "w4g128", "w3g-1", "w8g-1a8" (int8 activations), "fp8", "fp8a8", "fp8t" (per tensor)
+  // "w4g128", "w3g-1", "w8g-1a8" (int8 activations), "fp8", "fp8a8", "fp8t" (per tensor), "fp8ta8s" (static activations)
+  std::string label() const;
   void validate() const;      // throws UsageError
 };
 
@@ -122,6 +140,17 @@ QuantizedMatrix quantize_rtn(const Mat& w, const QuantSpec& spec);
 // [−128, 127], vLLM's dynamic scaled_int8_quant) or to e4m3 (scale max/448, vLLM's dynamic
 // per-token scaled_fp8_quant), then multiplied back. No-op for ActQuant::none.
 void fake_quant_tokens(Mat& x, ActQuant act);
+
+// What a static-scale kernel computes: every value divided by the one calibrated `scale`, then
+// int8 (round to nearest even, clamp to [−128, 127], vLLM's static scaled_int8_quant) or e4m3
+// (clamp to ±448, vLLM's static scaled_fp8_quant), multiplied back. Dynamic inputs (scale 0) go
+// to fake_quant_tokens.
+void fake_quant_input(Mat& x, const ActInput& act);
+
+// The static fp8 scale of inputs whose largest magnitude is `amax`: amax / 448 rounded up to
+// float16, as the fp8 weight scales (rounding up keeps the calibration maximum from
+// saturating); 1 for all-zero inputs.
+float static_fp8_input_scale(float amax);
 
 // Squared reconstruction error Σ (w − ŵ)², and relative error ‖w − ŵ‖ / ‖w‖.
 double squared_error(const Mat& w, const Mat& w_hat);

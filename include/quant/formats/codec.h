@@ -35,6 +35,7 @@ struct LinearToWrite {
   std::span<const float> bias;  // empty: the linear has no bias
   bool act_order = false;       // the method permuted columns (GPTQ desc_act): g_idx is part of the scheme
   ActQuant act = ActQuant::none;  // the planned activation quantization (selects compressed-tensors int-quantized)
+  float input_scale = 0.0f;       // a static activation scheme's calibrated scale (written as `input_scale`); 0: none
 };
 
 // What quantization_config is built from.

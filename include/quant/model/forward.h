@@ -30,8 +30,10 @@ struct LayerWeights {
   // pass); its slot of `w` is then empty.
   std::array<RawMatrix, 7> raw;
   std::array<Vec, 7> b;  // bias, empty when absent
-  // Activation quantization each linear's kernel applies to its inputs (W8A8 checkpoints).
-  std::array<ActQuant, 7> act{};
+  // Activation quantization each linear's kernel applies to its inputs (W8A8 checkpoints); a
+  // static scale is the largest of the linear's fused siblings' (q/k/v, gate/up), as vLLM's
+  // fused kernel uses (process_weights_after_loading: input_scale.max()).
+  std::array<ActInput, 7> act{};
   Vec attn_norm;
   Vec mlp_norm;
   Vec q_norm, k_norm;        // [head_dim], when the family has them

@@ -112,8 +112,9 @@ class Model;
 // (formats::decode_packed_linear); the model layer knows no format.
 using PackedLinearReader = Mat (*)(const Model& model, const LinearDesc& linear);
 // The activation quantization a checkpoint declares for a linear (compressed-tensors
-// input_activations), which the forward pass then simulates; from the formats layer too.
-using ActQuantReader = ActQuant (*)(const Model& model, const LinearDesc& linear);
+// input_activations, and a static scheme's input_scale), which the forward pass then simulates;
+// from the formats layer too.
+using ActQuantReader = ActInput (*)(const Model& model, const LinearDesc& linear);
 
 class Model {
  public:
@@ -142,7 +143,7 @@ class Model {
   PackedLinearReader packed_reader() const { return packed_reader_; }
   void set_act_quant_reader(ActQuantReader reader) { act_reader_ = reader; }
   // ActQuant::none unless a reader is attached and the checkpoint declares one for `linear`.
-  ActQuant act_quant(const LinearDesc& linear) const { return act_reader_ ? act_reader_(*this, linear) : ActQuant::none; }
+  ActInput act_quant(const LinearDesc& linear) const { return act_reader_ ? act_reader_(*this, linear) : ActInput{}; }
 
  private:
   fs::path dir_;

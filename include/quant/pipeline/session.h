@@ -94,8 +94,9 @@ class OutputSession {
 
   // Writes a quantized linear (and its bias: `bias` when given, else the source's) in the
   // session's format; `original` is the float weight the error is measured against.
+  // `input_scale`: a static activation scheme's calibrated scale (0: none).
   void put_quantized(const LinearDesc& linear, const QuantizedMatrix& m, const Mat& original,
-                     nlohmann::json extra = {}, const Vec* bias = nullptr);
+                     nlohmann::json extra = {}, const Vec* bias = nullptr, float input_scale = 0.0f);
   // Writes a float tensor that replaces the source's (e.g. an AWQ-rescaled norm) in the
   // source tensor's dtype.
   void put_float(const std::string& name, const float* data, std::vector<std::int64_t> shape);
