@@ -5,8 +5,9 @@
 # calibration 32 × 256 tokens of c4-calibration.txt). Each cell: perplexity / KL to the float
 # model (quant eval --base, with the checkpoint's activation quantization simulated).
 # The issue's bars: SmoothQuant W8A8 below plain W8A8; FP8 W8A8 within 1 % of FP16.
-# FP8 is llm-compressor's static preset (per-tensor weights, a calibrated input_scale per linear).
-# Usage: bench/w8a8.sh [BUILD_DIR] (needs ../shared; ~15 minutes on 2 cores; ALPHAS="0.5 auto" by default)
+# FP8 is llm-compressor's static preset (per-tensor weights, a calibrated input_scale per linear);
+# --static-activations gives W8A8 the same static per-tensor input scales.
+# Usage: bench/w8a8.sh [BUILD_DIR] (needs ../shared; ~20 minutes on 2 cores; ALPHAS="0.5 auto" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -32,6 +33,12 @@ for spec in "stories260K $S/data/tinystories-eval.txt 256 $S/data/tinystories-ca
       runs+=("rtn --scheme W8A8 --smooth $a --smooth-mappings $maps $cal" "gptq --scheme W8A8 --smooth $a --smooth-mappings $maps $cal")
     done
   done
+  # Static per-tensor activation scales (SmoothQuant's own setting), without and with smoothing.
+  for m in rtn gptq; do
+    runs+=("$m --scheme W8A8 --static-activations $cal")
+    for a in $ALPHAS; do runs+=("$m --scheme W8A8 --static-activations --smooth $a $cal"); done
+  done
+  for a in $ALPHAS; do runs+=("rtn --scheme FP8 --smooth $a $cal"); done
   for run in "${runs[@]}"; do
     # shellcheck disable=SC2086
     "$Q" -q -t "$T" $run "$m" -o "$tmp/out" --force > /dev/null

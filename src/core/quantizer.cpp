@@ -244,11 +244,13 @@ bool QuantizedMatrix::trivial_g_idx() const {
 namespace {
 // Scale = max|w|/448 rounded up to float16 (so w/scale never passes 448), e4m3 codes; max over
 // each row, or with spec.per_tensor over the whole tensor (every row then has the same scale).
-float fp8_scale(float amax) {
-  float s = amax > 0.0f ? to_fp16(amax / 448.0f) : 1.0f;
-  if (s * 448.0f < amax) s = f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(s) + 1));  // next float16 up
+// The smallest float16 scale s with s·qmax ≥ amax (1 for amax 0).
+float scale_covering(float amax, float qmax) {
+  float s = amax > 0.0f ? to_fp16(amax / qmax) : 1.0f;
+  if (s * qmax < amax) s = f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(s) + 1));  // next float16 up
   return s;
 }
+float fp8_scale(float amax) { return scale_covering(amax, 448.0f); }
 
 QuantizedMatrix quantize_fp8(const Mat& w, const QuantSpec& spec) {
   QuantizedMatrix m = QuantizedMatrix::empty(w.rows(), w.cols(), spec);
@@ -295,7 +297,10 @@ void fake_quant_input(Mat& x, const ActInput& act) {
   }
 }
 
-float static_fp8_input_scale(float amax) { return fp8_scale(amax); }
+float static_input_scale(ActQuant act, float amax) {
+  if (act == ActQuant::none) fail<Error>("static_input_scale: no activation quantization");
+  return scale_covering(amax, act == ActQuant::fp8 ? 448.0f : 127.0f);
+}
 
 QuantizedMatrix quantize_rtn(const Mat& w, const QuantSpec& spec) {
   spec.validate();

@@ -450,6 +450,7 @@ AwqMethod::AwqMethod(AwqOptions options) : options_(options) {
   traits_.name = options_.export_compatible ? "awq-scaled" : "awq";
   traits_.statistic = Statistic::hessian;
   traits_.calibrated = true;
+  traits_.static_activations = false;  // its folded scales are not reported per capture point
   traits_.true_sequential = false;
   traits_.transforms_layer = true;
   traits_.float_output = options_.export_compatible;

@@ -148,6 +148,7 @@ LayerTransform SmoothedMethod::transform_layer(const LayerContext& ctx, LayerWei
     if (st.hessian.size()) st.hessian = inv.asDiagonal() * st.hessian * inv.asDiagonal();
     for (std::size_t j = 0; j < st.mean_square.size(); ++j) st.mean_square[j] *= inv(static_cast<Eigen::Index>(j)) * inv(static_cast<Eigen::Index>(j));
     st.derived.reset();
+    out.input_scales[m.input] = s;
     for (K k : m.balance) {
       out.extra[k] = {{"smoothquant_alpha", alpha}, {"smoothquant_max_scale", s.maxCoeff()}, {"smoothquant_min_scale", s.minCoeff()}};
     }

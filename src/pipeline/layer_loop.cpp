@@ -82,7 +82,7 @@ struct Loop {
       session.put_linear_float(d, r.weight, bias);
       w = std::move(r.weight);
     } else {
-      const float input_scale = plan.spec.static_act ? static_input_scale(d) : 0.0f;
+      const float input_scale = plan.spec.static_act ? input_scale_of(d) : 0.0f;
       timer.time("pack + write", [&] { session.put_quantized(d, r.q, w, std::move(r.extra), bias.size() ? &bias : nullptr, input_scale); });
       if (keep) {
         Mat next = r.weight.size() ? std::move(r.weight) : r.q.dequantize();
@@ -93,10 +93,10 @@ struct Loop {
     done(d);
   }
 
-  float static_input_scale(const LinearDesc& d) const {
+  float input_scale_of(const LinearDesc& d) const {
     const auto it = d.layer >= 0 && !d.in_expert() ? input_amax.find(capture_point(d.kind)) : input_amax.end();
     if (it == input_amax.end()) fail<Error>("'{}': no calibration inputs for its static activation scale", d.prefix);
-    return static_fp8_input_scale(it->second);
+    return quant::static_input_scale(session.plan_for(d).spec.act, it->second);
   }
 
   // Whether a quantized linear reading capture point `p` of `layer` has a static input scale.
@@ -133,7 +133,7 @@ struct Loop {
     const bool whole_layer = traits.transforms_layer || !traits.true_sequential;
     std::map<CapturePoint, InputStats> stats;
     input_amax.clear();
-    for (const auto& set : fused_sets(layer, false)) share_tensor_scale(set, [&](const LinearDesc& d) -> const Mat& { return lw.linear(d.kind); });
+    bool shared = false;  // the fused sets' per-tensor fp8 scales, from the weights as transformed
     LayerTransform transform;
     for (const auto& group : sub_groups(!whole_layer, layer.moe)) {
       std::vector<CapturePoint> points;
@@ -170,6 +170,19 @@ struct Loop {
         }
         ctx.moe_min_tokens = run.moe_calibration == "all" ? 0 : run.moe_min_tokens;
         transform = timer.time("transform", [&] { return method.transform_layer(ctx, lw, stats); });
+        for (const auto& [p, scale] : transform.input_scales) {  // static scales of the inputs as transformed: x / s
+          if (!input_amax.count(p) || !inputs.count(p)) continue;
+          const Eigen::RowVectorXf inv = scale.cwiseInverse().transpose();
+          float amax = 0.0f;
+          for (const Mat& x : inputs.at(p)) {
+            for (Eigen::Index t = 0; t < x.rows(); ++t) amax = std::max(amax, x.row(t).cwiseProduct(inv).cwiseAbs().maxCoeff());
+          }
+          input_amax[p] = amax;
+        }
+      }
+      if (!shared) {  // before the layer's first linear is quantized
+        for (const auto& set : fused_sets(layer, false)) share_tensor_scale(set, [&](const LinearDesc& d) -> const Mat& { return lw.linear(d.kind); });
+        shared = true;
       }
       for (LinearKind k : group) {
         const LinearDesc& d = layer.linear(k);

@@ -74,13 +74,12 @@ Plan plan_linears(const Model& model, const Policy& policy, const MethodTraits& 
         fail<UsageError>("'{}' is stored fused ({}): one fp8 scale per tensor cannot cover its parts; use --fp8-weight-scale channel",
                          l->prefix, l->tensor_prefix());
       }
-      if (p.spec.static_act && l->in_expert()) {  // the layer loop calibrates the dense capture points only
-        fail<UsageError>("'{}': static activation scales (--scheme FP8) are not supported for MoE experts yet; use --scheme FP8_DYNAMIC",
-                         l->prefix);
+      if (p.spec.static_act && !method.static_activations) {
+        fail<UsageError>("{} does not calibrate static activation scales yet; use rtn or gptq, or dynamic activations", method.name);
       }
-      if (p.spec.static_act && method.transforms_layer) {  // the scales would be measured before the transform rescales the inputs
-        fail<UsageError>("static activation scales (--scheme FP8) cannot follow {}'s layer transform (--smooth); use --scheme FP8_DYNAMIC",
-                         method.name);
+      if (p.spec.static_act && l->in_expert()) {  // the layer loop calibrates the dense capture points only
+        fail<UsageError>("'{}': static activation scales (--scheme FP8, --static-activations) are not supported for MoE experts yet; use "
+                         "dynamic activations (--scheme W8A8 or FP8_DYNAMIC)", l->prefix);
       }
       if (model.storage(*l) == LinearStorage::packed) {
         fail("{}: '{}' is already quantized; quantize the original checkpoint", model.dir().string(), l->prefix);

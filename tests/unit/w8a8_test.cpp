@@ -117,9 +117,11 @@ TEST(ActivationFakeQuant, StaticPerTensorByHand) {
   fake_quant_input(d, {ActQuant::fp8, 0.0f});
   fake_quant_tokens(t, ActQuant::fp8);
   EXPECT_EQ(d, t) << "scale 0: dynamic per token";
-  EXPECT_EQ(static_fp8_input_scale(448.0f), 1.0f);
-  EXPECT_EQ(static_fp8_input_scale(3.0f * 448.0f), 3.0f);
-  const float s = static_fp8_input_scale(1.0f);  // 1/448 is not a float16: the next one up
+  EXPECT_EQ(static_input_scale(ActQuant::fp8, 448.0f), 1.0f);
+  EXPECT_EQ(static_input_scale(ActQuant::fp8, 3.0f * 448.0f), 3.0f);
+  EXPECT_EQ(static_input_scale(ActQuant::int8, 254.0f), 2.0f);
+  EXPECT_EQ(static_input_scale(ActQuant::int8, 0.0f), 1.0f);
+  const float s = static_input_scale(ActQuant::fp8, 1.0f);  // 1/448 is not a float16: the next one up
   EXPECT_GE(s * 448.0f, 1.0f);
   EXPECT_EQ(s, f16_to_f32(f32_to_f16(s)));
   EXPECT_LT(f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(s) - 1)) * 448.0f, 1.0f);
@@ -399,6 +401,10 @@ INSTANTIATE_TEST_SUITE_P(
                       NaiveCase{"rtn_fp8_per_tensor", "rtn {0} --scheme FP8_DYNAMIC --fp8-weight-scale tensor",
                                 "rtn {0} --scheme W8A16_FP8 --fp8-weight-scale tensor", "float-quantized", "CompressedTensorsW8A8Fp8",
                                 DType::F8_E4M3, ActQuant::fp8, "tensor"},
+                      NaiveCase{"rtn_w8a8_static", "rtn {0} --scheme W8A8 --static-activations {1}", "rtn {0} -b 8 -g -1 --sym",
+                                "int-quantized", "CompressedTensorsW8A8Int8", DType::I8, ActQuant::int8, "channel", true},
+                      NaiveCase{"gptq_w8a8_static", "gptq {0} --scheme W8A8 --static-activations {1}", "gptq {0} -b 8 -g -1 --sym {1}",
+                                "int-quantized", "CompressedTensorsW8A8Int8", DType::I8, ActQuant::int8, "channel", true},
                       NaiveCase{"rtn_fp8_static", "rtn {0} --scheme FP8 {1}", "rtn {0} --scheme W8A16_FP8 --fp8-weight-scale tensor",
                                 "float-quantized", "CompressedTensorsW8A8Fp8", DType::F8_E4M3, ActQuant::fp8, "tensor", true}),
     [](const ::testing::TestParamInfo<NaiveCase>& i) { return i.param.name; });
@@ -480,7 +486,7 @@ TEST(Fp8Static, InputScalesAreTheCalibrationMaximaAndEvalUsesThem) {
     float amax = 0.0f;
     for (const Mat& x : runner.stage(p, lw)) amax = std::max(amax, x.cwiseAbs().maxCoeff());
     ASSERT_GT(amax, 0.0f);
-    for (const std::string& l : linears) EXPECT_EQ(scale_of(l0 + l), static_fp8_input_scale(amax)) << l;
+    for (const std::string& l : linears) EXPECT_EQ(scale_of(l0 + l), static_input_scale(ActQuant::fp8, amax)) << l;
   }
   const std::string l1 = "model.layers.1.";
   EXPECT_EQ(scale_of(l1 + "self_attn.q_proj"), scale_of(l1 + "self_attn.v_proj"));
@@ -504,6 +510,29 @@ TEST(Fp8Static, InputScalesAreTheCalibrationMaximaAndEvalUsesThem) {
     EXPECT_GE(sq * 448.0f, m);
     EXPECT_LT(f16_to_f32(static_cast<std::uint16_t>(f32_to_f16(sq) - 1)) * 448.0f, m) << "the smallest float16 scale covering the three";
     EXPECT_GE(wscale(st, l + "self_attn.o_proj") * 448.0f, amax_of(l + "self_attn.o_proj"));
+  }
+  {  // after SmoothQuant the scale is of the smoothed inputs x / s (s folded into the norm: new = old / s)
+    const fs::path sm = f.dir / "fp8_smoothed";
+    const auto rs = run_quant("rtn " + f.m.string() + " --scheme FP8 --smooth 0.5 " + f.calib_args() + " -o " + sm.string());
+    ASSERT_EQ(rs.rc, 0) << rs.err;
+    const TensorStore ss = TensorStore::open(sm);
+    const std::vector<float> old_norm = TensorStore::open(f.m).read_f32(l0 + "input_layernorm.weight"),
+                             new_norm = ss.read_f32(l0 + "input_layernorm.weight");
+    float amax = 0.0f;
+    LayerRunner fresh(model, load_calibration(model, co, nullptr));
+    for (const Mat& x : fresh.stage(CapturePoint::attn_in, lw)) {
+      for (Eigen::Index t = 0; t < x.rows(); ++t) {
+        for (Eigen::Index j = 0; j < x.cols(); ++j) {
+          amax = std::max(amax, std::abs(x(t, j) * new_norm[static_cast<std::size_t>(j)] / old_norm[static_cast<std::size_t>(j)]));
+        }
+      }
+    }
+    const float want = static_input_scale(ActQuant::fp8, amax), got = ss.read_f32(l0 + "self_attn.q_proj.input_scale").at(0);
+    EXPECT_NEAR(got, want, 2e-3f * want) << "float16 norms round the folded 1/s";
+    EXPECT_NE(got, scale_of(l0 + "self_attn.q_proj")) << "smoothing changed the inputs' range";
+    const auto es = run_quant("eval " + sm.string() + " --tokens " + f.calib.string() + " --ctx 64 --json");
+    ASSERT_EQ(es.rc, 0) << es.err;
+    EXPECT_EQ(json::parse(es.out)["activation_quant"], "fp8 static per-tensor on 14 of 14 linears");
   }
   const json summary = read_json_file(out / "quant_summary.json");
   EXPECT_NE(summary.dump().find("\"input_scale\""), std::string::npos) << "the report names each scale";
@@ -546,6 +575,17 @@ TEST(Fp8Static, InputScalesAreTheCalibrationMaximaAndEvalUsesThem) {
     EXPECT_EQ(wscale(ds, l1 + "self_attn.k_proj"), wscale(ds, l1 + "self_attn.q_proj"));
     EXPECT_EQ(wscale(ds, l1 + "mlp.up_proj"), wscale(ds, l1 + "mlp.gate_proj"));
     EXPECT_EQ(wscale(ds, l1 + "self_attn.v_proj"), wscale(ds, l1 + "self_attn.q_proj"));
+  }
+  {  // and after SmoothQuant, from the smoothed weights
+    const fs::path sm = f.dir / "smoothed";
+    const auto rs = run_quant("rtn " + f.m.string() + " --scheme FP8_DYNAMIC --fp8-weight-scale tensor --smooth 0.5 " + f.calib_args() + " -o " + sm.string());
+    ASSERT_EQ(rs.rc, 0) << rs.err;
+    const TensorStore ss = TensorStore::open(sm);
+    for (const std::string& l : {l0, l1}) {
+      EXPECT_EQ(wscale(ss, l + "self_attn.k_proj"), wscale(ss, l + "self_attn.q_proj")) << l;
+      EXPECT_EQ(wscale(ss, l + "self_attn.v_proj"), wscale(ss, l + "self_attn.q_proj")) << l;
+      EXPECT_EQ(wscale(ss, l + "mlp.up_proj"), wscale(ss, l + "mlp.gate_proj")) << l;
+    }
   }
   json dcfg = read_json_file(dyn / "config.json");
   dcfg["quantization_config"] = cfg["quantization_config"];
@@ -593,8 +633,10 @@ TEST(SchemeCli, RefusesContradictionsBeforeWork) {
       {"rtn " + m + " --scheme W8A8 -g 128", "drop --group-size 128"},
       {"rtn " + m + " --scheme FP9 ", "unknown --scheme 'FP9'"},
       {"gptq " + m + " --scheme FP8 " + f.calib_args(), "does not write float8 weights"},
+      {"rtn " + m + " --static-activations", "--static-activations is for activation quantization"},
+      {"rtn " + m + " --scheme FP8 --static-activations " + f.calib_args(), "drop --static-activations"},
+      {"awq " + m + " --scheme W8A8 --static-activations " + f.calib_args(), "awq does not calibrate static activation scales"},
       {"rtn " + m + " --scheme FP8 --fp8-weight-scale channel " + f.calib_args(), "drop --fp8-weight-scale channel"},
-      {"rtn " + m + " --scheme FP8 --smooth 0.5 " + f.calib_args(), "static activation scales (--scheme FP8) cannot follow"},
       {"gptq " + m + " --scheme FP8_DYNAMIC " + f.calib_args(), "does not write float8 weights"},
       {"rtn " + m + " --smooth 0.5 " + f.calib_args(), "add --scheme W8A8"},
       {"rtn " + m + " --scheme W8A8 --smooth 1.5 " + f.calib_args(), "smoothing strength must be in [0, 1] or auto"},

@@ -61,6 +61,9 @@ void add_quantize_options(CLI::App* cmd, QuantizeCliOptions& o, const std::strin
                   "per-channel weights, int8 dynamic per-token activations), FP8_DYNAMIC (fp8 e4m3 per-channel weights and "
                   "per-token activations; rtn only), FP8 (fp8 per-tensor weights, fp8 activations with a static per-tensor scale "
                   "calibrated from --calib; rtn only), W8A16_FP8 (fp8 weights only; rtn only)");
+  cmd->add_flag("--static-activations", o.static_activations,
+                "with --scheme W8A8 or FP8_DYNAMIC: one static activation scale per linear (input_scale, max|x| over the "
+                "calibration inputs / 127 or 448) instead of dynamic per-token scales (rtn and gptq; needs --calib)");
   o.fp8_scale_opt = cmd->add_option("--fp8-weight-scale", o.fp8_weight_scale,
                                     "with an fp8 scheme: channel (one weight scale per output channel, as FP8_DYNAMIC) or tensor (one "
                                     "per tensor, compressed-tensors strategy \"tensor\")")
@@ -199,8 +202,13 @@ QuantSpec make_spec(QuantizeCliOptions& o) {
   }
   if (o.fp8_scale_opt && o.fp8_scale_opt->count() > 0) {
     if (!s.fp8) fail<UsageError>("--fp8-weight-scale is for float8 weights; add --scheme FP8_DYNAMIC or W8A16_FP8");
-    if (s.static_act && o.fp8_weight_scale != "tensor") fail<UsageError>("--scheme FP8 has one weight scale per tensor; drop --fp8-weight-scale {}", o.fp8_weight_scale);
+    if (s.per_tensor && o.fp8_weight_scale != "tensor") fail<UsageError>("--scheme FP8 has one weight scale per tensor; drop --fp8-weight-scale {}", o.fp8_weight_scale);
     s.per_tensor = o.fp8_weight_scale == "tensor";
+  }
+  if (o.static_activations) {
+    if (s.act == ActQuant::none) fail<UsageError>("--static-activations is for activation quantization; add --scheme W8A8 or FP8_DYNAMIC");
+    if (s.static_act) fail<UsageError>("--scheme FP8 has static activations already; drop --static-activations");
+    s.static_act = true;
   }
   s.validate();
   return s;

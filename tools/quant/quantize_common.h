@@ -40,6 +40,9 @@ struct QuantizeCliOptions {
   // fp8 schemes: "channel" (one weight scale per output channel, the presets') or "tensor".
   std::string fp8_weight_scale = "channel";
   CLI::Option* fp8_scale_opt = nullptr;
+  // Activation schemes (W8A8, FP8_DYNAMIC): one static input scale per linear, calibrated,
+  // instead of dynamic per-token scales (the FP8 preset is static already).
+  bool static_activations = false;
   // The options a scheme sets, to refuse explicit values that contradict it.
   CLI::Option* bits_opt = nullptr;
   CLI::Option* group_opt = nullptr;

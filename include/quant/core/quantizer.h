@@ -147,10 +147,11 @@ void fake_quant_tokens(Mat& x, ActQuant act);
 // to fake_quant_tokens.
 void fake_quant_input(Mat& x, const ActInput& act);
 
-// The static fp8 scale of inputs whose largest magnitude is `amax`: amax / 448 rounded up to
-// float16, as the fp8 weight scales (rounding up keeps the calibration maximum from
-// saturating); 1 for all-zero inputs.
-float static_fp8_input_scale(float amax);
+// The static scale of inputs whose largest magnitude is `amax`: amax / 448 (fp8, the minmax
+// observer's symmetric float range) or amax / 127 (int8) rounded up to float16, as the fp8
+// weight scales (rounding up keeps the calibration maximum from saturating); 1 for all-zero
+// inputs.
+float static_input_scale(ActQuant act, float amax);
 
 // Squared reconstruction error Σ (w − ŵ)², and relative error ‖w − ŵ‖ / ‖w‖.
 double squared_error(const Mat& w, const Mat& w_hat);

@@ -48,6 +48,9 @@ struct MethodTraits {
   bool float_output = false;            // writes transformed float weights, quantizes nothing
   bool fp8_weights = false;             // handles QuantSpec::fp8 (float8 weights)
   bool moe_layers = true;               // a transforms_layer method that handles sparse (MoE) layers
+  // Static activation scales can be calibrated under it: a layer transform that rescales a
+  // capture point's inputs reports it in LayerTransform::input_scales.
+  bool static_activations = true;
   // The next stages see each quantized linear as its dequantized weight rounded to the source
   // checkpoint's dtype (what inference computes with); false: the float32 dequantized weight.
   bool round_to_source_dtype = true;
