@@ -67,14 +67,10 @@ LayerWeights load_layer_reusing(const Model& model, int layer, bool experts, Lay
     if (l.bias) lw.b[static_cast<int>(l.kind)] = load_vector(model, l.bias_name());
     lw.act[static_cast<int>(l.kind)] = model.act_quant(l);
   }
-  // Static input scales of fused siblings: vLLM's fused kernel keeps the largest.
-  using K = LinearKind;
-  for (const auto& fused : {std::vector<K>{K::q, K::k, K::v}, std::vector<K>{K::gate, K::up}}) {
-    float s = 0.0f;
-    for (K k : fused) s = std::max(s, lw.act[static_cast<int>(k)].scale);
-    for (K k : fused) {
-      if (lw.act[static_cast<int>(k)].is_static()) lw.act[static_cast<int>(k)].scale = s;
-    }
+  for (const auto& l : d.linears) {  // static input scales of fused siblings: vLLM's fused kernel keeps the largest
+    ActInput& a = lw.act[static_cast<int>(l.kind)];
+    if (l.in_expert() || !a.is_static()) continue;
+    for (const LinearDesc* s : fused_siblings(d, l)) a.scale = std::max(a.scale, lw.act[static_cast<int>(s->kind)].scale);
   }
   lw.attn_norm = load_vector(model, d.attn_norm);
   lw.mlp_norm = load_vector(model, d.mlp_norm);

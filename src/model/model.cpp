@@ -45,6 +45,16 @@ std::vector<const LinearDesc*> storage_siblings(const LayerDesc& layer, const Li
   return out;
 }
 
+std::vector<const LinearDesc*> fused_siblings(const LayerDesc& layer, const LinearDesc& l) {
+  const auto set_of = [](LinearKind k) { return k <= LinearKind::v ? 0 : k == LinearKind::gate || k == LinearKind::up ? 1 : -1; };
+  if (set_of(l.kind) < 0) return {&l};
+  std::vector<const LinearDesc*> out;
+  for (const auto& s : layer.linears) {
+    if (set_of(s.kind) == set_of(l.kind) && s.expert == l.expert && s.shared_expert == l.shared_expert) out.push_back(&s);
+  }
+  return out;
+}
+
 std::string block_relative_name(const LinearDesc& l) {
   if (l.layer < 0) return l.prefix;
   const std::string marker = fmt::format("layers.{}.", l.layer);

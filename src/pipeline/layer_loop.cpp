@@ -43,9 +43,13 @@ struct Loop {
   // scale covers, by linear prefix (QuantSpec::tensor_amax).
   std::map<std::string, float> shared_amax{};
 
-  // Records the shared magnitude of a fused set whose members are all planned with per-tensor
-  // fp8 weights; `weight(d)` gives each member's current float weight.
-  void share_tensor_scale(const std::vector<const LinearDesc*>& set, const std::function<const Mat&(const LinearDesc&)>& weight) {
+  // Records the shared magnitude of `linear`'s fused siblings (fused_siblings) when they are all
+  // planned with per-tensor fp8 weights; `weight(s)` gives each one's current float weight.
+  void share_tensor_scale(const LayerDesc& layer, const LinearDesc& linear, const std::function<const Mat&(const LinearDesc&)>& weight) {
+    const LinearPlan& own = session.plan_for(linear);
+    if (!own.quantize || !own.spec.per_tensor || shared_amax.count(linear.prefix)) return;
+    const std::vector<const LinearDesc*> set = fused_siblings(layer, linear);
+    if (set.size() < 2) return;
     for (const LinearDesc* d : set) {
       const LinearPlan& p = session.plan_for(*d);
       if (!p.quantize || !p.spec.per_tensor) return;
@@ -56,14 +60,6 @@ struct Loop {
       if (w.size()) amax = std::max(amax, w.cwiseAbs().maxCoeff());
     }
     for (const LinearDesc* d : set) shared_amax[d->prefix] = amax;
-  }
-  // The fused sets of a layer (its dense linears, or expert `expert`'s gate/up when >= -1).
-  static std::vector<std::vector<const LinearDesc*>> fused_sets(const LayerDesc& layer, bool experts, int expert = 0) {
-    using K = LinearKind;
-    if (experts) return {{&layer.expert(expert, K::gate), &layer.expert(expert, K::up)}};
-    std::vector<std::vector<const LinearDesc*>> sets = {{&layer.linear(K::q), &layer.linear(K::k), &layer.linear(K::v)}};
-    if (!layer.moe) sets.push_back({&layer.linear(K::gate), &layer.linear(K::up)});
-    return sets;
   }
 
   // Quantizes and writes one planned linear whose (transformed) weight is `w`; when `keep` is
@@ -181,7 +177,9 @@ struct Loop {
         }
       }
       if (!shared) {  // before the layer's first linear is quantized
-        for (const auto& set : fused_sets(layer, false)) share_tensor_scale(set, [&](const LinearDesc& d) -> const Mat& { return lw.linear(d.kind); });
+        for (const LinearDesc& d : layer.linears) {
+          if (!d.in_expert()) share_tensor_scale(layer, d, [&](const LinearDesc& s) -> const Mat& { return lw.linear(s.kind); });
+        }
         shared = true;
       }
       for (LinearKind k : group) {
@@ -304,7 +302,7 @@ struct Loop {
       }
     }
     const std::vector<Mat>& in = full ? xs : routed_xs;
-    share_tensor_scale(fused_sets(layer, true, id)[0], [&](const LinearDesc& d) -> const Mat& { return ew.linear(d.kind); });
+    share_tensor_scale(layer, layer.expert(id, LinearKind::gate), [&](const LinearDesc& s) -> const Mat& { return ew.linear(s.kind); });
     const nlohmann::json moe_extra = {{"moe_tokens", routed}, {"moe_statistics", few ? "none" : full ? "all tokens" : "routed tokens"}};
     const auto quantize = [&](LinearKind k, const std::vector<Mat>& inputs) {
       const LinearDesc& d = layer.expert(id, k);
@@ -384,14 +382,10 @@ void run_layer_loop(const Model& model, OutputSession& session, const Method& me
   if (!loop.traits.calibrated && !static_act) {
     for (const auto& p : session.plan().linears) {
       if (!p.quantize) continue;
-      if (p.spec.per_tensor && p.desc->layer >= 0 && !loop.shared_amax.count(p.desc->prefix)) {  // its fused siblings, read once for the max
-        const LayerDesc& layer = model.layout().layers.at(static_cast<std::size_t>(p.desc->layer));
-        const bool expert = p.desc->in_expert();
-        for (const auto& set : Loop::fused_sets(layer, expert, p.desc->shared_expert ? -1 : p.desc->expert)) {
-          if (std::find(set.begin(), set.end(), p.desc) == set.end()) continue;
-          std::map<std::string, Mat> ws;
-          loop.share_tensor_scale(set, [&](const LinearDesc& d) -> const Mat& { return ws[d.prefix] = load_linear(model, d); });
-        }
+      if (p.desc->layer >= 0) {  // per-tensor fp8: its fused siblings, read once for their largest weight
+        std::map<std::string, Mat> ws;
+        loop.share_tensor_scale(model.layout().layers.at(static_cast<std::size_t>(p.desc->layer)), *p.desc,
+                                [&](const LinearDesc& s) -> const Mat& { return ws[s.prefix] = load_linear(model, s); });
       }
       Mat w = load_linear(model, *p.desc);
       loop.linear(*p.desc, w, Vec(), nullptr, nlohmann::json(), false);

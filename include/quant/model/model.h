@@ -101,6 +101,11 @@ std::string fused_prefix(const LinearDesc& linear);
 // The linears of `layer` stored in one checkpoint tensor with `linear` (itself included), in
 // row order; just `linear` when it is stored alone.
 std::vector<const LinearDesc*> storage_siblings(const LayerDesc& layer, const LinearDesc& linear);
+// The linears an inference engine computes as one weight with `linear` (itself included), in
+// layer order: q/k/v (vLLM's qkv_proj), gate/up of the block or of one expert (gate_up_proj, an
+// expert's w13 rows); just `linear` otherwise. They share per-tensor scales (vLLM keeps the
+// largest of a fused layer's input scales and requantizes its weights to the largest weight scale).
+std::vector<const LinearDesc*> fused_siblings(const LayerDesc& layer, const LinearDesc& linear);
 // The linear's name inside its decoder block ("self_attn.q_proj"), or its prefix for lm_head.
 std::string block_relative_name(const LinearDesc& linear);
 
